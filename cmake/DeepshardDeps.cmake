@@ -1,0 +1,22 @@
+# Finds every third-party dependency once, for all folders.
+find_package(MPI REQUIRED COMPONENTS CXX)
+find_package(Boost 1.81 REQUIRED COMPONENTS json)
+find_package(absl REQUIRED)
+find_package(GTest REQUIRED)
+find_package(benchmark REQUIRED)
+find_package(dnnl REQUIRED)
+find_package(OpenMP REQUIRED COMPONENTS CXX)
+find_package(Threads REQUIRED)
+
+# CUDA and NCCL are optional: used when /usr/local/cuda (or CUDAToolkit_ROOT) has them.
+include(CheckLanguage)
+check_language(CUDA)
+set(DEEPSHARD_HAVE_CUDA OFF)
+if(CMAKE_CUDA_COMPILER)
+  find_package(CUDAToolkit QUIET)
+  find_package(NCCL QUIET)
+  if(CUDAToolkit_FOUND)
+    set(DEEPSHARD_HAVE_CUDA ON)
+  endif()
+endif()
+message(STATUS "deepshard: CUDA ${DEEPSHARD_HAVE_CUDA}, NCCL ${NCCL_FOUND}")

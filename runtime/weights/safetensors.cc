@@ -1,0 +1,332 @@
+#include "runtime/weights/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "boost/json.hpp"
+#include "kernels/status_macros.h"
+
+namespace deepshard {
+namespace json = boost::json;
+namespace {
+
+// The header is JSON text; real checkpoints have headers of a few MB at most.
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
+absl::Status Err(const std::string& file, const std::string& msg) {
+  return absl::InvalidArgumentError(absl::StrCat(file, ": ", msg));
+}
+absl::Status TensorErr(const std::string& file, const std::string& tensor, const std::string& msg) {
+  return absl::InvalidArgumentError(absl::StrCat(file, ": tensor \"", tensor, "\": ", msg));
+}
+
+bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
+
+}  // namespace
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_ != nullptr) munmap(map_, map_size_);
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    ::close(fd);
+    return Err(path, absl::StrCat("cannot stat: ", std::strerror(errno)));
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size < 8) {
+    ::close(fd);
+    return Err(path, absl::StrCat("truncated file: ", size, " bytes, shorter than the 8-byte header length"));
+  }
+  void* map = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) return Err(path, absl::StrCat("mmap failed: ", std::strerror(errno)));
+  auto file = FromBuffer(static_cast<const uint8_t*>(map), size, path);
+  if (!file.ok()) {
+    munmap(map, size);
+    return file.status();
+  }
+  (*file)->map_ = map;
+  (*file)->map_size_ = size;
+  return file;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBuffer(const uint8_t* bytes,
+                                                                             uint64_t size,
+                                                                             const std::string& name) {
+  if (size < 8) return Err(name, absl::StrCat("truncated file: ", size, " bytes, shorter than the 8-byte header length"));
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];  // little-endian
+  if (header_len > kMaxHeaderBytes) {
+    return Err(name, absl::StrCat("header length ", header_len, " exceeds the ", kMaxHeaderBytes, "-byte limit"));
+  }
+  if (header_len > size - 8) {
+    return Err(name, absl::StrCat("truncated file: header length ", header_len, " exceeds the ",
+                                  size - 8, " bytes after the length field"));
+  }
+  const uint64_t data_size = size - 8 - header_len;
+  boost::system::error_code ec;
+  json::value root = json::parse(
+      json::string_view(reinterpret_cast<const char*>(bytes + 8), header_len), ec);
+  if (ec) return Err(name, absl::StrCat("header is not valid JSON: ", ec.message()));
+  if (!root.is_object()) return Err(name, "header must be a JSON object");
+
+  auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
+  file->path_ = name;
+  file->data_ = bytes + 8 + header_len;
+  struct Span { uint64_t begin, end; std::string name; };
+  std::vector<Span> spans;
+  for (const auto& kv : root.as_object()) {
+    const std::string key(kv.key());
+    if (key == "__metadata__") {
+      if (!kv.value().is_object()) return Err(name, "__metadata__ must be an object of strings");
+      for (const auto& m : kv.value().as_object()) {
+        if (!m.value().is_string()) {
+          return Err(name, absl::StrCat("__metadata__ key \"", std::string(m.key()), "\" must be a string"));
+        }
+        file->metadata_[std::string(m.key())] = std::string(m.value().as_string());
+      }
+      continue;
+    }
+    if (!kv.value().is_object()) return TensorErr(name, key, "header entry must be an object");
+    const json::object& o = kv.value().as_object();
+    TensorInfo t;
+    auto dt = o.find("dtype");
+    if (dt == o.end() || !dt->value().is_string()) return TensorErr(name, key, "missing string \"dtype\"");
+    const std::string dtype_str(dt->value().as_string());
+    if (!ParseDType(dtype_str, &t.dtype)) {
+      return TensorErr(name, key, absl::StrCat("unknown dtype \"", dtype_str,
+                                               "\" (supported: F32, BF16, F16, F8_E4M3, F64, I64, I32, U8, BOOL)"));
+    }
+    auto sh = o.find("shape");
+    if (sh == o.end() || !sh->value().is_array()) return TensorErr(name, key, "missing array \"shape\"");
+    uint64_t numel = 1;
+    for (const auto& d : sh->value().as_array()) {
+      if (!d.is_int64() || d.as_int64() < 0) {
+        return TensorErr(name, key, absl::StrCat("shape entries must be non-negative integers, got ", json::serialize(sh->value())));
+      }
+      t.shape.push_back(d.as_int64());
+      if (MulOverflows(numel, static_cast<uint64_t>(d.as_int64()), &numel)) {
+        return TensorErr(name, key, "shape overflows");
+      }
+    }
+    auto off = o.find("data_offsets");
+    if (off == o.end() || !off->value().is_array() || off->value().as_array().size() != 2) {
+      return TensorErr(name, key, "missing \"data_offsets\" [begin, end]");
+    }
+    const auto& oa = off->value().as_array();
+    for (const auto& v : oa) {
+      if (!(v.is_int64() && v.as_int64() >= 0) && !v.is_uint64()) {
+        return TensorErr(name, key, "data_offsets must be non-negative integers");
+      }
+    }
+    t.begin = oa[0].is_uint64() ? oa[0].as_uint64() : static_cast<uint64_t>(oa[0].as_int64());
+    t.end = oa[1].is_uint64() ? oa[1].as_uint64() : static_cast<uint64_t>(oa[1].as_int64());
+    if (t.begin > t.end) {
+      return TensorErr(name, key, absl::StrCat("data_offsets [", t.begin, ", ", t.end, "] are reversed"));
+    }
+    if (t.end > data_size) {
+      return TensorErr(name, key, absl::StrCat("data_offsets end ", t.end, " is out of bounds: the data section has ",
+                                               data_size, " bytes (truncated file?)"));
+    }
+    uint64_t nbytes;
+    if (MulOverflows(numel, static_cast<uint64_t>(DTypeSize(t.dtype)), &nbytes) || nbytes != t.end - t.begin) {
+      return TensorErr(name, key, absl::StrCat("shape ", ShapeString(t.shape), " of ", dtype_str, " needs ",
+                                               numel * DTypeSize(t.dtype), " bytes but data_offsets span ",
+                                               t.end - t.begin));
+    }
+    spans.push_back({t.begin, t.end, key});
+    file->tensors_.emplace(key, std::move(t));
+  }
+  // Tensors must tile the data section: no overlap, no gap (as the reference
+  // safetensors library requires).
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t cursor = 0;
+  for (size_t i = 0; i < spans.size(); ++i) {
+    if (spans[i].begin < cursor) {
+      return TensorErr(name, spans[i].name, absl::StrCat("data [", spans[i].begin, ", ", spans[i].end,
+                                                         ") overlaps tensor \"", spans[i - 1].name, "\""));
+    }
+    if (spans[i].begin > cursor) {
+      return TensorErr(name, spans[i].name, absl::StrCat("data starts at ", spans[i].begin,
+                                                         " leaving a gap after byte ", cursor));
+    }
+    cursor = spans[i].end;
+  }
+  if (cursor != data_size) {
+    return Err(name, absl::StrCat("data section has ", data_size, " bytes but tensors cover ", cursor));
+  }
+  return file;
+}
+
+const TensorInfo* SafetensorsFile::Find(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> SafetensorsFile::TensorNames() const {
+  std::vector<std::string> out;
+  for (const auto& kv : tensors_) out.push_back(kv.first);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
+  namespace fs = std::filesystem;
+  auto ck = std::make_unique<Checkpoint>();
+  ck->dir_ = dir;
+  const fs::path index = fs::path(dir) / "model.safetensors.index.json";
+  const fs::path single = fs::path(dir) / "model.safetensors";
+  std::error_code ec;
+  if (fs::exists(index, ec)) {
+    ck->index_path_ = index.string();
+    std::ifstream in(index);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    json::value root = json::parse(ss.str(), ec);
+    if (ec) return Err(index.string(), absl::StrCat("invalid JSON: ", ec.message()));
+    if (!root.is_object()) return Err(index.string(), "must be a JSON object");
+    auto wm = root.as_object().find("weight_map");
+    if (wm == root.as_object().end() || !wm->value().is_object()) {
+      return Err(index.string(), "key \"weight_map\" is missing or not an object");
+    }
+    for (const auto& kv : wm->value().as_object()) {
+      if (!kv.value().is_string()) {
+        return Err(index.string(), absl::StrCat("weight_map entry \"", std::string(kv.key()), "\" must be a file name"));
+      }
+      std::string f(kv.value().as_string());
+      if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
+        return Err(index.string(), absl::StrCat("weight_map entry \"", std::string(kv.key()),
+                                                "\" names \"", f, "\", which is not a plain file name"));
+      }
+      ck->weight_map_[std::string(kv.key())] = f;
+    }
+    return ck;
+  }
+  if (!fs::exists(single, ec)) {
+    return absl::NotFoundError(absl::StrCat(dir, ": no model.safetensors or model.safetensors.index.json"));
+  }
+  ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(single.string()));
+  for (const auto& n : file->TensorNames()) ck->weight_map_[n] = "model.safetensors";
+  ck->files_["model.safetensors"] = std::move(file);
+  return ck;
+}
+
+bool Checkpoint::Has(const std::string& name) const { return weight_map_.count(name) > 0; }
+
+std::vector<std::string> Checkpoint::TensorNames() const {
+  std::vector<std::string> out;
+  for (const auto& kv : weight_map_) out.push_back(kv.first);
+  return out;
+}
+
+absl::StatusOr<SafetensorsFile*> Checkpoint::FileFor(const std::string& name) {
+  auto it = weight_map_.find(name);
+  if (it == weight_map_.end()) {
+    return absl::NotFoundError(absl::StrCat(index_path_.empty() ? dir_ + "/model.safetensors" : index_path_,
+                                            ": missing tensor \"", name, "\""));
+  }
+  auto f = files_.find(it->second);
+  if (f != files_.end()) return f->second.get();
+  const std::string path = (std::filesystem::path(dir_) / it->second).string();
+  ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  SafetensorsFile* raw = file.get();
+  files_[it->second] = std::move(file);
+  return raw;
+}
+
+absl::StatusOr<TensorRef> Checkpoint::Get(const std::string& name, const std::vector<int64_t>& expected_shape) {
+  ASSIGN_OR_RETURN(SafetensorsFile * file, FileFor(name));
+  const TensorInfo* info = file->Find(name);
+  if (info == nullptr) {
+    return absl::NotFoundError(absl::StrCat(file->path(), ": missing tensor \"", name,
+                                            "\" (the index lists it in this file)"));
+  }
+  if (!expected_shape.empty() && info->shape != expected_shape) {
+    return TensorErr(file->path(), name, absl::StrCat("wrong shape ", ShapeString(info->shape),
+                                                      ", expected ", ShapeString(expected_shape)));
+  }
+  TensorRef ref;
+  ref.name = name;
+  ref.file = file->path();
+  ref.dtype = info->dtype;
+  ref.shape = info->shape;
+  ref.data = file->Data(*info);
+  ref.bytes = info->end - info->begin;
+  if (!counted_[name]) {
+    counted_[name] = true;
+    bytes_requested_ += ref.bytes;
+  }
+  return ref;
+}
+
+absl::StatusOr<WeightView> Checkpoint::GetWeight(const std::string& name, int64_t rows, int64_t cols,
+                                                 int64_t fp8_block) {
+  ASSIGN_OR_RETURN(TensorRef t, Get(name, {rows, cols}));
+  WeightView w;
+  w.dtype = t.dtype;
+  w.data = t.data;
+  w.rows = rows;
+  w.cols = cols;
+  switch (t.dtype) {
+    case DType::kF32:
+    case DType::kBF16:
+    case DType::kF16:
+      return w;
+    case DType::kF8E4M3: {
+      const std::string sname = name + "_scale_inv";
+      const int64_t sr = (rows + fp8_block - 1) / fp8_block, sc = (cols + fp8_block - 1) / fp8_block;
+      if (!Has(sname)) {
+        return TensorErr(t.file, name, absl::StrCat("is F8_E4M3 but its block scales \"", sname, "\" are missing"));
+      }
+      ASSIGN_OR_RETURN(TensorRef s, Get(sname, {sr, sc}));
+      if (s.dtype != DType::kF32) {
+        return TensorErr(s.file, sname, absl::StrCat("block scales must be F32, got ", DTypeName(s.dtype)));
+      }
+      w.scale_inv = static_cast<const float*>(s.data);
+      w.block = fp8_block;
+      return w;
+    }
+    default:
+      return TensorErr(t.file, name, absl::StrCat("dtype ", DTypeName(t.dtype), " cannot be a weight matrix"));
+  }
+}
+
+absl::StatusOr<VectorView> Checkpoint::GetVector(const std::string& name, int64_t n) {
+  ASSIGN_OR_RETURN(TensorRef t, Get(name, {n}));
+  if (t.dtype != DType::kF32 && t.dtype != DType::kBF16 && t.dtype != DType::kF16) {
+    return TensorErr(t.file, name, absl::StrCat("dtype ", DTypeName(t.dtype), " is not a float vector type"));
+  }
+  VectorView v;
+  v.dtype = t.dtype;
+  v.data = t.data;
+  v.size = n;
+  return v;
+}
+
+}  // namespace deepshard
