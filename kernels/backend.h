@@ -61,6 +61,10 @@ class Backend {
   // y[m, w.rows] = x[m, w.cols] · wᵀ. Row strides ldx, ldy (in floats).
   virtual void Linear(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y,
                       int64_t ldy) = 0;
+  // Linear in kExact math whatever the backend's mode: for small products whose
+  // precision decides discrete choices (the MoE router).
+  virtual void LinearExact(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y,
+                           int64_t ldy) = 0;
   // y[m, w.cols] = x[m, w.rows] · w  (the weight used untransposed; MLA absorption).
   virtual void LinearT(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y,
                        int64_t ldy) = 0;

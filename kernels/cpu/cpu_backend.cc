@@ -35,6 +35,15 @@ class CpuBackend final : public Backend {
 
   void Linear(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y,
               int64_t ldy) override {
+    LinearIn(mode_, x, m, ldx, w, y, ldy);
+  }
+  void LinearExact(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y,
+                   int64_t ldy) override {
+    LinearIn(MathMode::kExact, x, m, ldx, w, y, ldy);
+  }
+
+  void LinearIn(MathMode mode, const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y,
+                int64_t ldy) {
     if (m == 0 || w.rows == 0) return;
     const int64_t K = w.cols;
     if (m <= cpu::kGemvMaxM) {
@@ -45,7 +54,7 @@ class CpuBackend final : public Backend {
       mm_.F32(x, m, K, ldx, reinterpret_cast<const float*>(w.RowPtr(0)), w.rows, K, true, y, ldy);
       return;
     }
-    if (mode_ == MathMode::kFast) {
+    if (mode == MathMode::kFast) {
       uint16_t* xb = Scratch(xbf16_, m * K);
       for (int64_t i = 0; i < m; ++i)
         for (int64_t c = 0; c < K; ++c) xb[i * K + c] = F32ToBf16(x[i * ldx + c]);

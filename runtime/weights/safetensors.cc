@@ -254,7 +254,14 @@ absl::StatusOr<SafetensorsFile*> Checkpoint::FileFor(const std::string& name) {
   auto f = files_.find(it->second);
   if (f != files_.end()) return f->second.get();
   const std::string path = (std::filesystem::path(dir_) / it->second).string();
-  ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  auto opened = SafetensorsFile::Open(path);
+  if (!opened.ok()) {
+    // The shard's own error names the shard; add which tensor needed it and where it was listed.
+    return absl::Status(opened.status().code(),
+                        absl::StrCat(opened.status().message(), " (shard of tensor \"", name, "\" listed in ",
+                                     index_path_, ")"));
+  }
+  std::unique_ptr<SafetensorsFile> file = std::move(opened).value();
   SafetensorsFile* raw = file.get();
   files_[it->second] = std::move(file);
   return raw;

@@ -1,0 +1,31 @@
+// The deepshard executable: dispatches to a subcommand.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "launcher/commands.h"
+
+namespace {
+constexpr char kUsage[] =
+    "deepshard: serve DeepSeek-family models\n"
+    "\n"
+    "usage: deepshard <command> [flags]   (deepshard <command> --help for its flags)\n"
+    "\n"
+    "commands:\n"
+    "  make-model   write a random-weight model in the Hugging Face layout\n"
+    "  generate     continue a prompt of token ids with a model directory\n";
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help") || !std::strcmp(argv[1], "-h")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (cmd == "make-model") return deepshard::RunMakeModel(args);
+  if (cmd == "generate") return deepshard::RunGenerate(args);
+  std::fprintf(stderr, "deepshard: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
+  return 2;
+}

@@ -1,0 +1,113 @@
+#include "runtime/model/deepseek_model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+#include "runtime/model/mla_attention.h"
+#include "runtime/model/moe.h"
+
+namespace deepshard {
+
+absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::string& dir,
+                                                                   const RuntimeConfig& rt, LoadSpec spec) {
+  auto m = std::unique_ptr<DeepseekModel>(new DeepseekModel());
+  ASSIGN_OR_RETURN(m->config_, LoadModelConfig(dir));
+  m->rt_ = rt;
+  ASSIGN_OR_RETURN(m->ckpt_, Checkpoint::Open(dir));
+  ASSIGN_OR_RETURN(m->weights_, LoadModelWeights(m->config_, *m->ckpt_, spec));
+  const ModelConfig& c = m->config_;
+  m->max_context_ = rt.max_context > 0 ? rt.max_context : std::min<int64_t>(c.max_position_embeddings, 16384);
+  if (m->max_context_ > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-context ", m->max_context_, " exceeds the model's ",
+                                                   "max_position_embeddings (", c.max_position_embeddings, ")"));
+  }
+  const int64_t rope_dim = c.is_mla() ? c.qk_rope_head_dim : c.head_dim;
+  m->rope_ = BuildRopeTable(rope_dim, c.rope_theta, c.yarn, m->max_context_);
+  m->backend_ = MakeCpuBackend(rt.math, rt.threads);
+  return m;
+}
+
+std::unique_ptr<KvCache> DeepseekModel::NewCache(int64_t capacity) const {
+  return std::make_unique<KvCache>(config_, n_local_layers(), capacity > 0 ? capacity : max_context_);
+}
+
+absl::Status DeepseekModel::Forward(std::span<const SequenceChunk> batch, bool all_logits, float* logits) {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size;
+  int64_t T = 0;
+  for (const SequenceChunk& ch : batch) {
+    if (ch.cache == nullptr || ch.n_tokens <= 0) return absl::InvalidArgumentError("empty sequence chunk");
+    if (ch.start_pos != ch.cache->length()) {
+      return absl::InvalidArgumentError(absl::StrCat("chunk starts at position ", ch.start_pos,
+                                                     " but its cache holds ", ch.cache->length(), " tokens"));
+    }
+    const int64_t end = ch.start_pos + ch.n_tokens;
+    if (end > ch.cache->capacity() || end > max_context_) {
+      return absl::OutOfRangeError(absl::StrCat("sequence length ", end, " exceeds the context limit of ",
+                                                std::min(ch.cache->capacity(), max_context_), " tokens"));
+    }
+    for (int64_t i = 0; i < ch.n_tokens; ++i) {
+      if (ch.tokens[i] < 0 || ch.tokens[i] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", ch.tokens[i], " is outside the vocabulary [0, ",
+                                                       c.vocab_size, ")"));
+      }
+    }
+    T += ch.n_tokens;
+  }
+  if (!weights_.spec.embedding || !weights_.spec.head) {
+    return absl::FailedPreconditionError("Forward needs the embedding and lm_head on this rank");
+  }
+
+  int32_t* pos = Workspace::Get(ws_.positions, T);
+  int64_t t = 0;
+  for (const SequenceChunk& ch : batch) {
+    for (int64_t i = 0; i < ch.n_tokens; ++i) pos[t++] = static_cast<int32_t>(ch.start_pos + i);
+  }
+
+  float* x = Workspace::Get(ws_.x, T * H);   // residual stream [T, H]
+  float* xn = Workspace::Get(ws_.xn, T * H);
+  float* h = Workspace::Get(ws_.h, T * H);
+  t = 0;
+  for (const SequenceChunk& ch : batch) {
+    backend_->Embedding(weights_.embed_tokens, ch.tokens, ch.n_tokens, x + t * H);
+    t += ch.n_tokens;
+  }
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  for (int64_t l = 0; l < n_local_layers(); ++l) {
+    const LayerWeights& L = weights_.layers[l];
+    backend_->RmsNorm(x, T, H, H, L.input_layernorm, eps, xn, H);
+    if (c.is_mla()) {
+      MlaAttentionForward(c, L.attn, *backend_, rope_, xn, batch, l, rt_.mla_mode, ws_, h);
+    } else {
+      MhaAttentionForward(c, L.attn, *backend_, rope_, xn, batch, l, ws_, h);
+    }
+    for (int64_t i = 0; i < T * H; ++i) x[i] += h[i];
+    backend_->RmsNorm(x, T, H, H, L.post_attention_layernorm, eps, xn, H);
+    if (L.is_moe) {
+      MoeForward(c, L.moe, *backend_, xn, T, ws_, h);
+    } else {
+      MlpForward(L.mlp, *backend_, xn, T, H, c.intermediate_size, ws_, h);
+    }
+    for (int64_t i = 0; i < T * H; ++i) x[i] += h[i];
+  }
+  for (const SequenceChunk& ch : batch) ch.cache->set_length(ch.start_pos + ch.n_tokens);
+
+  // Final norm and lm_head on the rows whose logits are wanted.
+  const int64_t n_out = all_logits ? T : static_cast<int64_t>(batch.size());
+  float* last = Workspace::Get(ws_.last_hidden, n_out * H);
+  if (all_logits) {
+    backend_->RmsNorm(x, T, H, H, weights_.norm, eps, last, H);
+  } else {
+    t = 0;
+    for (size_t b = 0; b < batch.size(); ++b) {
+      t += batch[b].n_tokens;
+      backend_->RmsNorm(x + (t - 1) * H, 1, H, H, weights_.norm, eps, last + b * H, H);
+    }
+  }
+  backend_->Linear(last, n_out, H, weights_.lm_head, logits, c.vocab_size);
+  return absl::OkStatus();
+}
+
+}  // namespace deepshard

@@ -1,0 +1,71 @@
+#include "runtime/model/moe.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "runtime/model/moe_router.h"
+
+namespace deepshard {
+
+void MlpForward(const MlpWeights& w, Backend& be, const float* x, int64_t m, int64_t hidden,
+                int64_t inter, Workspace& ws, float* out) {
+  float* gate = Workspace::Get(ws.gate, m * inter);  // [m, inter]
+  float* up = Workspace::Get(ws.up, m * inter);      // [m, inter]
+  be.Linear(x, m, hidden, w.gate_proj, gate, inter);
+  be.Linear(x, m, hidden, w.up_proj, up, inter);
+  be.SiluMul(gate, up, m, inter, inter, gate, inter);
+  be.Linear(gate, m, inter, w.down_proj, out, hidden);
+}
+
+void MoeForward(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
+                Workspace& ws, float* out) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
+  const int64_t inter = c.moe_intermediate_size;
+
+  // 1. Route. The router runs in f32 whatever the math mode: its output is discrete.
+  float* logits = Workspace::Get(ws.router_logits, T * E + 2 * E + c.n_group);  // [T, E] + scratch
+  be.LinearExact(x, T, H, w.gate, logits, E);
+  int32_t* ids = Workspace::Get(ws.topk_ids, T * k);   // [T, k]
+  float* weights = Workspace::Get(ws.topk_w, T * k);   // [T, k]
+  RouteTokens(c, logits, w.e_score_correction_bias, T, ids, weights, logits + T * E);
+
+  // 2. Group (token, slot) pairs by expert: counting sort.
+  int32_t* count = Workspace::Get(ws.expert_count, E + 1);
+  int32_t* offset = Workspace::Get(ws.expert_offset, E + 1);
+  int32_t* rows = Workspace::Get(ws.expert_rows, T * k);  // slot index t*k+i, grouped by expert
+  std::fill(count, count + E + 1, 0);
+  for (int64_t s = 0; s < T * k; ++s) ++count[ids[s]];
+  offset[0] = 0;
+  for (int64_t e = 0; e < E; ++e) offset[e + 1] = offset[e] + count[e];
+  std::fill(count, count + E, 0);
+  for (int64_t s = 0; s < T * k; ++s) rows[offset[ids[s]] + count[ids[s]]++] = static_cast<int32_t>(s);
+
+  // 3. Run each local expert on its tokens and accumulate with the router weights.
+  float* acc = Workspace::Get(ws.moe_out, T * H);  // [T, H]
+  std::fill(acc, acc + T * H, 0.0f);
+  float* xg = Workspace::Get(ws.gathered, T * k * H);
+  float* yg = Workspace::Get(ws.expert_out, T * k * H);
+  for (int64_t e = w.expert_begin; e < w.expert_end; ++e) {
+    const int64_t n = count[e];
+    if (n == 0) continue;
+    const int32_t* r = rows + offset[e];
+    for (int64_t i = 0; i < n; ++i) std::memcpy(xg + i * H, x + (r[i] / k) * H, H * sizeof(float));
+    MlpForward(w.experts[e - w.expert_begin], be, xg, n, H, inter, ws, yg);
+    for (int64_t i = 0; i < n; ++i) {
+      float* dst = acc + (r[i] / k) * H;
+      const float wt = weights[r[i]];
+      const float* src = yg + i * H;
+      for (int64_t j = 0; j < H; ++j) dst[j] += wt * src[j];
+    }
+  }
+
+  // 4. Shared experts see every token.
+  if (w.has_shared) {
+    MlpForward(w.shared, be, x, T, H, inter * c.n_shared_experts, ws, out);
+    for (int64_t i = 0; i < T * H; ++i) out[i] += acc[i];
+  } else {
+    std::memcpy(out, acc, T * H * sizeof(float));
+  }
+}
+
+}  // namespace deepshard

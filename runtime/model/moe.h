@@ -1,0 +1,26 @@
+// The feed-forward blocks: the dense SwiGLU MLP and DeepSeekMoE.
+//
+// DeepSeekMoE (DeepSeekMoE §3, DeepSeek-V3 §2.1.2):
+//   y_t = Σ_{i in topk(t)} w_{t,i} · Expert_i(x_t)  +  SharedExperts(x_t)
+// where every expert is a SwiGLU MLP and the shared experts are one MLP of
+// width moe_intermediate_size × n_shared_experts.
+#pragma once
+
+#include "kernels/backend.h"
+#include "runtime/config/model_config.h"
+#include "runtime/model/forward_batch.h"
+#include "runtime/model/model_weights.h"
+
+namespace deepshard {
+
+// out[m, hidden] = down(silu(gate(x)) * up(x)) for x[m, hidden].
+void MlpForward(const MlpWeights& w, Backend& be, const float* x, int64_t m, int64_t hidden,
+                int64_t inter, Workspace& ws, float* out);
+
+// out[T, hidden] = DeepSeekMoE(x[T, hidden]). Only experts this rank holds
+// (w.expert_begin .. w.expert_end) are computed; with all experts local this
+// is the whole layer.
+void MoeForward(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
+                Workspace& ws, float* out);
+
+}  // namespace deepshard
