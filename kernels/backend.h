@@ -21,6 +21,8 @@ namespace deepshard {
 //          result matches a float32 reference up to summation order.
 //  kFast:  bf16 (and dequantised fp8/f16) weights are multiplied with bf16
 //          activations on AMX/AVX-512-BF16 through oneDNN, accumulating in f32.
+//          On CPUs without a bf16 matmul (AVX2 only) it behaves as kExact.
+//          Decode-sized products (M <= 8) always take the exact GEMV path.
 enum class MathMode { kExact, kFast };
 
 // Parameters of causal scaled-dot-product attention over a KV sequence.

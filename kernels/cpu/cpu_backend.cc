@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -54,20 +55,24 @@ class CpuBackend final : public Backend {
       mm_.F32(x, m, K, ldx, reinterpret_cast<const float*>(w.RowPtr(0)), w.rows, K, true, y, ldy);
       return;
     }
-    if (mode == MathMode::kFast) {
+    if (mode == MathMode::kFast && mm_.bf16_supported()) {
+      // oneDNN 2.6 has no bf16 matmul with a strided f32 destination, so each
+      // product lands in a dense scratch block and is copied out.
       uint16_t* xb = Scratch(xbf16_, m * K);
       for (int64_t i = 0; i < m; ++i)
         for (int64_t c = 0; c < K; ++c) xb[i * K + c] = F32ToBf16(x[i * ldx + c]);
-      if (w.dtype == DType::kBF16) {
-        mm_.Bf16(xb, m, K, K, reinterpret_cast<const uint16_t*>(w.RowPtr(0)), w.rows, K, true, y,
-                 ldy);
-        return;
-      }
-      uint16_t* tile = Scratch(tile_bf16_, kTileRows * K);
-      for (int64_t n0 = 0; n0 < w.rows; n0 += kTileRows) {
-        const int64_t nt = std::min(kTileRows, w.rows - n0);
-        cpu::WidenRowsBf16(w, n0, nt, tile);
-        mm_.Bf16(xb, m, K, K, tile, nt, K, true, y + n0, ldy);
+      const int64_t tile_rows = w.dtype == DType::kBF16 ? w.rows : kTileRows;
+      float* yd = Scratch(ydense_, m * std::min(tile_rows, w.rows));
+      uint16_t* tile = w.dtype == DType::kBF16 ? nullptr : Scratch(tile_bf16_, kTileRows * K);
+      for (int64_t n0 = 0; n0 < w.rows; n0 += tile_rows) {
+        const int64_t nt = std::min(tile_rows, w.rows - n0);
+        const uint16_t* wt = reinterpret_cast<const uint16_t*>(w.RowPtr(n0));
+        if (tile != nullptr) {
+          cpu::WidenRowsBf16(w, n0, nt, tile);
+          wt = tile;
+        }
+        mm_.Bf16(xb, m, K, K, wt, nt, K, true, yd, nt);
+        for (int64_t i = 0; i < m; ++i) std::memcpy(y + i * ldy + n0, yd + i * nt, nt * sizeof(float));
       }
       return;
     }
@@ -82,6 +87,10 @@ class CpuBackend final : public Backend {
   void LinearT(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y,
                int64_t ldy) override {
     if (m == 0 || w.rows == 0) return;
+    if (m <= cpu::kGemvMaxM) {
+      cpu::GemvCols(x, m, ldx, w, y, ldy);
+      return;
+    }
     const float* wf;
     if (w.dtype == DType::kF32) {
       wf = reinterpret_cast<const float*>(w.RowPtr(0));
@@ -188,7 +197,7 @@ class CpuBackend final : public Backend {
   MathMode mode_;
   cpu::OneDnnMatmul mm_;
   std::vector<uint16_t> xbf16_, tile_bf16_;
-  std::vector<float> tile_f32_, tile_t_, gamma_, scores_;
+  std::vector<float> tile_f32_, tile_t_, gamma_, scores_, ydense_;
 };
 
 }  // namespace

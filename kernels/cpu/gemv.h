@@ -20,6 +20,10 @@ inline constexpr int64_t kGemvMaxM = 8;
 // y[m, w.rows] = x[m, w.cols] · wᵀ for m <= kGemvMaxM; parallel over rows of w.
 void GemvRows(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
 
+// y[m, w.cols] = x[m, w.rows] · w for m <= kGemvMaxM (the weight used
+// untransposed, as in MLA's absorbed query); parallel over column blocks.
+void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
+
 // Widens rows [r0, r0 + n) of w to f32 into dst[n, w.cols] (dequantising FP8).
 void WidenRowsF32(const WeightView& w, int64_t r0, int64_t n, float* dst);
 // Same, to bf16 (uint16 bit patterns, round-to-nearest-even).

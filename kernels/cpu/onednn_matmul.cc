@@ -58,6 +58,21 @@ struct OneDnnMatmul::Impl {
 };
 
 OneDnnMatmul::OneDnnMatmul() : impl_(std::make_unique<Impl>()) {}
+
+bool OneDnnMatmul::bf16_supported() const {
+  static const bool supported = [this] {
+    try {
+      memory::desc a({16, 64}, memory::data_type::bf16, memory::dims{64, 1});
+      memory::desc b({64, 16}, memory::data_type::bf16, memory::dims{1, 64});
+      memory::desc c({16, 16}, memory::data_type::f32, memory::dims{16, 1});
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), impl_->engine);
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return supported;
+}
 OneDnnMatmul::~OneDnnMatmul() = default;
 
 void OneDnnMatmul::F32(const float* x, int64_t m, int64_t k, int64_t ldx, const float* w, int64_t n,

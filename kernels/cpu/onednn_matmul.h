@@ -14,6 +14,9 @@ class OneDnnMatmul {
  public:
   OneDnnMatmul();
   ~OneDnnMatmul();
+  // Whether this CPU has a bf16 matmul in oneDNN (AVX512-BF16 or AMX). oneDNN
+  // 2.6 has none for AVX2-only CPUs.
+  bool bf16_supported() const;
   void F32(const float* x, int64_t m, int64_t k, int64_t ldx, const float* w, int64_t n,
            int64_t ldw, bool w_transposed, float* y, int64_t ldy);
   void Bf16(const uint16_t* x, int64_t m, int64_t k, int64_t ldx, const uint16_t* w, int64_t n,
