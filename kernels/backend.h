@@ -88,6 +88,9 @@ class Backend {
   virtual void Attention(const AttentionParams& p) = 0;
 
   virtual MathMode math_mode() const = 0;
+  // Sizes internal scratch for attention over up to `max_kv` keys, so that a
+  // sequence growing token by token never reallocates.
+  virtual void ReserveAttention(int64_t max_kv) = 0;
 };
 
 // The oneDNN/AVX-512 CPU backend. `threads` <= 0 uses OpenMP's default.

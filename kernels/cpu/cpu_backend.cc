@@ -156,6 +156,8 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void ReserveAttention(int64_t max_kv) override { Scratch(scores_, omp_get_max_threads() * max_kv); }
+
   void Attention(const AttentionParams& p) override {
     DS_CHECK(p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0);
     DS_CHECK(p.q_pos0 + p.n_q <= p.n_kv);

@@ -26,6 +26,7 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::st
   const int64_t rope_dim = c.is_mla() ? c.qk_rope_head_dim : c.head_dim;
   m->rope_ = BuildRopeTable(rope_dim, c.rope_theta, c.yarn, m->max_context_);
   m->backend_ = MakeCpuBackend(rt.math, rt.threads);
+  m->backend_->ReserveAttention(m->max_context_);
   return m;
 }
 

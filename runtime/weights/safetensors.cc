@@ -129,8 +129,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBuffer(con
         return TensorErr(name, key, absl::StrCat("shape entries must be non-negative integers, got ", json::serialize(sh->value())));
       }
       t.shape.push_back(d.as_int64());
-      if (MulOverflows(numel, static_cast<uint64_t>(d.as_int64()), &numel)) {
-        return TensorErr(name, key, "shape overflows");
+      // Every partial product must fit in int64: TensorInfo::numel() multiplies
+      // in int64 and a later zero dimension would otherwise hide the overflow.
+      if (MulOverflows(numel, static_cast<uint64_t>(d.as_int64()), &numel) || numel > INT64_MAX) {
+        return TensorErr(name, key, absl::StrCat("shape ", json::serialize(sh->value()), " overflows"));
       }
     }
     auto off = o.find("data_offsets");

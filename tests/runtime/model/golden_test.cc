@@ -1,0 +1,175 @@
+// Golden tests: our forward pass against Hugging Face transformers (and the
+// original modeling_deepseek.py where transformers is wrong or absent).
+//
+// Fixtures in tests/data/golden/<variant>.safetensors come from
+// tools/reference/make_fixtures.py. Each records the make-model options and an
+// FNV-1a fingerprint of the weights; this test regenerates the model with the
+// same options, checks the fingerprint, and compares:
+//   - full-sequence logits of three prompts (5, 17, 45 tokens; 45 exceeds
+//     original_max_position_embeddings = 32),
+//   - 16 greedy decode steps through the KV cache (tokens and logits),
+// in both MLA forms. Error metric, per logits row: max|ours - ref| / max|ref|.
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "gtest/gtest.h"
+#include "runtime/generate.h"
+#include "runtime/model/deepseek_model.h"
+#include "runtime/model/random_model.h"
+#include "runtime/weights/safetensors.h"
+#include "tests/runtime/model/test_models.h"
+
+namespace deepshard {
+namespace {
+
+// Exact math (f32 products of exactly widened weights) must reach the bar the
+// issue sets for f32: 1e-4 relative.
+constexpr double kExactTol = 1e-4;
+
+std::vector<std::string> FixtureVariants() {
+  std::vector<std::string> out;
+  const std::string dir = std::string(DS_SOURCE_DIR) + "/tests/data/golden";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.path().extension() == ".safetensors") out.push_back(e.path().stem().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+struct Fixture {
+  std::unique_ptr<SafetensorsFile> file;
+  std::string meta(const std::string& k) const {
+    auto it = file->metadata().find(k);
+    return it == file->metadata().end() ? "" : it->second;
+  }
+  template <typename T>
+  std::vector<T> Get(const std::string& name) const {
+    const TensorInfo* t = file->Find(name);
+    EXPECT_NE(t, nullptr) << name;
+    if (t == nullptr) return {};
+    std::vector<T> out(t->numel());
+    if constexpr (std::is_same_v<T, float>) {
+      EXPECT_EQ(t->dtype, DType::kF32);
+      std::memcpy(out.data(), file->Data(*t), out.size() * 4);
+    } else {
+      EXPECT_EQ(t->dtype, DType::kI64);
+      std::vector<int64_t> v(t->numel());
+      std::memcpy(v.data(), file->Data(*t), v.size() * 8);
+      for (size_t i = 0; i < v.size(); ++i) out[i] = static_cast<T>(v[i]);
+    }
+    return out;
+  }
+};
+
+// Max over rows of max|a - b| / max|b|.
+double RowRelErr(const std::vector<float>& ours, const std::vector<float>& ref, int64_t V) {
+  double worst = 0;
+  for (size_t r = 0; r * V < ref.size(); ++r) {
+    double num = 0, den = 0;
+    for (int64_t j = 0; j < V; ++j) {
+      num = std::max(num, static_cast<double>(std::fabs(ours[r * V + j] - ref[r * V + j])));
+      den = std::max(den, static_cast<double>(std::fabs(ref[r * V + j])));
+    }
+    worst = std::max(worst, num / den);
+  }
+  return worst;
+}
+
+class GoldenTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    const std::string path = std::string(DS_SOURCE_DIR) + "/tests/data/golden/" + GetParam() + ".safetensors";
+    auto f = SafetensorsFile::Open(path);
+    ASSERT_TRUE(f.ok()) << f.status();
+    fx_.file = std::move(f).value();
+    RandomModelOptions o;
+    o.preset = fx_.meta("preset");
+    o.seed = std::stoull(fx_.meta("seed"));
+    const std::string dt = fx_.meta("dtype");
+    o.dtype = dt == "bf16" ? DType::kBF16 : dt == "fp8" ? DType::kF8E4M3 : DType::kF32;
+    o.yarn = fx_.meta("make_model_cmd").find("--no-yarn") == std::string::npos;
+    dir_ = testing_util::TinyModel(o);
+    auto fp = WeightsFingerprint(dir_);
+    ASSERT_TRUE(fp.ok());
+    ASSERT_EQ(*fp, fx_.meta("weights_fnv1a64"))
+        << "make-model no longer produces the weights this fixture was made from; regenerate with "
+           "tools/reference/make_fixtures.py (see tools/reference/README.md)";
+  }
+
+  void CheckForm(MlaMode mode, MathMode math, double tol) {
+    RuntimeConfig rt;
+    rt.mla_mode = mode;
+    rt.math = math;
+    auto m = DeepseekModel::Load(dir_, rt);
+    ASSERT_TRUE(m.ok()) << m.status();
+    const int64_t V = (*m)->config().vocab_size;
+    for (int i = 0;; ++i) {
+      const std::string key = "prompt" + std::to_string(i);
+      if (fx_.file->Find(key + ".ids") == nullptr) break;
+      const auto ids = fx_.Get<int32_t>(key + ".ids");
+      const auto ref = fx_.Get<float>(key + ".logits");
+      std::vector<float> ours(ids.size() * V);
+      auto cache = (*m)->NewCache();
+      SequenceChunk ch{cache.get(), 0, ids.data(), static_cast<int64_t>(ids.size())};
+      ASSERT_TRUE((*m)->Forward({&ch, 1}, true, ours.data()).ok());
+      const double err = RowRelErr(ours, ref, V);
+      std::printf("[ %s ] %s prompt%d (%zu tokens): max rel logit err %.3g\n", GetParam().c_str(),
+                  mode == MlaMode::kNaive ? "naive" : mode == MlaMode::kAbsorbed ? "absorbed" : "auto", i,
+                  ids.size(), err);
+      EXPECT_LE(err, tol) << key;
+    }
+    const auto prompt = fx_.Get<int32_t>("decode.prompt_ids");
+    const auto ref_tokens = fx_.Get<int32_t>("decode.tokens");
+    const auto ref_logits = fx_.Get<float>("decode.logits");
+    GenerateOptions g;
+    g.max_new_tokens = static_cast<int64_t>(ref_tokens.size());
+    g.stop_at_eos = false;
+    std::vector<float> step_logits;
+    g.step_logits = &step_logits;
+    auto out = Generate(**m, prompt, g);
+    ASSERT_TRUE(out.ok()) << out.status();
+    const double err = RowRelErr(step_logits, ref_logits, V);
+    std::printf("[ %s ] decode %zu greedy steps: max rel logit err %.3g, tokens %s\n", GetParam().c_str(),
+                ref_tokens.size(), err, *out == ref_tokens ? "identical" : "DIFFER");
+    EXPECT_LE(err, tol);
+    EXPECT_EQ(*out, ref_tokens);
+  }
+
+  Fixture fx_;
+  std::string dir_;
+};
+
+TEST_P(GoldenTest, DefaultFormsMatchReference) { CheckForm(MlaMode::kAuto, MathMode::kExact, kExactTol); }
+
+TEST_P(GoldenTest, NaiveOnlyMatchesReference) {
+  if (fx_.meta("model_type") == "deepseek") GTEST_SKIP() << "MHA model: no MLA forms";
+  CheckForm(MlaMode::kNaive, MathMode::kExact, kExactTol);
+}
+
+TEST_P(GoldenTest, AbsorbedOnlyMatchesReference) {
+  if (fx_.meta("model_type") == "deepseek") GTEST_SKIP() << "MHA model: no MLA forms";
+  CheckForm(MlaMode::kAbsorbed, MathMode::kExact, kExactTol);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, ::testing::ValuesIn(FixtureVariants()),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (auto& ch : s) if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
+
+TEST(GoldenFixtures, AllVariantsPresent) {
+  // The issue's coverage list: V2-Lite-, V2- and V3-style, with and without
+  // YaRN, FP8 block-scaled, and DeepSeekMoE 16B.
+  const auto v = FixtureVariants();
+  for (const char* want : {"tiny-v3-f32", "tiny-v3-fp8", "tiny-v3-bf16", "tiny-v3-noyarn-f32", "tiny-v2-f32",
+                           "tiny-v2-lite-f32", "tiny-moe16b-f32"}) {
+    EXPECT_NE(std::find(v.begin(), v.end(), want), v.end()) << "missing fixture " << want;
+  }
+}
+
+}  // namespace
+}  // namespace deepshard
