@@ -1,0 +1,228 @@
+// deepshard_bench_forward: decode and prefill speed of the forward pass, with
+// the machine's own limits measured in the same run.
+//
+//   decode  (batch 1): tokens/s, and bytes of weights touched per token ÷ time
+//                      against a STREAM-style read of a buffer larger than L3.
+//   prefill (512 tokens): tokens/s, and FLOP/s against oneDNN's GEMM on the
+//                      same shapes (bf16 where the CPU has a bf16 matmul, else f32).
+// Output follows nccl-tests: '#' headers, fixed columns, #wrong, OK/FAILED.
+//
+//   deepshard_bench_forward [--model DIR] [--decode-steps N] [--prompt N] [--threads N] [--math exact|fast]
+// Without --model it writes bench-v2-lite (V2-Lite widths, 2 layers, bf16) to a temp dir.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "dnnl.hpp"
+#include "runtime/model/deepseek_model.h"
+#include "runtime/model/random_model.h"
+
+namespace ds = deepshard;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double Seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// STREAM-style read: sum a 1 GiB buffer with all threads; GB/s, median of 5.
+double StreamReadGBs() {
+  const size_t n = (1ull << 30) / sizeof(float);
+  std::vector<float> buf(n);
+#pragma omp parallel for
+  for (size_t i = 0; i < n; ++i) buf[i] = static_cast<float>(i & 7);
+  std::vector<double> runs;
+  volatile float sink = 0;
+  for (int r = 0; r < 5; ++r) {
+    auto t0 = Clock::now();
+    float total = 0;
+#pragma omp parallel for reduction(+ : total)
+    for (size_t i = 0; i < n; i += 8) {
+      float s = buf[i] + buf[i + 1] + buf[i + 2] + buf[i + 3] + buf[i + 4] + buf[i + 5] + buf[i + 6] + buf[i + 7];
+      total += s;
+    }
+    sink = sink + total;
+    runs.push_back(n * sizeof(float) / Seconds(t0, Clock::now()) / 1e9);
+  }
+  return Median(runs);
+}
+
+// oneDNN GEMM throughput (GFLOP/s) for y[m,n] = x[m,k]·w[n,k]ᵀ in `dt`, median of 5.
+double GemmGflops(int64_t m, int64_t n, int64_t k, dnnl::memory::data_type dt) {
+  using dnnl::memory;
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream s(eng);
+  memory::desc a({m, k}, dt, memory::dims{k, 1}), b({k, n}, dt, memory::dims{1, k}),
+      c({m, n}, memory::data_type::f32, memory::dims{n, 1});
+  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), eng);
+  dnnl::matmul mm(pd);
+  memory A(a, eng), B(b, eng), C(c, eng);
+  std::memset(A.get_data_handle(), 0, a.get_size());
+  std::memset(B.get_data_handle(), 0, b.get_size());
+  std::vector<double> runs;
+  for (int r = 0; r < 6; ++r) {
+    auto t0 = Clock::now();
+    mm.execute(s, {{DNNL_ARG_SRC, A}, {DNNL_ARG_WEIGHTS, B}, {DNNL_ARG_DST, C}});
+    s.wait();
+    if (r > 0) runs.push_back(2.0 * m * n * k / Seconds(t0, Clock::now()) / 1e9);
+  }
+  return Median(runs);
+}
+
+uint64_t MlpBytes(const ds::MlpWeights& w) { return w.gate_proj.bytes() + w.up_proj.bytes() + w.down_proj.bytes(); }
+
+// Weight bytes one batch-1 decode step reads: all dense weights, k experts per
+// MoE layer, one embedding row, lm_head.
+uint64_t DecodeBytes(const ds::DeepseekModel& m) {
+  const auto& c = m.config();
+  const auto& w = m.weights();
+  uint64_t b = w.lm_head.bytes() + w.embed_tokens.bytes() / c.vocab_size;
+  for (const auto& L : w.layers) {
+    const auto& a = L.attn;
+    for (const auto* v : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj, &a.k_proj,
+                          &a.v_proj, &a.o_proj})
+      b += v->bytes();
+    if (L.is_moe) {
+      b += L.moe.gate.bytes() + (L.moe.has_shared ? MlpBytes(L.moe.shared) : 0);
+      b += c.num_experts_per_tok * MlpBytes(L.moe.experts[0]);
+    } else {
+      b += MlpBytes(L.mlp);
+    }
+  }
+  return b;
+}
+
+// FLOPs of a T-token prefill in GEMMs (2·params·T over the weights each token
+// uses, plus attention's QK and PV products).
+double PrefillFlops(const ds::DeepseekModel& m, int64_t T) {
+  const auto& c = m.config();
+  const auto& w = m.weights();
+  double params = static_cast<double>(w.lm_head.rows * w.lm_head.cols) / T;  // lm_head on the last token only
+  for (const auto& L : w.layers) {
+    const auto& a = L.attn;
+    for (const auto* v : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj, &a.k_proj,
+                          &a.v_proj, &a.o_proj})
+      params += static_cast<double>(v->rows * v->cols);
+    auto mlp = [](const ds::MlpWeights& x) { return 3.0 * x.gate_proj.rows * x.gate_proj.cols; };
+    params += L.is_moe ? (L.moe.has_shared ? mlp(L.moe.shared) : 0) + c.num_experts_per_tok * mlp(L.moe.experts[0]) +
+                             static_cast<double>(L.moe.gate.rows * L.moe.gate.cols)
+                       : mlp(L.mlp);
+  }
+  const double attn = 2.0 * c.num_hidden_layers * c.num_attention_heads * (T * (T + 1) / 2.0) *
+                      (c.qk_head_dim() + (c.is_mla() ? c.v_head_dim : c.head_dim));
+  return 2.0 * params * T + attn;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_dir, math = "fast";
+  int64_t decode_steps = 32, prompt_len = 512, threads = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string f = argv[i], v = argv[i + 1];
+    if (f == "--model") model_dir = v;
+    else if (f == "--decode-steps") decode_steps = std::stoll(v);
+    else if (f == "--prompt") prompt_len = std::stoll(v);
+    else if (f == "--threads") threads = std::stoll(v);
+    else if (f == "--math") math = v;
+    else { std::fprintf(stderr, "unknown flag %s\n", f.c_str()); return 2; }
+  }
+  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
+  if (model_dir.empty()) {
+    model_dir = (std::filesystem::temp_directory_path() / "deepshard_bench_v2_lite_2l_bf16").string();
+    if (!std::filesystem::exists(model_dir + "/config.json")) {
+      ds::RandomModelOptions o;
+      o.preset = "bench-v2-lite";
+      o.dtype = ds::DType::kBF16;
+      o.num_layers = 2;
+      std::printf("# writing %s ...\n", model_dir.c_str());
+      if (auto s = ds::WriteRandomModel(o, model_dir); !s.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
+        return 1;
+      }
+    }
+  }
+  ds::RuntimeConfig rt;
+  rt.math = math == "exact" ? ds::MathMode::kExact : ds::MathMode::kFast;
+  rt.max_context = prompt_len + decode_steps + 8;
+  auto loaded = ds::DeepseekModel::Load(model_dir, rt);
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(loaded.status().message()).c_str());
+    return 1;
+  }
+  ds::DeepseekModel& m = **loaded;
+  const auto& c = m.config();
+  const int64_t V = c.vocab_size;
+
+  // bf16 GEMM where oneDNN has one for this CPU; otherwise f32 (what we run too).
+  bool bf16 = true;
+  double gemm_peak = 0;
+  try {
+    gemm_peak = GemmGflops(prompt_len, 2048, 2048, dnnl::memory::data_type::bf16);
+  } catch (const dnnl::error&) {
+    bf16 = false;
+    gemm_peak = GemmGflops(prompt_len, 2048, 2048, dnnl::memory::data_type::f32);
+  }
+  const double gemm_moe = GemmGflops(std::max<int64_t>(1, prompt_len * c.num_experts_per_tok / std::max<int64_t>(1, c.n_routed_experts)),
+                                     c.moe_intermediate_size, c.hidden_size,
+                                     bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32);
+  const double stream = StreamReadGBs();
+
+  std::printf("# deepshard forward benchmark\n");
+  std::printf("# model %s: %s, hidden %ld, %ld layers, %ld experts (top-%ld), weights %.2f GB\n", model_dir.c_str(),
+              c.model_type.c_str(), c.hidden_size, c.num_hidden_layers, c.n_routed_experts, c.num_experts_per_tok,
+              m.weight_bytes() / 1e9);
+  std::printf("# threads %d, math %s, oneDNN GEMM dtype %s\n", omp_get_max_threads(), math.c_str(), bf16 ? "bf16" : "f32 (no bf16 matmul on this CPU)");
+  std::printf("# STREAM-style read: %.1f GB/s   oneDNN GEMM [%ld x 2048 x 2048]: %.1f GFLOP/s, expert-sized [%ld]: %.1f GFLOP/s\n",
+              stream, prompt_len, gemm_peak, std::max<int64_t>(1, prompt_len * c.num_experts_per_tok / c.n_routed_experts), gemm_moe);
+  std::printf("#\n# %8s %7s %10s %10s %9s %8s %7s\n", "phase", "tokens", "time_ms", "tok/s", "rate", "of_peak", "#wrong");
+
+  // Prefill: 512 tokens, median of 3 (fresh cache each time).
+  std::vector<int32_t> prompt(prompt_len);
+  for (int64_t i = 0; i < prompt_len; ++i) prompt[i] = static_cast<int32_t>((i * 7919 + 13) % (V - 2) + 2);
+  std::vector<float> logits(V);
+  std::vector<double> pre;
+  int64_t wrong = 0;
+  std::unique_ptr<ds::KvCache> cache;
+  for (int r = 0; r < 3; ++r) {
+    cache = m.NewCache(prompt_len + decode_steps + 8);
+    ds::SequenceChunk ch{cache.get(), 0, prompt.data(), prompt_len};
+    auto t0 = Clock::now();
+    if (!m.Forward({&ch, 1}, false, logits.data()).ok()) return 1;
+    pre.push_back(Seconds(t0, Clock::now()));
+  }
+  for (float x : logits) wrong += !std::isfinite(x);
+  const double pre_s = Median(pre), flops = PrefillFlops(m, prompt_len);
+  std::printf("  %8s %7ld %10.1f %10.1f %6.1f GF %7.1f%% %7ld\n", "prefill", prompt_len, pre_s * 1e3, prompt_len / pre_s,
+              flops / pre_s / 1e9, 100.0 * flops / pre_s / 1e9 / gemm_peak, wrong);
+
+  // Decode at batch 1: per-step times, median.
+  std::vector<double> dec;
+  int32_t tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  wrong = 0;
+  for (int64_t s = 0; s < decode_steps; ++s) {
+    ds::SequenceChunk ch{cache.get(), cache->length(), &tok, 1};
+    auto t0 = Clock::now();
+    if (!m.Forward({&ch, 1}, false, logits.data()).ok()) return 1;
+    dec.push_back(Seconds(t0, Clock::now()));
+    for (float x : logits) wrong += !std::isfinite(x);
+    tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  }
+  const double dec_s = Median(dec), bytes = static_cast<double>(DecodeBytes(m));
+  std::printf("  %8s %7d %10.2f %10.2f %6.1f GB/s %5.1f%% %7ld\n", "decode", 1, dec_s * 1e3, 1.0 / dec_s, bytes / dec_s / 1e9,
+              100.0 * bytes / dec_s / 1e9 / stream, wrong);
+  std::printf("# decode touches %.1f MB of weights per token\n", bytes / 1e6);
+  std::printf("# %s\n", wrong == 0 ? "OK" : "FAILED");
+  return wrong == 0 ? 0 : 1;
+}
