@@ -111,6 +111,7 @@ class CpuBackend final : public Backend {
     for (int64_t i = 0; i < m; ++i) {
       const float* xi = x + i * ldx;
       float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
       for (int64_t c = 0; c < d; ++c) ss += xi[c] * xi[c];
       const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
       float* yi = y + i * ldy;
@@ -175,6 +176,7 @@ class CpuBackend final : public Backend {
       for (int64_t j = 0; j < n_keys; ++j) {
         const float* k = p.k + j * p.k_token_stride + kh * p.k_head_stride;
         float d = 0.0f;
+#pragma omp simd reduction(+ : d)
         for (int64_t c = 0; c < p.head_dim_qk; ++c) d += q[c] * k[c];
         s[j] = d * p.scale;
         mx = std::max(mx, s[j]);

@@ -7,80 +7,11 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/simd.h"
 #include "kernels/status_macros.h"
 
 namespace deepshard::cpu {
 namespace {
-
-// SIMD widening loads: kLanes consecutive stored elements as f32 lanes.
-// AVX-512 where the build machine has it, else AVX2 + F16C (AMD EPYC here).
-#if defined(__AVX512F__)
-constexpr int64_t kLanes = 16;
-using VecF = __m512;
-inline VecF VZero() { return _mm512_setzero_ps(); }
-inline VecF VLoadF32(const float* p) { return _mm512_loadu_ps(p); }
-inline VecF VFma(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
-inline float VSum(VecF v) { return _mm512_reduce_add_ps(v); }
-template <DType T>
-inline VecF VLoad(const uint8_t* p);
-template <>
-inline VecF VLoad<DType::kF32>(const uint8_t* p) { return _mm512_loadu_ps(reinterpret_cast<const float*>(p)); }
-template <>
-inline VecF VLoad<DType::kBF16>(const uint8_t* p) {
-  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-template <>
-inline VecF VLoad<DType::kF16>(const uint8_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-template <>
-inline VecF VLoad<DType::kF8E4M3>(const uint8_t* p) {
-  // e4m3 bits placed in an f32's exponent/mantissa field, times 2^(127-7):
-  // exact for normals and subnormals alike (the f32 is then a subnormal too).
-  __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  __m512i mag = _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x7f)), 20);
-  __m512i sign = _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0x80)), 24);
-  __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(mag), _mm512_set1_ps(0x1p120f));
-  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign));
-}
-#define DS_HAVE_SIMD 1
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-constexpr int64_t kLanes = 8;
-using VecF = __m256;
-inline VecF VZero() { return _mm256_setzero_ps(); }
-inline VecF VLoadF32(const float* p) { return _mm256_loadu_ps(p); }
-inline VecF VFma(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
-inline float VSum(VecF v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-template <DType T>
-inline VecF VLoad(const uint8_t* p);
-template <>
-inline VecF VLoad<DType::kF32>(const uint8_t* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
-template <>
-inline VecF VLoad<DType::kBF16>(const uint8_t* p) {
-  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-template <>
-inline VecF VLoad<DType::kF16>(const uint8_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-template <>
-inline VecF VLoad<DType::kF8E4M3>(const uint8_t* p) {
-  // See the AVX-512 version: exponent re-bias by multiplying with 2^120.
-  __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  __m256i mag = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x7f)), 20);
-  __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
-  __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(0x1p120f));
-  return _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(f), sign));
-}
-#define DS_HAVE_SIMD 1
-#endif
 
 // Scalar widening of one element (tails and non-AVX-512 builds).
 inline float LoadOne(DType t, const uint8_t* p) {
@@ -96,13 +27,26 @@ inline void DotSegment(const uint8_t* wrow, const float* x, int64_t ldx, int64_t
   constexpr int64_t es = T == DType::kF32 ? 4 : (T == DType::kF8E4M3 ? 1 : 2);
   int64_t c = c0;
 #if defined(DS_HAVE_SIMD)
-  VecF acc[M];
-  for (int i = 0; i < M; ++i) acc[i] = VZero();
+  // U independent accumulators per row hide the FMA latency: with one, a
+  // single row streams at most one vector per FMA latency (~12 GB/s of bf16).
+  constexpr int U = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
+  VecF acc[M][U];
+  for (int i = 0; i < M; ++i)
+    for (int u = 0; u < U; ++u) acc[i][u] = VZero();
+  for (; c + U * kLanes <= c1; c += U * kLanes) {
+    for (int u = 0; u < U; ++u) {
+      VecF w = VLoad<T>(wrow + (c + u * kLanes) * es);
+      for (int i = 0; i < M; ++i) acc[i][u] = VFma(w, VLoadF32(x + i * ldx + c + u * kLanes), acc[i][u]);
+    }
+  }
   for (; c + kLanes <= c1; c += kLanes) {
     VecF w = VLoad<T>(wrow + c * es);
-    for (int i = 0; i < M; ++i) acc[i] = VFma(w, VLoadF32(x + i * ldx + c), acc[i]);
+    for (int i = 0; i < M; ++i) acc[i][0] = VFma(w, VLoadF32(x + i * ldx + c), acc[i][0]);
   }
-  for (int i = 0; i < M; ++i) out[i] = VSum(acc[i]);
+  for (int i = 0; i < M; ++i) {
+    for (int u = 1; u < U; ++u) acc[i][0] = VAdd(acc[i][0], acc[i][u]);
+    out[i] = VSum(acc[i][0]);
+  }
 #else
   for (int i = 0; i < M; ++i) out[i] = 0.0f;
 #endif
@@ -180,10 +124,16 @@ void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float
     for (int64_t i = 0; i < m; ++i)
       for (int64_t c = 0; c < c1 - c0; ++c) acc[i][c] = 0.0f;
     for (int64_t r = 0; r < K; ++r) {
-      ConvertToF32(w.dtype, w.RowPtr(r) + c0 * es, wrow, c1 - c0);
       if (w.dtype == DType::kF8E4M3) {
+        // Split the chunk at FP8 block edges: one scale per segment.
         const float* srow = w.scale_inv + ((w.row0 + r) / w.block) * w.scale_cols();
-        for (int64_t c = c0; c < c1; ++c) wrow[c - c0] *= srow[c / w.block];
+        for (int64_t c = c0; c < c1;) {
+          const int64_t seg_end = std::min(c1, (c / w.block + 1) * w.block);
+          WidenAnyF32(w.dtype, w.RowPtr(r) + c * es, wrow + (c - c0), seg_end - c, srow[c / w.block]);
+          c = seg_end;
+        }
+      } else {
+        WidenAnyF32(w.dtype, w.RowPtr(r) + c0 * es, wrow, c1 - c0, 1.0f);
       }
       for (int64_t i = 0; i < m; ++i) {
         const float xv = x[i * ldx + r];
@@ -196,14 +146,18 @@ void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float
 }
 
 void WidenRowsF32(const WeightView& w, int64_t r0, int64_t n, float* dst) {
-  const int64_t K = w.cols;
-#pragma omp parallel for schedule(static)
+  const int64_t K = w.cols, es = DTypeSize(w.dtype);
+#pragma omp parallel for schedule(static) if (n * K > 65536)
   for (int64_t r = r0; r < r0 + n; ++r) {
     float* out = dst + (r - r0) * K;
-    ConvertToF32(w.dtype, w.RowPtr(r), out, K);
+    const uint8_t* src = w.RowPtr(r);
     if (w.dtype == DType::kF8E4M3) {
       const float* srow = w.scale_inv + ((w.row0 + r) / w.block) * w.scale_cols();
-      for (int64_t c = 0; c < K; ++c) out[c] *= srow[c / w.block];
+      for (int64_t c0 = 0; c0 < K; c0 += w.block) {
+        WidenAnyF32(w.dtype, src + c0 * es, out + c0, std::min(w.block, K - c0), srow[c0 / w.block]);
+      }
+    } else {
+      WidenAnyF32(w.dtype, src, out, K, 1.0f);
     }
   }
 }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "dnnl.hpp"
+#include "kernels/cpu/simd.h"
 #include "runtime/model/deepseek_model.h"
 #include "runtime/model/random_model.h"
 
@@ -47,10 +48,20 @@ double StreamReadGBs() {
   for (int r = 0; r < 5; ++r) {
     auto t0 = Clock::now();
     float total = 0;
-#pragma omp parallel for reduction(+ : total)
-    for (size_t i = 0; i < n; i += 8) {
-      float s = buf[i] + buf[i + 1] + buf[i + 2] + buf[i + 3] + buf[i + 4] + buf[i + 5] + buf[i + 6] + buf[i + 7];
-      total += s;
+    // Four independent vector accumulators per thread: limited by memory, not
+    // by the add latency chain.
+#pragma omp parallel reduction(+ : total)
+    {
+      ds::cpu::VecF a0 = ds::cpu::VZero(), a1 = a0, a2 = a0, a3 = a0;
+      constexpr size_t L = ds::cpu::kLanes;
+#pragma omp for schedule(static)
+      for (size_t i = 0; i < n; i += 4 * L) {
+        a0 = ds::cpu::VFma(ds::cpu::VLoadF32(&buf[i]), ds::cpu::VSet(1.0f), a0);
+        a1 = ds::cpu::VFma(ds::cpu::VLoadF32(&buf[i + L]), ds::cpu::VSet(1.0f), a1);
+        a2 = ds::cpu::VFma(ds::cpu::VLoadF32(&buf[i + 2 * L]), ds::cpu::VSet(1.0f), a2);
+        a3 = ds::cpu::VFma(ds::cpu::VLoadF32(&buf[i + 3 * L]), ds::cpu::VSet(1.0f), a3);
+      }
+      total += ds::cpu::VSum(a0) + ds::cpu::VSum(a1) + ds::cpu::VSum(a2) + ds::cpu::VSum(a3);
     }
     sink = sink + total;
     runs.push_back(n * sizeof(float) / Seconds(t0, Clock::now()) / 1e9);

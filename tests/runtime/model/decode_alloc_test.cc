@@ -64,7 +64,12 @@ INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocTest,
                          ::testing::Values(std::make_tuple("tiny-v3", DType::kF32),
                                            std::make_tuple("tiny-v3", DType::kF8E4M3),
                                            std::make_tuple("tiny-v2-lite", DType::kBF16),
-                                           std::make_tuple("tiny-moe16b", DType::kF32)));
+                                           std::make_tuple("tiny-moe16b", DType::kF32)),
+                         [](const auto& info) {
+                           std::string s = std::get<0>(info.param) + "_" + DTypeName(std::get<1>(info.param));
+                           for (auto& ch : s) if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
 
 }  // namespace
 }  // namespace deepshard
