@@ -91,7 +91,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   };
   auto out = Generate(**model, *prompt, opts);
   auto t2 = std::chrono::steady_clock::now();
-  std::printf("\n");
+  if (!first) std::printf("\n");
   if (!out.ok()) return Fail(out.status(), out.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1);
   const double load_s = std::chrono::duration<double>(t1 - t0).count();
   const double gen_s = std::chrono::duration<double>(t2 - t1).count();

@@ -79,11 +79,44 @@ void GemvImpl(const float* x, int64_t ldx, const WeightView& w, float* y, int64_
   }
 }
 
+#if defined(DS_HAVE_SIMD)
+// M = 1 (batch-1 decode): four weight rows at a time share each activation load
+// and give the core four independent streams and eight accumulator chains.
+template <DType T>
+void Gemv1Rows4(const float* x, const WeightView& w, float* y) {
+  constexpr int64_t es = T == DType::kF32 ? 4 : (T == DType::kF8E4M3 ? 1 : 2);
+  const int64_t K = w.cols, quads = w.rows / 4;
+#pragma omp parallel for schedule(static)
+  for (int64_t q = 0; q < quads; ++q) {
+    const uint8_t* p[4] = {w.RowPtr(4 * q), w.RowPtr(4 * q + 1), w.RowPtr(4 * q + 2), w.RowPtr(4 * q + 3)};
+    VecF a[4] = {VZero(), VZero(), VZero(), VZero()}, b[4] = {VZero(), VZero(), VZero(), VZero()};
+    int64_t c = 0;
+    for (; c + 2 * kLanes <= K; c += 2 * kLanes) {
+      const VecF x0 = VLoadF32(x + c), x1 = VLoadF32(x + c + kLanes);
+      for (int i = 0; i < 4; ++i) {
+        a[i] = VFma(VLoad<T>(p[i] + c * es), x0, a[i]);
+        b[i] = VFma(VLoad<T>(p[i] + (c + kLanes) * es), x1, b[i]);
+      }
+    }
+    for (int i = 0; i < 4; ++i) {
+      float s = VSum(VAdd(a[i], b[i]));
+      for (int64_t t = c; t < K; ++t) s += LoadOne(T, p[i] + t * es) * x[t];
+      y[4 * q + i] = s;
+    }
+  }
+  for (int64_t r = quads * 4; r < w.rows; ++r) DotSegment<T, 1>(w.RowPtr(r), x, 0, 0, K, y + r);
+}
+#endif
+
 template <DType T>
 void GemvDispatchM(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y,
                    int64_t ldy) {
   switch (m) {
-    case 1: return GemvImpl<T, 1>(x, ldx, w, y, ldy);
+    case 1:
+#if defined(DS_HAVE_SIMD)
+      if constexpr (T != DType::kF8E4M3) return Gemv1Rows4<T>(x, w, y);
+#endif
+      return GemvImpl<T, 1>(x, ldx, w, y, ldy);
     case 2: return GemvImpl<T, 2>(x, ldx, w, y, ldy);
     case 3: return GemvImpl<T, 3>(x, ldx, w, y, ldy);
     case 4: return GemvImpl<T, 4>(x, ldx, w, y, ldy);

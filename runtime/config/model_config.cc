@@ -347,6 +347,9 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   std::filesystem::path p(path);
   std::error_code ec;
   if (std::filesystem::is_directory(p, ec)) p /= "config.json";
+  if (!std::filesystem::exists(p, ec)) {
+    return absl::NotFoundError(absl::StrCat(path, ": no such model directory or config.json"));
+  }
   std::ifstream in(p);
   if (!in) return absl::NotFoundError(absl::StrCat(p.string(), ": cannot open config file"));
   std::stringstream ss;

@@ -17,6 +17,7 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::st
   m->rt_ = rt;
   ASSIGN_OR_RETURN(m->ckpt_, Checkpoint::Open(dir));
   ASSIGN_OR_RETURN(m->weights_, LoadModelWeights(m->config_, *m->ckpt_, spec));
+  if (rt.prefault) m->ckpt_->Prefault();
   const ModelConfig& c = m->config_;
   m->max_context_ = rt.max_context > 0 ? rt.max_context : std::min<int64_t>(c.max_position_embeddings, 16384);
   if (m->max_context_ > c.max_position_embeddings) {

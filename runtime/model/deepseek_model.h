@@ -28,6 +28,7 @@ struct RuntimeConfig {
   MlaMode mla_mode = MlaMode::kAuto;
   int threads = 0;                   // OpenMP threads; 0 = default
   int64_t max_context = 0;           // longest sequence; 0 = min(max_position_embeddings, 16384)
+  bool prefault = true;              // touch every weight page at load (not during the first steps)
 };
 
 class DeepseekModel {

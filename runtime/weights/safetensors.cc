@@ -290,8 +290,19 @@ absl::StatusOr<TensorRef> Checkpoint::Get(const std::string& name, const std::ve
   if (!counted_[name]) {
     counted_[name] = true;
     bytes_requested_ += ref.bytes;
+    requested_.emplace_back(static_cast<const uint8_t*>(ref.data), ref.bytes);
   }
   return ref;
+}
+
+void Checkpoint::Prefault() const {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  volatile uint8_t sink = 0;
+  for (const auto& [ptr, bytes] : requested_) {
+    for (uint64_t off = 0; off < bytes; off += page) sink = sink + ptr[off];
+    if (bytes > 0) sink = sink + ptr[bytes - 1];
+  }
+  (void)sink;
 }
 
 absl::StatusOr<WeightView> Checkpoint::GetWeight(const std::string& name, int64_t rows, int64_t cols,

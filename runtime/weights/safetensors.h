@@ -89,6 +89,11 @@ class Checkpoint {
   // A 1-D vector of length n (norm weights, biases).
   absl::StatusOr<VectorView> GetVector(const std::string& name, int64_t n);
 
+  // Touches every page of every tensor handed out so far, so that the first
+  // forward steps do not pay page faults (and a rank fails at load, not mid-run,
+  // if its memory is short). Tensors never requested are never touched.
+  void Prefault() const;
+
   // Byte accounting: bytes of tensor data handed out by Get (each tensor once).
   uint64_t bytes_requested() const { return bytes_requested_; }
   std::vector<std::string> TensorNames() const;
@@ -101,6 +106,7 @@ class Checkpoint {
   std::map<std::string, std::string> weight_map_;           // tensor -> file name
   std::map<std::string, std::unique_ptr<SafetensorsFile>> files_;  // file name -> opened file
   std::map<std::string, bool> counted_;
+  std::vector<std::pair<const uint8_t*, uint64_t>> requested_;  // data ranges handed out
   uint64_t bytes_requested_ = 0;
 };
 
