@@ -92,6 +92,7 @@ int RunGenerate(const std::vector<std::string>& args) {
   auto out = Generate(**model, *prompt, opts);
   auto t2 = std::chrono::steady_clock::now();
   if (!first) std::printf("\n");
+  std::fflush(stdout);  // the ids line ends before any message on stderr
   if (!out.ok()) return Fail(out.status(), out.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1);
   const double load_s = std::chrono::duration<double>(t1 - t0).count();
   const double gen_s = std::chrono::duration<double>(t2 - t1).count();
