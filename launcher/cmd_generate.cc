@@ -1,104 +1,247 @@
-// deepshard generate: load a model and continue a prompt of token ids.
+// deepshard generate: load a model and continue prompts of token ids, on one
+// rank, or across pp × ep MPI ranks when started by mpirun/srun.
 #include <chrono>
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "comm/mpi_communicator.h"
+#include "comm/parallel_config.h"
 #include "launcher/commands.h"
 #include "launcher/flags.h"
+#include "kernels/status_macros.h"
+#include "launcher/mpi_bootstrap.h"
 #include "runtime/generate.h"
+#include "runtime/parallel/distributed_generate.h"
+#include "runtime/parallel/placement.h"
+#include "runtime/weights/safetensors.h"
 
 namespace deepshard {
 
 namespace {
 constexpr char kUsage[] =
-    "usage: deepshard generate --model DIR --prompt-ids 0,5,17 [--max-new-tokens N]\n"
+    "usage: deepshard generate --model DIR --prompt-ids 0,5,17[;3,4,...] [--max-new-tokens N]\n"
     "         [--temperature T] [--top-k K] [--top-p P] [--seed S] [--ignore-eos]\n"
-    "         [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n";
+    "         [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
+    "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n";
 
-int Fail(const absl::Status& s, int code) {
-  std::fprintf(stderr, "deepshard generate: error: %s\n", std::string(s.message()).c_str());
-  if (code == 2) std::fputs(kUsage, stderr);
-  return code;
+struct Options {
+  std::string model_dir;
+  std::vector<std::vector<int32_t>> prompts;
+  GenerateOptions gen;
+  RuntimeConfig rt;
+  PlacementOptions place;
+};
+
+absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool* help) {
+  ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args,
+                                             {"model", "prompt-ids", "max-new-tokens", "temperature", "top-k",
+                                              "top-p", "seed", "math", "mla", "threads", "max-context", "pp", "ep",
+                                              "layer-split", "expert-map"},
+                                             {"ignore-eos", "help"}));
+  *help = flags.Bool("help");
+  Options o;
+  if (*help) return o;
+  ASSIGN_OR_RETURN(o.model_dir, flags.String("model"));
+  ASSIGN_OR_RETURN(std::string prompts, flags.String("prompt-ids"));
+  for (absl::string_view one : absl::StrSplit(prompts, ';')) {
+    Flags single;
+    ASSIGN_OR_RETURN(single, Flags::Parse({"--prompt-ids", std::string(one)}, {"prompt-ids"}, {}));
+    ASSIGN_OR_RETURN(auto ids, single.IntList("prompt-ids"));
+    o.prompts.push_back(std::move(ids));
+  }
+  ASSIGN_OR_RETURN(o.gen.max_new_tokens, flags.Int("max-new-tokens", 16));
+  ASSIGN_OR_RETURN(double temperature, flags.Double("temperature", 0.0));
+  ASSIGN_OR_RETURN(o.gen.sampling.top_k, flags.Int("top-k", 0));
+  ASSIGN_OR_RETURN(double top_p, flags.Double("top-p", 1.0));
+  ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0));
+  ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 0));
+  ASSIGN_OR_RETURN(o.rt.max_context, flags.Int("max-context", 0));
+  ASSIGN_OR_RETURN(int64_t pp, flags.Int("pp", 1));
+  ASSIGN_OR_RETURN(int64_t ep, flags.Int("ep", 1));
+  o.gen.sampling.temperature = static_cast<float>(temperature);
+  o.gen.sampling.top_p = static_cast<float>(top_p);
+  o.gen.sampling.seed = static_cast<uint64_t>(seed);
+  o.gen.stop_at_eos = !flags.Bool("ignore-eos");
+  RETURN_IF_ERROR(o.gen.sampling.Validate());
+  const std::string math = flags.String("math", "exact");
+  if (math == "exact") {
+    o.rt.math = MathMode::kExact;
+  } else if (math == "fast") {
+    o.rt.math = MathMode::kFast;
+  } else {
+    return absl::InvalidArgumentError("--math must be exact or fast, got \"" + math + "\"");
+  }
+  const std::string mla = flags.String("mla", "auto");
+  if (mla == "auto") {
+    o.rt.mla_mode = MlaMode::kAuto;
+  } else if (mla == "naive") {
+    o.rt.mla_mode = MlaMode::kNaive;
+  } else if (mla == "absorbed") {
+    o.rt.mla_mode = MlaMode::kAbsorbed;
+  } else {
+    return absl::InvalidArgumentError("--mla must be auto, naive or absorbed, got \"" + mla + "\"");
+  }
+  if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  if (o.gen.max_new_tokens < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
+  if (o.rt.max_context < 0) return absl::InvalidArgumentError("--max-context must be >= 0");
+  if (pp < 1 || pp > 4096) return absl::InvalidArgumentError(absl::StrCat("--pp must be in [1, 4096], got ", pp));
+  if (ep < 1 || ep > 4096) return absl::InvalidArgumentError(absl::StrCat("--ep must be in [1, 4096], got ", ep));
+  o.rt.threads = static_cast<int>(threads);
+  o.place.pp = static_cast<int>(pp);
+  o.place.ep = static_cast<int>(ep);
+  if (flags.Has("layer-split")) {
+    ASSIGN_OR_RETURN(o.place.layer_split, ParseLayerSplit(flags.String("layer-split", "")));
+  }
+  if (flags.Has("expert-map")) {
+    ASSIGN_OR_RETURN(o.place.expert_owner, ParseExpertMap(flags.String("expert-map", "")));
+  }
+  return o;
 }
+
+void PrintTokens(const std::vector<int32_t>& t) {
+  std::printf("%s\n", absl::StrJoin(t, ",").c_str());
+  std::fflush(stdout);
+}
+
+// One rank, no MPI: prompts one after another, streaming each token.
+int RunSingle(const Options& o) {
+  auto t0 = std::chrono::steady_clock::now();
+  auto model = DeepseekModel::Load(o.model_dir, o.rt);
+  if (!model.ok()) {
+    std::fprintf(stderr, "deepshard generate: error: %s\n", std::string(model.status().message()).c_str());
+    return 1;
+  }
+  auto t1 = std::chrono::steady_clock::now();
+  size_t n_new = 0, n_prompt = 0;
+  for (size_t i = 0; i < o.prompts.size(); ++i) {
+    GenerateOptions g = o.gen;
+    g.sampling.seed += i;  // prompt i uses seed + i, as on many ranks
+    bool first = true;
+    g.on_token = [&](int32_t tok) {
+      std::printf(first ? "%d" : ",%d", tok);
+      std::fflush(stdout);
+      first = false;
+    };
+    auto out = Generate(**model, o.prompts[i], g);
+    std::printf("\n");
+    std::fflush(stdout);  // the ids line ends before any message on stderr
+    if (!out.ok()) {
+      std::fprintf(stderr, "deepshard generate: error: %s\n", std::string(out.status().message()).c_str());
+      if (out.status().code() == absl::StatusCode::kInvalidArgument) std::fputs(kUsage, stderr);
+      return out.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+    }
+    n_new += out->size();
+    n_prompt += o.prompts[i].size();
+  }
+  const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  std::fprintf(stderr, "deepshard generate: %zu prompt + %zu new tokens in %.3f s (load %.3f s)\n", n_prompt, n_new,
+               gen_s, std::chrono::duration<double>(t1 - t0).count());
+  return 0;
+}
+
+// True on every rank if `ok` holds on every rank (a collective).
+bool AllOk(bool ok) {
+  int v = ok ? 1 : 0, all = 0;
+  MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  return all == 1;
+}
+
+// pp × ep ranks under mpirun. Checks that every rank can agree on are made
+// collectively: rank 0 prints one message and every rank returns non-zero.
+int RunDistributed(const Options& o) {
+  MpiSession mpi(nullptr, nullptr);
+  const int rank = mpi.rank();
+  auto say = [rank](const std::string& m) {
+    if (rank == 0) std::fprintf(stderr, "deepshard generate: error: %s\n", m.c_str());
+  };
+  auto pc = ParallelConfig::FromMpi(MPI_COMM_WORLD, o.place.pp, o.place.ep);
+  if (!pc.ok()) {
+    say(std::string(pc.status().message()));
+    return 2;
+  }
+  // Each rank reads the config and fingerprints the files it sees.
+  auto config = LoadModelConfig(o.model_dir);
+  auto fp = ModelFilesFingerprint(o.model_dir);
+  const bool local_ok = config.ok() && fp.ok();
+  if (!local_ok) {
+    std::fprintf(stderr, "deepshard generate: error: rank %d: %s\n", rank,
+                 std::string((config.ok() ? fp.status() : config.status()).message()).c_str());
+  }
+  if (!AllOk(local_ok)) return 1;
+  std::vector<uint64_t> fps(mpi.size());
+  MPI_Allgather(&*fp, 1, MPI_UINT64_T, fps.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
+  for (int r = 1; r < mpi.size(); ++r) {
+    if (fps[r] != fps[0]) {
+      say(absl::StrCat("ranks see different model files at ", o.model_dir, ": rank ", r,
+                       "'s config.json or safetensors headers differ from rank 0's (fingerprints ",
+                       absl::Hex(fps[r]), " vs ", absl::Hex(fps[0]), ")"));
+      return 1;
+    }
+  }
+  auto plan = MakePlacementPlan(*config, o.place);
+  if (!plan.ok()) {
+    say(std::string(plan.status().message()));
+    return 2;
+  }
+  const RankPlan& mine = plan->ranks[rank];
+  auto model = DeepseekModel::Load(o.model_dir, o.rt, mine.load);
+  if (!model.ok()) {
+    std::fprintf(stderr, "deepshard generate: error: rank %d: %s\n", rank,
+                 std::string(model.status().message()).c_str());
+  }
+  if (!AllOk(model.ok())) return 1;
+  auto world = MakeMpiCommunicator(MPI_COMM_WORLD);
+  auto stage = world->Split(pc->stage, pc->ep_rank);
+  if (!stage.ok()) mpi.Abort(std::string(stage.status().message()));
+  auto t0 = std::chrono::steady_clock::now();
+  auto result = DistributedGenerate(**model, *pc, *world, **stage, plan->experts, o.prompts, o.gen);
+  if (!result.ok()) {
+    // A failure mid-run cannot be agreed on (peers may be inside a collective):
+    // end the whole job now rather than leave ranks hanging.
+    mpi.Abort(absl::StrCat("generate failed: ", result.status().message()));
+  }
+  if (rank == 0) {
+    for (const auto& t : result->tokens) PrintTokens(t);
+    size_t n = 0;
+    for (const auto& t : result->tokens) n += t.size();
+    std::fprintf(stderr, "deepshard generate: %zu prompts, %zu new tokens in %.3f s on %d ranks (pp %d x ep %d)\n",
+                 o.prompts.size(), n, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                 mpi.size(), pc->pp, pc->ep);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int RunGenerate(const std::vector<std::string>& args) {
-  auto flags = Flags::Parse(args,
-                            {"model", "prompt-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
-                             "math", "mla", "threads", "max-context"},
-                            {"ignore-eos", "help"});
-  if (!flags.ok()) return Fail(flags.status(), 2);
-  if (flags->Bool("help")) {
+  bool help = false;
+  auto o = ParseOptions(args, &help);
+  const bool root = !LaunchedUnderMpi() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
+                    std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0";
+  if (!o.ok()) {
+    if (root) {
+      std::fprintf(stderr, "deepshard generate: error: %s\n", std::string(o.status().message()).c_str());
+      std::fputs(kUsage, stderr);
+    }
+    return 2;
+  }
+  if (help) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  auto model_dir = flags->String("model");
-  auto prompt = flags->IntList("prompt-ids");
-  auto max_new = flags->Int("max-new-tokens", 16);
-  auto temperature = flags->Double("temperature", 0.0);
-  auto top_k = flags->Int("top-k", 0);
-  auto top_p = flags->Double("top-p", 1.0);
-  auto seed = flags->Int("seed", 0);
-  auto threads = flags->Int("threads", 0);
-  auto max_context = flags->Int("max-context", 0);
-  for (const absl::Status& s : {model_dir.status(), prompt.status(), max_new.status(), temperature.status(),
-                                top_k.status(), top_p.status(), seed.status(), threads.status(),
-                                max_context.status()}) {
-    if (!s.ok()) return Fail(s, 2);
+  if (!LaunchedUnderMpi()) {
+    if (o->place.pp * o->place.ep > 1) {
+      std::fprintf(stderr,
+                   "deepshard generate: error: --pp %d --ep %d needs %d ranks: launch with "
+                   "mpirun -np %d deepshard generate ...\n",
+                   o->place.pp, o->place.ep, o->place.pp * o->place.ep, o->place.pp * o->place.ep);
+      return 2;
+    }
+    return RunSingle(*o);
   }
-  RuntimeConfig rt;
-  const std::string math = flags->String("math", "exact");
-  if (math == "exact") {
-    rt.math = MathMode::kExact;
-  } else if (math == "fast") {
-    rt.math = MathMode::kFast;
-  } else {
-    return Fail(absl::InvalidArgumentError("--math must be exact or fast, got \"" + math + "\""), 2);
-  }
-  const std::string mla = flags->String("mla", "auto");
-  if (mla == "auto") {
-    rt.mla_mode = MlaMode::kAuto;
-  } else if (mla == "naive") {
-    rt.mla_mode = MlaMode::kNaive;
-  } else if (mla == "absorbed") {
-    rt.mla_mode = MlaMode::kAbsorbed;
-  } else {
-    return Fail(absl::InvalidArgumentError("--mla must be auto, naive or absorbed, got \"" + mla + "\""), 2);
-  }
-  if (*threads < 0) return Fail(absl::InvalidArgumentError("--threads must be >= 0"), 2);
-  if (*max_new < 0) return Fail(absl::InvalidArgumentError("--max-new-tokens must be >= 0"), 2);
-  if (*max_context < 0) return Fail(absl::InvalidArgumentError("--max-context must be >= 0"), 2);
-  rt.threads = static_cast<int>(*threads);
-  rt.max_context = *max_context;
-
-  GenerateOptions opts;
-  opts.max_new_tokens = *max_new;
-  opts.sampling.temperature = static_cast<float>(*temperature);
-  opts.sampling.top_k = *top_k;
-  opts.sampling.top_p = static_cast<float>(*top_p);
-  opts.sampling.seed = static_cast<uint64_t>(*seed);
-  opts.stop_at_eos = !flags->Bool("ignore-eos");
-  if (auto s = opts.sampling.Validate(); !s.ok()) return Fail(s, 2);
-
-  auto t0 = std::chrono::steady_clock::now();
-  auto model = DeepseekModel::Load(*model_dir, rt);
-  if (!model.ok()) return Fail(model.status(), 1);
-  auto t1 = std::chrono::steady_clock::now();
-  bool first = true;
-  opts.on_token = [&](int32_t tok) {
-    std::printf(first ? "%d" : ",%d", tok);
-    std::fflush(stdout);
-    first = false;
-  };
-  auto out = Generate(**model, *prompt, opts);
-  auto t2 = std::chrono::steady_clock::now();
-  if (!first) std::printf("\n");
-  std::fflush(stdout);  // the ids line ends before any message on stderr
-  if (!out.ok()) return Fail(out.status(), out.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1);
-  const double load_s = std::chrono::duration<double>(t1 - t0).count();
-  const double gen_s = std::chrono::duration<double>(t2 - t1).count();
-  std::fprintf(stderr, "deepshard generate: %zu prompt + %zu new tokens in %.3f s (load %.3f s)\n", prompt->size(),
-               out->size(), gen_s, load_s);
-  return 0;
+  return RunDistributed(*o);
 }
 
 }  // namespace deepshard

@@ -9,5 +9,6 @@ namespace deepshard {
 
 int RunMakeModel(const std::vector<std::string>& args);
 int RunGenerate(const std::vector<std::string>& args);
+int RunPlan(const std::vector<std::string>& args);
 
 }  // namespace deepshard

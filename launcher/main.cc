@@ -14,7 +14,8 @@ constexpr char kUsage[] =
     "\n"
     "commands:\n"
     "  make-model   write a random-weight model in the Hugging Face layout\n"
-    "  generate     continue a prompt of token ids with a model directory\n";
+    "  generate     continue prompts of token ids (one rank, or pp x ep ranks under mpirun)\n"
+    "  plan         print the placement of layers and experts over a pp x ep grid\n";
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 2, argv + argc);
   if (cmd == "make-model") return deepshard::RunMakeModel(args);
   if (cmd == "generate") return deepshard::RunGenerate(args);
+  if (cmd == "plan") return deepshard::RunPlan(args);
   std::fprintf(stderr, "deepshard: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

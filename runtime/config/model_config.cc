@@ -338,6 +338,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
     }
   }
 
+  ASSIGN_OR_RETURN(c.torch_dtype, f.String("torch_dtype", std::string("bfloat16")));
+  if (c.torch_dtype != "bfloat16" && c.torch_dtype != "float16" && c.torch_dtype != "float32") {
+    return f.Error("torch_dtype", absl::StrCat("is \"", c.torch_dtype, "\"; expected bfloat16, float16 or float32"));
+  }
+  if (c.n_routed_experts > 1024) return f.Error("n_routed_experts", "exceeds the supported 1024");
+  if (c.family == ModelFamily::kDeepseekMoE && f.Find("rope_scaling") && !f.IsNull("rope_scaling")) {
+    return f.Error("rope_scaling", "is not supported for model_type \"deepseek\" (DeepSeekMoE 16B ships none)");
+  }
   RETURN_IF_ERROR(ParseRopeScaling(f, c));
   RETURN_IF_ERROR(ParseQuantization(f, c));
   return c;

@@ -79,6 +79,7 @@ struct ModelConfig {
   double routed_scaling_factor = 1.0; // 2.5 (V3)
 
   std::optional<Fp8Config> fp8;       // quantization_config, fp8 e4m3 only
+  std::string torch_dtype = "bfloat16";  // stored dtype of unquantised weights: bfloat16, float16, float32
 
   bool is_mla() const { return family != ModelFamily::kDeepseekMoE; }
   // Width of one query/key head: nope + rope for MLA, head_dim for MHA.

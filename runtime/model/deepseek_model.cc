@@ -35,9 +35,7 @@ std::unique_ptr<KvCache> DeepseekModel::NewCache(int64_t capacity) const {
   return std::make_unique<KvCache>(config_, n_local_layers(), capacity > 0 ? capacity : max_context_);
 }
 
-absl::Status DeepseekModel::Forward(std::span<const SequenceChunk> batch, bool all_logits, float* logits) {
-  const ModelConfig& c = config_;
-  const int64_t H = c.hidden_size;
+absl::StatusOr<int64_t> DeepseekModel::CheckBatch(std::span<const SequenceChunk> batch, bool need_tokens) const {
   int64_t T = 0;
   for (const SequenceChunk& ch : batch) {
     if (ch.cache == nullptr || ch.n_tokens <= 0) return absl::InvalidArgumentError("empty sequence chunk");
@@ -50,32 +48,40 @@ absl::Status DeepseekModel::Forward(std::span<const SequenceChunk> batch, bool a
       return absl::OutOfRangeError(absl::StrCat("sequence length ", end, " exceeds the context limit of ",
                                                 std::min(ch.cache->capacity(), max_context_), " tokens"));
     }
-    for (int64_t i = 0; i < ch.n_tokens; ++i) {
-      if (ch.tokens[i] < 0 || ch.tokens[i] >= c.vocab_size) {
+    for (int64_t i = 0; need_tokens && i < ch.n_tokens; ++i) {
+      if (ch.tokens[i] < 0 || ch.tokens[i] >= config_.vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat("token id ", ch.tokens[i], " is outside the vocabulary [0, ",
-                                                       c.vocab_size, ")"));
+                                                       config_.vocab_size, ")"));
       }
     }
     T += ch.n_tokens;
   }
-  if (!weights_.spec.embedding || !weights_.spec.head) {
-    return absl::FailedPreconditionError("Forward needs the embedding and lm_head on this rank");
-  }
+  return T;
+}
 
+absl::Status DeepseekModel::Embed(std::span<const SequenceChunk> batch, float* x) {
+  if (!weights_.spec.embedding) return absl::FailedPreconditionError("this rank holds no embedding");
+  ASSIGN_OR_RETURN(int64_t T, CheckBatch(batch, /*need_tokens=*/true));
+  (void)T;
+  int64_t t = 0;
+  for (const SequenceChunk& ch : batch) {
+    backend_->Embedding(weights_.embed_tokens, ch.tokens, ch.n_tokens, x + t * config_.hidden_size);
+    t += ch.n_tokens;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DeepseekModel::RunLayers(std::span<const SequenceChunk> batch, float* x, MoeExchange* exchange) {
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size;
+  ASSIGN_OR_RETURN(const int64_t T, CheckBatch(batch, /*need_tokens=*/false));
   int32_t* pos = Workspace::Get(ws_.positions, T);
   int64_t t = 0;
   for (const SequenceChunk& ch : batch) {
     for (int64_t i = 0; i < ch.n_tokens; ++i) pos[t++] = static_cast<int32_t>(ch.start_pos + i);
   }
-
-  float* x = Workspace::Get(ws_.x, T * H);   // residual stream [T, H]
   float* xn = Workspace::Get(ws_.xn, T * H);
   float* h = Workspace::Get(ws_.h, T * H);
-  t = 0;
-  for (const SequenceChunk& ch : batch) {
-    backend_->Embedding(weights_.embed_tokens, ch.tokens, ch.n_tokens, x + t * H);
-    t += ch.n_tokens;
-  }
   const float eps = static_cast<float>(c.rms_norm_eps);
   for (int64_t l = 0; l < n_local_layers(); ++l) {
     const LayerWeights& L = weights_.layers[l];
@@ -87,7 +93,10 @@ absl::Status DeepseekModel::Forward(std::span<const SequenceChunk> batch, bool a
     }
     for (int64_t i = 0; i < T * H; ++i) x[i] += h[i];
     backend_->RmsNorm(x, T, H, H, L.post_attention_layernorm, eps, xn, H);
-    if (L.is_moe) {
+    if (L.is_moe && exchange != nullptr) {
+      // Every rank of the stage takes part, also with T == 0.
+      RETURN_IF_ERROR(MoeForwardExchange(c, L.moe, *backend_, xn, T, ws_, *exchange, h));
+    } else if (L.is_moe) {
       MoeForward(c, L.moe, *backend_, xn, T, ws_, h);
     } else {
       MlpForward(L.mlp, *backend_, xn, T, H, c.intermediate_size, ws_, h);
@@ -95,21 +104,40 @@ absl::Status DeepseekModel::Forward(std::span<const SequenceChunk> batch, bool a
     for (int64_t i = 0; i < T * H; ++i) x[i] += h[i];
   }
   for (const SequenceChunk& ch : batch) ch.cache->set_length(ch.start_pos + ch.n_tokens);
+  return absl::OkStatus();
+}
 
-  // Final norm and lm_head on the rows whose logits are wanted.
+absl::Status DeepseekModel::Head(std::span<const SequenceChunk> batch, const float* x, bool all_logits,
+                                 float* logits) {
+  if (!weights_.spec.head) return absl::FailedPreconditionError("this rank holds no lm_head");
+  const int64_t H = config_.hidden_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  int64_t T = 0;
+  for (const SequenceChunk& ch : batch) T += ch.n_tokens;
   const int64_t n_out = all_logits ? T : static_cast<int64_t>(batch.size());
   float* last = Workspace::Get(ws_.last_hidden, n_out * H);
   if (all_logits) {
     backend_->RmsNorm(x, T, H, H, weights_.norm, eps, last, H);
   } else {
-    t = 0;
+    int64_t t = 0;
     for (size_t b = 0; b < batch.size(); ++b) {
       t += batch[b].n_tokens;
       backend_->RmsNorm(x + (t - 1) * H, 1, H, H, weights_.norm, eps, last + b * H, H);
     }
   }
-  backend_->Linear(last, n_out, H, weights_.lm_head, logits, c.vocab_size);
+  backend_->Linear(last, n_out, H, weights_.lm_head, logits, config_.vocab_size);
   return absl::OkStatus();
+}
+
+absl::Status DeepseekModel::Forward(std::span<const SequenceChunk> batch, bool all_logits, float* logits) {
+  if (!weights_.spec.embedding || !weights_.spec.head) {
+    return absl::FailedPreconditionError("Forward needs the embedding and lm_head on this rank");
+  }
+  ASSIGN_OR_RETURN(const int64_t T, CheckBatch(batch, /*need_tokens=*/true));
+  float* x = Workspace::Get(ws_.x, T * config_.hidden_size);  // residual stream [T, H]
+  RETURN_IF_ERROR(Embed(batch, x));
+  RETURN_IF_ERROR(RunLayers(batch, x, nullptr));
+  return Head(batch, x, all_logits, logits);
 }
 
 }  // namespace deepshard

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "comm/moe_exchange.h"
 #include "kernels/backend.h"
 #include "runtime/config/model_config.h"
 #include "runtime/model/forward_batch.h"
@@ -55,8 +56,19 @@ class DeepseekModel {
   // of each) or, with all_logits, the total number of tokens.
   absl::Status Forward(std::span<const SequenceChunk> batch, bool all_logits, float* logits);
 
+  // The pieces of Forward, for pipeline stages (Forward = Embed, RunLayers, Head).
+  // x is the residual stream [T, hidden] of the batch's concatenated tokens.
+  absl::Status Embed(std::span<const SequenceChunk> batch, float* x);  // first stage
+  // Runs this rank's layers in place on x and appends to the chunks' caches.
+  // With `exchange`, MoE layers dispatch tokens to the ranks that own their
+  // experts (a collective over the stage: call it on every rank of the stage,
+  // also with an empty batch); without, all experts must be local.
+  absl::Status RunLayers(std::span<const SequenceChunk> batch, float* x, MoeExchange* exchange);
+  absl::Status Head(std::span<const SequenceChunk> batch, const float* x, bool all_logits, float* logits);
+
  private:
   DeepseekModel() = default;
+  absl::StatusOr<int64_t> CheckBatch(std::span<const SequenceChunk> batch, bool need_tokens) const;
   ModelConfig config_;
   RuntimeConfig rt_;
   std::unique_ptr<Checkpoint> ckpt_;

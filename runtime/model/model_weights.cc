@@ -1,5 +1,7 @@
 #include "runtime/model/model_weights.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
 
@@ -57,6 +59,17 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& c, Checkpoint& 
     return absl::InvalidArgumentError(absl::StrCat("expert range [", spec.expert_begin, ", ", spec.expert_end,
                                                    ") is outside the model's ", c.n_routed_experts, " experts"));
   }
+  std::vector<int32_t> experts = spec.expert_list;
+  if (experts.empty()) {
+    for (int64_t e = spec.expert_begin; e < spec.expert_end; ++e) experts.push_back(static_cast<int32_t>(e));
+  }
+  std::sort(experts.begin(), experts.end());
+  for (size_t i = 0; i < experts.size(); ++i) {
+    if (experts[i] < 0 || experts[i] >= c.n_routed_experts || (i > 0 && experts[i] == experts[i - 1])) {
+      return absl::InvalidArgumentError(absl::StrCat("expert list names expert ", experts[i], " twice or out of [0, ",
+                                                     c.n_routed_experts, ")"));
+    }
+  }
   const int64_t block = c.fp8 ? c.fp8->block_rows : 128;
   const int64_t H = c.hidden_size;
   ModelWeights w;
@@ -89,11 +102,12 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& c, Checkpoint& 
         ASSIGN_OR_RETURN(m.e_score_correction_bias,
                          ck.GetVector(p + "mlp.gate.e_score_correction_bias", c.n_routed_experts));
       }
-      m.expert_begin = spec.expert_begin;
-      m.expert_end = spec.expert_end;
-      for (int64_t e = spec.expert_begin; e < spec.expert_end; ++e) {
+      m.local_of.assign(c.n_routed_experts, -1);
+      for (int32_t e : experts) {
         ASSIGN_OR_RETURN(MlpWeights ew, LoadMlp(ck, absl::StrCat(p, "mlp.experts.", e, "."), H,
                                                 c.moe_intermediate_size, block));
+        m.local_of[e] = static_cast<int32_t>(m.experts.size());
+        m.expert_ids.push_back(e);
         m.experts.push_back(ew);
       }
       if (c.n_shared_experts > 0) {

@@ -38,9 +38,9 @@ struct AttentionWeights {
 struct MoeWeights {
   WeightView gate;                       // router [n_routed_experts, hidden]
   VectorView e_score_correction_bias;    // [n_routed_experts], noaux_tc only (F32)
-  int64_t expert_begin = 0;              // this rank holds experts [begin, end)
-  int64_t expert_end = 0;
-  std::vector<MlpWeights> experts;       // experts[e - expert_begin]
+  std::vector<int32_t> expert_ids;       // routed experts this rank holds, ascending
+  std::vector<int32_t> local_of;         // [n_routed_experts] -> index into experts, or -1
+  std::vector<MlpWeights> experts;       // experts[local_of[e]]
   bool has_shared = false;
   MlpWeights shared;                     // [moe_inter * n_shared_experts, hidden]
 };
@@ -61,6 +61,7 @@ struct LoadSpec {
   int64_t layer_end = -1;     // -1: num_hidden_layers
   int64_t expert_begin = 0;
   int64_t expert_end = -1;    // -1: n_routed_experts
+  std::vector<int32_t> expert_list;  // if non-empty: exactly these experts (overrides the range)
   bool embedding = true;      // first pipeline stage
   bool head = true;           // last pipeline stage: final norm + lm_head
 };

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
 #include "runtime/model/moe_router.h"
 
 namespace deepshard {
@@ -45,12 +47,13 @@ void MoeForward(const ModelConfig& c, const MoeWeights& w, Backend& be, const fl
   std::fill(acc, acc + T * H, 0.0f);
   float* xg = Workspace::Get(ws.gathered, T * k * H);
   float* yg = Workspace::Get(ws.expert_out, T * k * H);
-  for (int64_t e = w.expert_begin; e < w.expert_end; ++e) {
+  for (size_t li = 0; li < w.expert_ids.size(); ++li) {
+    const int64_t e = w.expert_ids[li];
     const int64_t n = count[e];
     if (n == 0) continue;
     const int32_t* r = rows + offset[e];
     for (int64_t i = 0; i < n; ++i) std::memcpy(xg + i * H, x + (r[i] / k) * H, H * sizeof(float));
-    MlpForward(w.experts[e - w.expert_begin], be, xg, n, H, inter, ws, yg);
+    MlpForward(w.experts[li], be, xg, n, H, inter, ws, yg);
     for (int64_t i = 0; i < n; ++i) {
       float* dst = acc + (r[i] / k) * H;
       const float wt = weights[r[i]];
@@ -66,6 +69,49 @@ void MoeForward(const ModelConfig& c, const MoeWeights& w, Backend& be, const fl
   } else {
     std::memcpy(out, acc, T * H * sizeof(float));
   }
+}
+
+absl::Status MoeForwardExchange(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
+                                Workspace& ws, MoeExchange& ex, float* out) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
+  float* logits = Workspace::Get(ws.router_logits, T * E + 2 * E + c.n_group);
+  be.LinearExact(x, T, H, w.gate, logits, E);
+  int32_t* ids = Workspace::Get(ws.topk_ids, T * k + 1);
+  float* weights = Workspace::Get(ws.topk_w, T * k + 1);
+  RouteTokens(c, logits, w.e_score_correction_bias, T, ids, weights, logits + T * E);
+
+  RETURN_IF_ERROR(ex.Dispatch(x, T, ids, k));
+  const auto off = ex.local_expert_offsets();
+  if (static_cast<size_t>(off.size()) != w.experts.size() + 1) {
+    return absl::InternalError(absl::StrCat("expert placement gives this rank ", off.size() - 1,
+                                            " experts but it loaded ", w.experts.size()));
+  }
+  for (size_t li = 0; li < w.experts.size(); ++li) {
+    const int64_t n = off[li + 1] - off[li];
+    if (n == 0) continue;
+    MlpForward(w.experts[li], be, ex.received() + off[li] * H, n, H, c.moe_intermediate_size, ws,
+               ex.expert_output() + off[li] * H);
+  }
+  float* slots = Workspace::Get(ws.expert_out, T * k * H + 1);  // [T * k, H]
+  RETURN_IF_ERROR(ex.Combine(slots));
+
+  float* acc = Workspace::Get(ws.moe_out, T * H + 1);
+  std::fill(acc, acc + T * H, 0.0f);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < k; ++i) {
+      const float wt = weights[t * k + i];
+      const float* src = slots + (t * k + i) * H;
+      float* dst = acc + t * H;
+      for (int64_t j = 0; j < H; ++j) dst[j] += wt * src[j];
+    }
+  }
+  if (w.has_shared) {
+    MlpForward(w.shared, be, x, T, H, c.moe_intermediate_size * c.n_shared_experts, ws, out);
+    for (int64_t i = 0; i < T * H; ++i) out[i] += acc[i];
+  } else {
+    std::memcpy(out, acc, T * H * sizeof(float));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace deepshard

@@ -6,6 +6,8 @@
 // width moe_intermediate_size × n_shared_experts.
 #pragma once
 
+#include "absl/status/status.h"
+#include "comm/moe_exchange.h"
 #include "kernels/backend.h"
 #include "runtime/config/model_config.h"
 #include "runtime/model/forward_batch.h"
@@ -18,9 +20,15 @@ void MlpForward(const MlpWeights& w, Backend& be, const float* x, int64_t m, int
                 int64_t inter, Workspace& ws, float* out);
 
 // out[T, hidden] = DeepSeekMoE(x[T, hidden]). Only experts this rank holds
-// (w.expert_begin .. w.expert_end) are computed; with all experts local this
-// is the whole layer.
+// (w.expert_ids) are computed; with all experts local this is the whole layer.
 void MoeForward(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
                 Workspace& ws, float* out);
+
+// DeepSeekMoE with the routed experts spread over the ranks of a stage: route
+// locally, dispatch each (token, choice) to its expert's owner, run the local
+// experts on what arrived, combine back, then weight and add the shared
+// experts. Collective over the exchange's communicator (T may be 0).
+absl::Status MoeForwardExchange(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
+                                Workspace& ws, MoeExchange& ex, float* out);
 
 }  // namespace deepshard

@@ -349,4 +349,65 @@ absl::StatusOr<VectorView> Checkpoint::GetVector(const std::string& name, int64_
   return v;
 }
 
+absl::StatusOr<uint64_t> ModelFilesFingerprint(const std::string& dir) {
+  namespace fs = std::filesystem;
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](const void* p, size_t n) {
+    const uint8_t* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  };
+  std::vector<std::string> files = {"config.json"};
+  std::error_code ec;
+  std::vector<std::string> st;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    if (e.path().extension() == ".safetensors" || n == "model.safetensors.index.json") st.push_back(n);
+  }
+  if (ec) return absl::NotFoundError(absl::StrCat(dir, ": cannot list directory: ", ec.message()));
+  std::sort(st.begin(), st.end());
+  files.insert(files.end(), st.begin(), st.end());
+  for (const std::string& n : files) {
+    const std::string path = (fs::path(dir) / n).string();
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+    mix(n.data(), n.size());
+    const uint64_t size = fs::file_size(path, ec);
+    mix(&size, sizeof(size));
+    uint64_t limit = UINT64_MAX;  // whole file for JSON files
+    if (n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0) {
+      uint8_t len[8] = {0};
+      in.read(reinterpret_cast<char*>(len), 8);
+      uint64_t hl = 0;
+      for (int i = 7; i >= 0; --i) hl = (hl << 8) | len[i];
+      limit = 8 + std::min<uint64_t>(hl, kMaxHeaderBytes);
+      in.seekg(0);
+    }
+    std::vector<char> buf(1 << 16);
+    uint64_t done = 0;
+    while (done < limit && in) {
+      in.read(buf.data(), static_cast<std::streamsize>(std::min<uint64_t>(buf.size(), limit - done)));
+      const std::streamsize got = in.gcount();
+      if (got <= 0) break;
+      mix(buf.data(), static_cast<size_t>(got));
+      done += static_cast<uint64_t>(got);
+    }
+    // Same structure but other weights (another seed, another fine-tune) must
+    // differ too: sample 64 evenly spaced 4 KiB blocks of the data section.
+    if (limit != UINT64_MAX && size > limit) {
+      in.clear();
+      constexpr int kSamples = 64;
+      constexpr uint64_t kBlock = 4096;
+      const uint64_t span = size - limit;
+      for (int i = 0; i < kSamples; ++i) {
+        const uint64_t off = limit + span * i / kSamples;
+        in.seekg(static_cast<std::streamoff>(off));
+        in.read(buf.data(), static_cast<std::streamsize>(std::min<uint64_t>(kBlock, size - off)));
+        mix(buf.data(), static_cast<size_t>(std::max<std::streamsize>(0, in.gcount())));
+        in.clear();
+      }
+    }
+  }
+  return h;
+}
+
 }  // namespace deepshard

@@ -110,4 +110,9 @@ class Checkpoint {
   uint64_t bytes_requested_ = 0;
 };
 
+// A cheap fingerprint of a model directory as a rank sees it: config.json's
+// bytes, and each *.safetensors file's name, size and header (which fixes every
+// tensor's name, dtype, shape and offsets). Ranks compare it at start-up.
+absl::StatusOr<uint64_t> ModelFilesFingerprint(const std::string& dir);
+
 }  // namespace deepshard

@@ -1,0 +1,108 @@
+// The placement plan on the real configs: balanced splits, expert shards,
+// memory accounting, and errors that name the flag.
+#include "runtime/parallel/placement.h"
+
+#include <numeric>
+
+#include "gtest/gtest.h"
+
+namespace deepshard {
+namespace {
+
+ModelConfig Real(const std::string& name) {
+  auto c = LoadModelConfig(std::string(DS_SOURCE_DIR) + "/tests/data/configs/" + name + "/config.json");
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *c;
+}
+
+TEST(Placement, V3On32RanksCoversEveryLayerAndExpertOnce) {
+  const ModelConfig c = Real("deepseek-v3");
+  PlacementOptions o;
+  o.pp = 4, o.ep = 8, o.nodes = 4;
+  auto p = MakePlacementPlan(c, o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->stages.size(), 4u);
+  EXPECT_EQ(p->stages.front().layer_begin, 0);
+  EXPECT_EQ(p->stages.back().layer_end, 61);  // the MTP layer (61) is not placed
+  for (size_t s = 1; s < p->stages.size(); ++s) EXPECT_EQ(p->stages[s].layer_begin, p->stages[s - 1].layer_end);
+  // Each stage's ranks hold all 256 experts between them, 32 each, disjoint.
+  for (int s = 0; s < 4; ++s) {
+    std::vector<int> seen(256, 0);
+    for (int e = 0; e < 8; ++e) {
+      const RankPlan& r = p->ranks[s * 8 + e];
+      EXPECT_EQ(r.experts.size(), 32u);
+      EXPECT_EQ(r.node, (s * 8 + e) / 8);
+      for (int32_t x : r.experts) ++seen[x];
+    }
+    for (int v : seen) EXPECT_EQ(v, 1);
+  }
+  // Balance: the bottleneck stage is within 10% of the mean (61 layers, 3 dense).
+  double total = 0, worst = 0;
+  for (const auto& st : p->stages) total += st.cost, worst = std::max(worst, st.cost);
+  EXPECT_LT(worst, 1.10 * total / 4);
+  // FP8 V3 is ~671 GB; 32 ranks hold ~ (replicated attention etc. × 8) + experts.
+  uint64_t bytes = 0;
+  for (const auto& r : p->ranks) bytes += r.weight_bytes;
+  EXPECT_GT(bytes, 650ull << 30);
+  // KV per 1K tokens on a stage-0 rank: 576 floats × layers × 1024 × 4 bytes.
+  const RankPlan& r0 = p->ranks[0];
+  EXPECT_EQ(r0.kv_bytes_per_1k, 4ull * 1024 * 576 * (r0.load.layer_end - r0.load.layer_begin));
+}
+
+TEST(Placement, BalancedSplitGivesTheLmHeadStageFewerLayers) {
+  const ModelConfig c = Real("deepseek-v2-lite");
+  PlacementOptions o;
+  o.pp = 3, o.ep = 1;
+  auto p = MakePlacementPlan(c, o);
+  ASSERT_TRUE(p.ok());
+  // Dense layer 0 is cheaper per token than a MoE layer, and the last stage
+  // carries the 102400 × 2048 lm_head: it gets no more layers than the first.
+  EXPECT_LE(p->stages[2].layer_end - p->stages[2].layer_begin, p->stages[0].layer_end - p->stages[0].layer_begin);
+}
+
+TEST(Placement, UnevenExpertShards) {
+  const ModelConfig c = Real("deepseek-v2-lite");  // 64 experts
+  PlacementOptions o;
+  o.ep = 3;
+  auto p = MakePlacementPlan(c, o);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->ranks[0].experts.size(), 22u);
+  EXPECT_EQ(p->ranks[1].experts.size(), 21u);
+  EXPECT_EQ(p->ranks[2].experts.size(), 21u);
+}
+
+TEST(Placement, OverridesAndErrorsNameTheFlag) {
+  const ModelConfig c = Real("deepseek-v2-lite");  // 27 layers
+  PlacementOptions o;
+  o.pp = 2;
+  o.layer_split = {20, 7};
+  auto p = MakePlacementPlan(c, o);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(p->stages[1].layer_begin, 20);
+  auto err = [&](PlacementOptions x, const std::string& needle) {
+    auto r = MakePlacementPlan(c, x);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(std::string(r.status().message()).find(needle), std::string::npos) << r.status();
+  };
+  PlacementOptions bad = o;
+  bad.layer_split = {20, 8};
+  err(bad, "--layer-split");
+  bad = PlacementOptions{};
+  bad.pp = 28;
+  err(bad, "--pp 28 exceeds");
+  bad = PlacementOptions{};
+  bad.ep = 65;
+  err(bad, "--ep 65");
+  bad = PlacementOptions{};
+  bad.ep = 2, bad.nodes = 3;
+  err(bad, "--nodes");
+  bad = PlacementOptions{};
+  bad.ep = 2;
+  bad.expert_owner.assign(64, 0);
+  err(bad, "gives rank 1 no experts");
+  bad.expert_owner.assign(63, 0);
+  err(bad, "--expert-map lists 63");
+}
+
+}  // namespace
+}  // namespace deepshard
