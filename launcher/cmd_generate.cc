@@ -1,7 +1,9 @@
 // deepshard generate: load a model and continue prompts of token ids, on one
 // rank, or across pp × ep MPI ranks when started by mpirun/srun.
 #include <chrono>
+#include <algorithm>
 #include <cstdio>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -141,11 +143,36 @@ int RunSingle(const Options& o) {
   return 0;
 }
 
-// True on every rank if `ok` holds on every rank (a collective).
-bool AllOk(bool ok) {
-  int v = ok ? 1 : 0, all = 0;
-  MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  return all == 1;
+// Collective: true on every rank if no rank reports an error. Rank 0 prints
+// each distinct error once, with the ranks that hit it, so a mistake every
+// rank makes (a wrong path) reads as one message.
+bool AgreeNoErrors(const std::string& local_error) {
+  constexpr int kLen = 1024;
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  char mine[kLen] = {0};
+  std::snprintf(mine, kLen, "%s", local_error.c_str());
+  std::vector<char> all(rank == 0 ? static_cast<size_t>(size) * kLen : 1);
+  MPI_Gather(mine, kLen, MPI_CHAR, all.data(), kLen, MPI_CHAR, 0, MPI_COMM_WORLD);
+  int bad = local_error.empty() ? 0 : 1, any = 0;
+  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (rank == 0 && any) {
+    std::vector<std::pair<std::string, std::vector<int>>> distinct;
+    for (int r = 0; r < size; ++r) {
+      std::string m(all.data() + static_cast<size_t>(r) * kLen);
+      if (m.empty()) continue;
+      auto it = std::find_if(distinct.begin(), distinct.end(), [&](const auto& d) { return d.first == m; });
+      if (it == distinct.end()) distinct.push_back({m, {r}});
+      else it->second.push_back(r);
+    }
+    for (const auto& [m, ranks] : distinct) {
+      const std::string who = static_cast<int>(ranks.size()) == size ? "every rank"
+                              : absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(ranks, ","));
+      std::fprintf(stderr, "deepshard generate: error: %s: %s\n", who.c_str(), m.c_str());
+    }
+  }
+  return any == 0;
 }
 
 // pp × ep ranks under mpirun. Checks that every rank can agree on are made
@@ -165,17 +192,15 @@ int RunDistributed(const Options& o) {
   auto config = LoadModelConfig(o.model_dir);
   auto fp = ModelFilesFingerprint(o.model_dir);
   const bool local_ok = config.ok() && fp.ok();
-  if (!local_ok) {
-    std::fprintf(stderr, "deepshard generate: error: rank %d: %s\n", rank,
-                 std::string((config.ok() ? fp.status() : config.status()).message()).c_str());
+  if (!AgreeNoErrors(local_ok ? "" : std::string((config.ok() ? fp.status() : config.status()).message()))) {
+    return 1;
   }
-  if (!AllOk(local_ok)) return 1;
   std::vector<uint64_t> fps(mpi.size());
   MPI_Allgather(&*fp, 1, MPI_UINT64_T, fps.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
   for (int r = 1; r < mpi.size(); ++r) {
     if (fps[r] != fps[0]) {
       say(absl::StrCat("ranks see different model files at ", o.model_dir, ": rank ", r,
-                       "'s config.json or safetensors headers differ from rank 0's (fingerprints ",
+                       "'s config.json or safetensors files differ from rank 0's (fingerprints ",
                        absl::Hex(fps[r]), " vs ", absl::Hex(fps[0]), ")"));
       return 1;
     }
@@ -186,12 +211,15 @@ int RunDistributed(const Options& o) {
     return 2;
   }
   const RankPlan& mine = plan->ranks[rank];
-  auto model = DeepseekModel::Load(o.model_dir, o.rt, mine.load);
-  if (!model.ok()) {
-    std::fprintf(stderr, "deepshard generate: error: rank %d: %s\n", rank,
-                 std::string(model.status().message()).c_str());
+  RuntimeConfig rt = o.rt;
+  if (rt.threads == 0 && std::getenv("OMP_NUM_THREADS") == nullptr) {
+    // Share the node's cores among its ranks: oversubscribed OpenMP threads
+    // spin against each other and against MPI's progress polling.
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    rt.threads = std::max(1, cores / std::max(1, pc->local_size));
   }
-  if (!AllOk(model.ok())) return 1;
+  auto model = DeepseekModel::Load(o.model_dir, rt, mine.load);
+  if (!AgreeNoErrors(model.ok() ? "" : std::string(model.status().message()))) return 1;
   auto world = MakeMpiCommunicator(MPI_COMM_WORLD);
   auto stage = world->Split(pc->stage, pc->ep_rank);
   if (!stage.ok()) mpi.Abort(std::string(stage.status().message()));

@@ -12,7 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
   libpcre2-dev
-  python3
+  python3 bc procps
 )
 
 missing=()

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Failure handling of `deepshard generate` under mpiexec (issue 4, item 8):
+# every bad layout gets one clear message from rank 0 and a non-zero exit of
+# every rank within seconds; a rank killed mid-run ends the job non-zero
+# within 30 s. Usage: mpi_failures_test.sh DEEPSHARD MPIEXEC
+set -u
+BIN="$1"
+MPIEXEC="$2"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+MPI=("$MPIEXEC" --oversubscribe --mca pml ob1 --bind-to none)
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+fails=0
+pass=0
+
+"$BIN" make-model --preset tiny-v3 --layers 4 --out "$TMP/a" 2>/dev/null || exit 1
+"$BIN" make-model --preset tiny-v3 --layers 4 --seed 2 --out "$TMP/b" 2>/dev/null || exit 1
+
+# expect NAME EXPECTED_MESSAGE -- command...
+expect_error() {
+  local name="$1" needle="$2"
+  shift 3
+  local start end rc out
+  start=$(date +%s.%N)
+  out="$(timeout 60 "$@" 2>&1)"
+  rc=$?
+  end=$(date +%s.%N)
+  local secs
+  secs=$(echo "$end - $start" | bc)
+  local count
+  count=$(grep -c "deepshard generate: error" <<<"$out")
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -qF -- "$needle" <<<"$out" && [ "$count" -eq 1 ] &&
+     [ "$(echo "$secs < 10" | bc)" -eq 1 ]; then
+    echo "ok   $name: exit $rc in ${secs}s, one message"
+    pass=$((pass + 1))
+  else
+    echo "FAIL $name: exit $rc in ${secs}s, $count error lines, wanted \"$needle\":"
+    echo "$out" | sed 's/^/     /'
+    fails=$((fails + 1))
+  fi
+}
+
+expect_error "world != pp x ep" "does not fit the MPI world of 3 ranks" -- \
+  "${MPI[@]}" -n 3 "$BIN" generate --model "$TMP/a" --pp 2 --ep 2 --prompt-ids 1,2
+expect_error "pp > layers" "--pp 5 exceeds the model's 4 layers" -- \
+  "${MPI[@]}" -n 5 "$BIN" generate --model "$TMP/a" --pp 5 --ep 1 --prompt-ids 1,2
+expect_error "ep > experts" "--ep 17 exceeds the 16 routed experts" -- \
+  "${MPI[@]}" -n 17 "$BIN" generate --model "$TMP/a" --ep 17 --prompt-ids 1,2
+expect_error "ranks see different model files" "ranks see different model files" -- \
+  "${MPI[@]}" -n 1 "$BIN" generate --model "$TMP/a" --ep 2 --prompt-ids 1,2 : \
+  -n 1 "$BIN" generate --model "$TMP/b" --ep 2 --prompt-ids 1,2
+expect_error "missing model on every rank" "no such model directory" -- \
+  "${MPI[@]}" -n 2 "$BIN" generate --model "$TMP/nope" --ep 2 --prompt-ids 1,2
+
+# Uneven expert shards are supported: 16 experts on 3 ranks (6/5/5) give the
+# single-rank tokens.
+want="$("$BIN" generate --model "$TMP/a" --prompt-ids "1,2;3,4;5" --max-new-tokens 6 --ignore-eos 2>/dev/null)"
+got="$(timeout 60 "${MPI[@]}" -n 3 "$BIN" generate --model "$TMP/a" --ep 3 --prompt-ids "1,2;3,4;5" \
+        --max-new-tokens 6 --ignore-eos 2>/dev/null)"
+if [ -n "$want" ] && [ "$want" == "$got" ]; then
+  echo "ok   uneven expert shards (ep 3, 16 experts): tokens match one rank"
+  pass=$((pass + 1))
+else
+  echo "FAIL uneven expert shards: got [$got] want [$want]"
+  fails=$((fails + 1))
+fi
+
+# A rank killed mid-run: the job must end non-zero within 30 s.
+"$BIN" make-model --preset tiny-v3 --layers 16 --out "$TMP/big" 2>/dev/null || exit 1
+prompts="$(for i in $(seq 0 63); do printf '%s' "$((i % 400 + 2))"; for j in $(seq 1 59); do printf ',%s' $(((i * 7 + j * 13) % 500 + 2)); done; [ "$i" -lt 63 ] && printf ';'; done)"
+"${MPI[@]}" -n 4 "$BIN" generate --model "$TMP/big" --pp 2 --ep 2 --prompt-ids "$prompts" \
+  --max-new-tokens 60 --ignore-eos >"$TMP/kill.out" 2>&1 &
+job=$!
+victim=""
+for _ in $(seq 1 100); do
+  sleep 0.1
+  victim="$(pgrep -f "generate --model $TMP/big" | while read -r p; do
+    [ "$(cat /proc/$p/comm 2>/dev/null)" == "deepshard" ] && echo "$p"; done | tail -1)"
+  [ -n "$victim" ] && break
+done
+sleep 1
+if [ -z "$victim" ] || ! kill -0 "$job" 2>/dev/null; then
+  echo "FAIL kill: the job was not running (victim '$victim')"
+  cat "$TMP/kill.out"
+  fails=$((fails + 1))
+else
+  kill -9 "$victim"
+  start=$(date +%s.%N)
+  for _ in $(seq 1 300); do
+    kill -0 "$job" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$job" 2>/dev/null; then
+    echo "FAIL kill: mpiexec still running 30 s after rank $victim was killed"
+    kill -9 "$job"
+    fails=$((fails + 1))
+  else
+    wait "$job"
+    rc=$?
+    secs=$(echo "$(date +%s.%N) - $start" | bc)
+    if [ "$rc" -ne 0 ]; then
+      echo "ok   rank killed mid-run: job exited $rc ${secs}s after SIGKILL"
+      pass=$((pass + 1))
+    else
+      echo "FAIL kill: job exited 0 after a rank was killed"
+      fails=$((fails + 1))
+    fi
+  fi
+fi
+
+echo "$pass passed, $fails failed"
+[ "$fails" -eq 0 ]
