@@ -116,6 +116,17 @@ int RunSingle(const Options& o) {
     return 1;
   }
   auto t1 = std::chrono::steady_clock::now();
+  // Check every prompt before generating anything.
+  const int64_t V = (*model)->config().vocab_size;
+  for (size_t i = 0; i < o.prompts.size(); ++i) {
+    for (int32_t t : o.prompts[i]) {
+      if (t < 0 || t >= V) {
+        std::fprintf(stderr, "deepshard generate: error: --prompt-ids: prompt %zu has token id %d, outside the "
+                     "vocabulary [0, %ld)\n", i, t, V);
+        return 2;
+      }
+    }
+  }
   size_t n_new = 0, n_prompt = 0;
   for (size_t i = 0; i < o.prompts.size(); ++i) {
     GenerateOptions g = o.gen;

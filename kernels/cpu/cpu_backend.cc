@@ -107,7 +107,7 @@ class CpuBackend final : public Backend {
                float eps, float* y, int64_t ldy) override {
     float* g = Scratch(gamma_, d);
     ConvertToF32(gamma.dtype, gamma.data, g, d);
-#pragma omp parallel for schedule(static) if (m > 4)
+#pragma omp parallel for schedule(static) if (m * d >= (1 << 18))
     for (int64_t i = 0; i < m; ++i) {
       const float* xi = x + i * ldx;
       float ss = 0.0f;
@@ -166,7 +166,7 @@ class CpuBackend final : public Backend {
     const int nthreads = omp_get_max_threads();
     float* scores_all = Scratch(scores_, nthreads * p.n_kv);
     const int64_t work = p.n_q * p.n_heads;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (work * p.n_kv * (p.head_dim_qk + p.head_dim_v) >= (1 << 18))
     for (int64_t job = 0; job < work; ++job) {
       const int64_t t = job / p.n_heads, h = job % p.n_heads, kh = h / group;
       float* s = scores_all + omp_get_thread_num() * p.n_kv;

@@ -13,6 +13,11 @@
 namespace deepshard::cpu {
 namespace {
 
+// Products smaller than this many multiply-adds run on one thread: a parallel
+// region costs microseconds, and far more when the machine is oversubscribed
+// and a sleeping team member must be woken.
+constexpr int64_t kParallelMinWork = 1 << 18;
+
 // Scalar widening of one element (tails and non-AVX-512 builds).
 inline float LoadOne(DType t, const uint8_t* p) {
   float f;
@@ -59,7 +64,7 @@ inline void DotSegment(const uint8_t* wrow, const float* x, int64_t ldx, int64_t
 template <DType T, int M>
 void GemvImpl(const float* x, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
   const int64_t K = w.cols;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (w.rows * K * M >= kParallelMinWork)
   for (int64_t r = 0; r < w.rows; ++r) {
     const uint8_t* wrow = w.RowPtr(r);
     float acc[M];
@@ -86,7 +91,7 @@ template <DType T>
 void Gemv1Rows4(const float* x, const WeightView& w, float* y) {
   constexpr int64_t es = T == DType::kF32 ? 4 : (T == DType::kF8E4M3 ? 1 : 2);
   const int64_t K = w.cols, quads = w.rows / 4;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (w.rows * K >= kParallelMinWork)
   for (int64_t q = 0; q < quads; ++q) {
     const uint8_t* p[4] = {w.RowPtr(4 * q), w.RowPtr(4 * q + 1), w.RowPtr(4 * q + 2), w.RowPtr(4 * q + 3)};
     VecF a[4] = {VZero(), VZero(), VZero(), VZero()}, b[4] = {VZero(), VZero(), VZero(), VZero()};
@@ -149,7 +154,7 @@ void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float
   const int64_t es = DTypeSize(w.dtype);
   constexpr int64_t kColBlock = 64;
   const int64_t n_blocks = (N + kColBlock - 1) / kColBlock;
-#pragma omp parallel for schedule(static) if (K * N > 32768)
+#pragma omp parallel for schedule(static) if (K * N * m >= kParallelMinWork)
   for (int64_t b = 0; b < n_blocks; ++b) {
     const int64_t c0 = b * kColBlock, c1 = std::min(N, c0 + kColBlock);
     float acc[kGemvMaxM][kColBlock];
@@ -180,7 +185,7 @@ void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float
 
 void WidenRowsF32(const WeightView& w, int64_t r0, int64_t n, float* dst) {
   const int64_t K = w.cols, es = DTypeSize(w.dtype);
-#pragma omp parallel for schedule(static) if (n * K > 65536)
+#pragma omp parallel for schedule(static) if (n * K >= kParallelMinWork)
   for (int64_t r = r0; r < r0 + n; ++r) {
     float* out = dst + (r - r0) * K;
     const uint8_t* src = w.RowPtr(r);

@@ -227,12 +227,12 @@ std::string FormatPlacementPlan(const ModelConfig& c, const PlacementPlan& p) {
     out += absl::StrFormat("  %5d  %3d..%-3d    %-5s  %-5s  %10.1f\n", s.stage, s.layer_begin, s.layer_end - 1,
                            s.stage == 0 ? "yes" : "-", s.stage == p.pp - 1 ? "yes" : "-", s.cost / 1e6);
   }
-  out += "#\n# rank  node  stage  ep  experts        weights(GiB)  kv/1K tokens(MiB)\n";
+  out += "#\n# rank  node  stage  ep  experts        weights(MiB)  kv/1K tokens(MiB)\n";
   for (const RankPlan& r : p.ranks) {
     std::string ex = r.experts.empty() ? "-"
                      : absl::StrFormat("%d..%d (%d)", r.experts.front(), r.experts.back(), r.experts.size());
-    out += absl::StrFormat("  %4d  %4d  %5d  %2d  %-13s  %12.2f  %17.1f\n", r.rank, r.node, r.stage, r.ep_rank, ex,
-                           r.weight_bytes / double(1ull << 30), r.kv_bytes_per_1k / double(1ull << 20));
+    out += absl::StrFormat("  %4d  %4d  %5d  %2d  %-13s  %12.1f  %17.1f\n", r.rank, r.node, r.stage, r.ep_rank, ex,
+                           r.weight_bytes / double(1ull << 20), r.kv_bytes_per_1k / double(1ull << 20));
   }
   return out;
 }

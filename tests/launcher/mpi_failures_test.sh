@@ -65,6 +65,19 @@ else
   fails=$((fails + 1))
 fi
 
+# The issue's example: 8 ranks, pp 2 x ep 4, several prompts of different lengths.
+want="$("$BIN" generate --model "$TMP/a" --prompt-ids "0,5,17;9,8,7,6,5,4,3;42;1,2,3,4,5,6,7,8,9,10,11,12" \
+        --max-new-tokens 8 --ignore-eos 2>/dev/null)"
+got="$(timeout 120 "${MPI[@]}" -n 8 "$BIN" generate --model "$TMP/a" --pp 2 --ep 4 \
+        --prompt-ids "0,5,17;9,8,7,6,5,4,3;42;1,2,3,4,5,6,7,8,9,10,11,12" --max-new-tokens 8 --ignore-eos 2>/dev/null)"
+if [ -n "$want" ] && [ "$want" == "$got" ]; then
+  echo "ok   mpirun -np 8 generate --pp 2 --ep 4: tokens match one rank"
+  pass=$((pass + 1))
+else
+  echo "FAIL pp 2 x ep 4 CLI: got [$got] want [$want]"
+  fails=$((fails + 1))
+fi
+
 # A rank killed mid-run: the job must end non-zero within 30 s.
 "$BIN" make-model --preset tiny-v3 --layers 16 --out "$TMP/big" 2>/dev/null || exit 1
 prompts="$(for i in $(seq 0 63); do printf '%s' "$((i % 400 + 2))"; for j in $(seq 1 59); do printf ',%s' $(((i * 7 + j * 13) % 500 + 2)); done; [ "$i" -lt 63 ] && printf ';'; done)"
