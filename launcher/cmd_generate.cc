@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "boost/json.hpp"
 #include "comm/mpi_communicator.h"
 #include "comm/parallel_config.h"
 #include "launcher/commands.h"
@@ -17,20 +18,27 @@
 #include "runtime/generate.h"
 #include "runtime/parallel/distributed_generate.h"
 #include "runtime/parallel/placement.h"
+#include "runtime/tokenizer/chat_template.h"
+#include "runtime/tokenizer/streaming_detokenizer.h"
+#include "runtime/tokenizer/tokenizer.h"
 #include "runtime/weights/safetensors.h"
 
 namespace deepshard {
 
 namespace {
 constexpr char kUsage[] =
-    "usage: deepshard generate --model DIR --prompt-ids 0,5,17[;3,4,...] [--max-new-tokens N]\n"
+    "usage: deepshard generate --model DIR (--prompt \"text\" | --chat \"message\" [--system \"...\"]\n"
+    "                                      | --prompt-ids 0,5,17[;3,4,...]) [--max-new-tokens N]\n"
     "         [--temperature T] [--top-k K] [--top-p P] [--seed S] [--ignore-eos]\n"
     "         [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
-    "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n";
+    "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n"
+    "         [--print-ids]   print token ids even for text prompts\n";
 
 struct Options {
   std::string model_dir;
   std::vector<std::vector<int32_t>> prompts;
+  std::string text, chat, system;  // --prompt, --chat, --system
+  bool text_output = false;        // print decoded text (text prompts without --print-ids)
   GenerateOptions gen;
   RuntimeConfig rt;
   PlacementOptions place;
@@ -40,18 +48,30 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args,
                                              {"model", "prompt-ids", "max-new-tokens", "temperature", "top-k",
                                               "top-p", "seed", "math", "mla", "threads", "max-context", "pp", "ep",
-                                              "layer-split", "expert-map"},
-                                             {"ignore-eos", "help"}));
+                                              "layer-split", "expert-map", "prompt", "chat", "system"},
+                                             {"ignore-eos", "help", "print-ids"}));
   *help = flags.Bool("help");
   Options o;
   if (*help) return o;
   ASSIGN_OR_RETURN(o.model_dir, flags.String("model"));
-  ASSIGN_OR_RETURN(std::string prompts, flags.String("prompt-ids"));
-  for (absl::string_view one : absl::StrSplit(prompts, ';')) {
-    Flags single;
-    ASSIGN_OR_RETURN(single, Flags::Parse({"--prompt-ids", std::string(one)}, {"prompt-ids"}, {}));
-    ASSIGN_OR_RETURN(auto ids, single.IntList("prompt-ids"));
-    o.prompts.push_back(std::move(ids));
+  const int n_inputs = flags.Has("prompt-ids") + flags.Has("prompt") + flags.Has("chat");
+  if (n_inputs != 1) {
+    return absl::InvalidArgumentError(n_inputs == 0 ? "--prompt, --chat or --prompt-ids is required"
+                                                    : "give only one of --prompt, --chat and --prompt-ids");
+  }
+  if (flags.Has("system") && !flags.Has("chat")) return absl::InvalidArgumentError("--system needs --chat");
+  o.text = flags.String("prompt", "");
+  o.chat = flags.String("chat", "");
+  o.system = flags.String("system", "");
+  o.text_output = !flags.Has("prompt-ids") && !flags.Bool("print-ids");
+  if (flags.Has("prompt-ids")) {
+    ASSIGN_OR_RETURN(std::string prompts, flags.String("prompt-ids"));
+    for (absl::string_view one : absl::StrSplit(prompts, ';')) {
+      Flags single;
+      ASSIGN_OR_RETURN(single, Flags::Parse({"--prompt-ids", std::string(one)}, {"prompt-ids"}, {}));
+      ASSIGN_OR_RETURN(auto ids, single.IntList("prompt-ids"));
+      o.prompts.push_back(std::move(ids));
+    }
   }
   ASSIGN_OR_RETURN(o.gen.max_new_tokens, flags.Int("max-new-tokens", 16));
   ASSIGN_OR_RETURN(double temperature, flags.Double("temperature", 0.0));
@@ -102,13 +122,48 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   return o;
 }
 
+// Turns --prompt / --chat into token ids with the model's tokenizer (nullptr
+// tokenizer when the prompt is already ids).
+absl::StatusOr<std::unique_ptr<Tokenizer>> ResolvePrompts(Options& o) {
+  if (o.text.empty() && o.chat.empty() && !o.text_output) return std::unique_ptr<Tokenizer>();
+  if (!o.prompts.empty() && !o.text_output) return std::unique_ptr<Tokenizer>();
+  auto tok = Tokenizer::FromDirectory(o.model_dir);
+  if (!tok.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--prompt and --chat need the model's tokenizer, and it could not be loaded (", tok.status().message(),
+        "); use --prompt-ids, or write the model with make-model --tokenizer DIR"));
+  }
+  if (!o.chat.empty()) {
+    if ((*tok)->chat_template().empty()) {
+      return absl::FailedPreconditionError(o.model_dir + "/tokenizer_config.json has no chat_template; use --prompt");
+    }
+    boost::json::array messages;
+    if (!o.system.empty()) messages.push_back(boost::json::object{{"role", "system"}, {"content", o.system}});
+    messages.push_back(boost::json::object{{"role", "user"}, {"content", o.chat}});
+    ASSIGN_OR_RETURN(std::string rendered, ApplyChatTemplate((*tok)->chat_template(), messages,
+                                                             /*add_generation_prompt=*/true, (*tok)->bos_token(),
+                                                             (*tok)->eos_token()));
+    // The template writes BOS itself, as apply_chat_template(tokenize=True) does.
+    o.prompts = {(*tok)->Encode(rendered, /*add_special_tokens=*/false)};
+  } else if (!o.text.empty() || o.prompts.empty()) {
+    o.prompts = {(*tok)->Encode(o.text, /*add_special_tokens=*/true)};
+  }
+  if (o.prompts.empty() || o.prompts[0].empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
+  return tok;
+}
+
 void PrintTokens(const std::vector<int32_t>& t) {
   std::printf("%s\n", absl::StrJoin(t, ",").c_str());
   std::fflush(stdout);
 }
 
 // One rank, no MPI: prompts one after another, streaming each token.
-int RunSingle(const Options& o) {
+int RunSingle(Options o) {
+  auto tok = ResolvePrompts(o);
+  if (!tok.ok()) {
+    std::fprintf(stderr, "deepshard generate: error: %s\n", std::string(tok.status().message()).c_str());
+    return tok.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
   auto t0 = std::chrono::steady_clock::now();
   auto model = DeepseekModel::Load(o.model_dir, o.rt);
   if (!model.ok()) {
@@ -132,12 +187,19 @@ int RunSingle(const Options& o) {
     GenerateOptions g = o.gen;
     g.sampling.seed += i;  // prompt i uses seed + i, as on many ranks
     bool first = true;
-    g.on_token = [&](int32_t tok) {
-      std::printf(first ? "%d" : ",%d", tok);
+    std::unique_ptr<StreamingDetokenizer> stream;
+    if (o.text_output && *tok) stream = std::make_unique<StreamingDetokenizer>(**tok, /*skip_special_tokens=*/true);
+    g.on_token = [&](int32_t t) {
+      if (stream) {
+        std::fputs(stream->Add(t).c_str(), stdout);
+      } else {
+        std::printf(first ? "%d" : ",%d", t);
+      }
       std::fflush(stdout);
       first = false;
     };
     auto out = Generate(**model, o.prompts[i], g);
+    if (stream) std::fputs(stream->Flush().c_str(), stdout);
     std::printf("\n");
     std::fflush(stdout);  // the ids line ends before any message on stderr
     if (!out.ok()) {
@@ -188,7 +250,7 @@ bool AgreeNoErrors(const std::string& local_error) {
 
 // pp × ep ranks under mpirun. Checks that every rank can agree on are made
 // collectively: rank 0 prints one message and every rank returns non-zero.
-int RunDistributed(const Options& o) {
+int RunDistributed(Options o) {
   MpiSession mpi(nullptr, nullptr);
   const int rank = mpi.rank();
   auto say = [rank](const std::string& m) {
@@ -216,6 +278,9 @@ int RunDistributed(const Options& o) {
       return 1;
     }
   }
+  // Every rank tokenizes the same text the same way.
+  auto tok = ResolvePrompts(o);
+  if (!AgreeNoErrors(tok.ok() ? "" : std::string(tok.status().message()))) return 1;
   auto plan = MakePlacementPlan(*config, o.place);
   if (!plan.ok()) {
     say(std::string(plan.status().message()));
@@ -242,7 +307,13 @@ int RunDistributed(const Options& o) {
     mpi.Abort(absl::StrCat("generate failed: ", result.status().message()));
   }
   if (rank == 0) {
-    for (const auto& t : result->tokens) PrintTokens(t);
+    for (const auto& t : result->tokens) {
+      if (o.text_output && *tok) {
+        std::printf("%s\n", (*tok)->Decode(t, /*skip_special_tokens=*/true).c_str());
+      } else {
+        PrintTokens(t);
+      }
+    }
     size_t n = 0;
     for (const auto& t : result->tokens) n += t.size();
     std::fprintf(stderr, "deepshard generate: %zu prompts, %zu new tokens in %.3f s on %d ranks (pp %d x ep %d)\n",

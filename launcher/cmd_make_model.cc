@@ -1,21 +1,25 @@
 // deepshard make-model: write a random-weight model in the Hugging Face layout.
 #include <cstdio>
+#include <filesystem>
 
 #include "absl/strings/str_join.h"
 #include "launcher/commands.h"
 #include "launcher/flags.h"
 #include "runtime/model/random_model.h"
+#include "runtime/tokenizer/tokenizer.h"
 
 namespace deepshard {
 
 namespace {
 constexpr char kUsage[] =
     "usage: deepshard make-model --preset NAME --out DIR [--seed N] [--dtype f32|bf16|fp8]\n"
-    "                            [--shards K] [--no-yarn] [--layers N] [--vocab N]\n";
+    "                            [--shards K] [--no-yarn] [--layers N] [--vocab N]\n"
+    "                            [--tokenizer DIR]   copy DIR's tokenizer.json + tokenizer_config.json\n"
+    "                                                (vocab, BOS and EOS follow the tokenizer)\n";
 }
 
 int RunMakeModel(const std::vector<std::string>& args) {
-  auto flags = Flags::Parse(args, {"preset", "out", "seed", "dtype", "shards", "layers", "vocab"},
+  auto flags = Flags::Parse(args, {"preset", "out", "seed", "dtype", "shards", "layers", "vocab", "tokenizer"},
                             {"no-yarn", "help"});
   auto fail = [](const absl::Status& s, int code) {
     std::fprintf(stderr, "deepshard make-model: error: %s\n", std::string(s.message()).c_str());
@@ -58,7 +62,31 @@ int RunMakeModel(const std::vector<std::string>& args) {
   o.yarn = !flags->Bool("no-yarn");
   o.num_layers = *layers;
   o.vocab_size = *vocab;
+  const std::string tokenizer_dir = flags->String("tokenizer", "");
+  std::unique_ptr<Tokenizer> tok;
+  if (!tokenizer_dir.empty()) {
+    auto t = Tokenizer::FromDirectory(tokenizer_dir);
+    if (!t.ok()) return fail(t.status(), 1);
+    tok = std::move(t).value();
+    if (o.vocab_size == 0) o.vocab_size = tok->vocab_size();
+    if (o.vocab_size < tok->vocab_size()) {
+      return fail(absl::InvalidArgumentError("--vocab " + std::to_string(o.vocab_size) + " is smaller than the tokenizer's " +
+                                             std::to_string(tok->vocab_size()) + " ids"),
+                  2);
+    }
+    if (tok->bos_id()) o.bos_token_id = *tok->bos_id();
+    if (tok->eos_id()) o.eos_token_id = *tok->eos_id();
+  }
   if (auto s = WriteRandomModel(o, *out); !s.ok()) return fail(s, s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1);
+  if (tok) {
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
+      std::error_code ec;
+      const std::string src = tokenizer_dir + "/" + f;
+      if (!std::filesystem::exists(src, ec)) continue;
+      std::filesystem::copy_file(src, *out + "/" + f, std::filesystem::copy_options::overwrite_existing, ec);
+      if (ec) return fail(absl::PermissionDeniedError(src + ": cannot copy: " + ec.message()), 1);
+    }
+  }
   std::fprintf(stderr, "deepshard make-model: wrote %s (preset %s, seed %lu, %s)\n", out->c_str(), o.preset.c_str(),
                static_cast<unsigned long>(o.seed), dtype.c_str());
   return 0;

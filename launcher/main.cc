@@ -14,8 +14,9 @@ constexpr char kUsage[] =
     "\n"
     "commands:\n"
     "  make-model   write a random-weight model in the Hugging Face layout\n"
-    "  generate     continue prompts of token ids (one rank, or pp x ep ranks under mpirun)\n"
-    "  plan         print the placement of layers and experts over a pp x ep grid\n";
+    "  generate     continue a prompt (text, chat message or token ids) on one rank or pp x ep ranks\n"
+    "  plan         print the placement of layers and experts over a pp x ep grid\n"
+    "  tokenize     text to token ids, or ids to text, with a model's tokenizer\n";
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
   if (cmd == "make-model") return deepshard::RunMakeModel(args);
   if (cmd == "generate") return deepshard::RunGenerate(args);
   if (cmd == "plan") return deepshard::RunPlan(args);
+  if (cmd == "tokenize") return deepshard::RunTokenize(args);
   std::fprintf(stderr, "deepshard: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

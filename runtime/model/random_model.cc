@@ -306,6 +306,8 @@ absl::StatusOr<std::string> RandomModelConfigJson(const RandomModelOptions& o) {
   if (!o.yarn) c["rope_scaling"] = nullptr;
   if (o.num_layers > 0) c["num_hidden_layers"] = o.num_layers;
   if (o.vocab_size > 0) c["vocab_size"] = o.vocab_size;
+  if (o.bos_token_id >= 0) c["bos_token_id"] = o.bos_token_id;
+  if (o.eos_token_id >= 0) c["eos_token_id"] = o.eos_token_id;
   switch (o.dtype) {
     case DType::kF32: c["torch_dtype"] = "float32"; break;
     case DType::kBF16: c["torch_dtype"] = "bfloat16"; break;

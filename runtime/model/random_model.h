@@ -31,6 +31,8 @@ struct RandomModelOptions {
   bool yarn = true;           // false drops rope_scaling
   int64_t num_layers = 0;     // > 0 overrides num_hidden_layers
   int64_t vocab_size = 0;     // > 0 overrides vocab_size (e.g. to fit a tokenizer)
+  int64_t bos_token_id = -1;  // >= 0 overrides bos_token_id (from a tokenizer)
+  int64_t eos_token_id = -1;  // >= 0 overrides eos_token_id
 };
 
 std::vector<std::string> RandomModelPresets();
