@@ -102,3 +102,52 @@ TEST(Cli, BadInputIsAClearError) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+std::string TokenizerModel() {
+  static const std::string dir = [] {
+    const std::string d = ::testing::TempDir() + "/deepshard_cli_tok_" + std::to_string(::getpid());
+    Result r = RunCli("make-model --preset tiny-v2-lite --dtype bf16 --tokenizer " + std::string(DS_SOURCE_DIR) +
+                      "/tests/data/tokenizers/deepseek-v3 --out " + d);
+    EXPECT_EQ(r.code, 0) << r.out;
+    return d;
+  }();
+  return dir;
+}
+
+TEST(CliText, TokenizeRoundTripsThroughTheCopiedTokenizer) {
+  Result ids = RunCli("tokenize --model " + TokenizerModel() + " --text 'Hello, world! 你好 12345' 2>/dev/null");
+  ASSERT_EQ(ids.code, 0) << ids.out;
+  // DeepSeek-V3 adds BOS (id 0) and splits digits into groups of up to three.
+  EXPECT_EQ(FirstLine(ids.out).rfind("0,", 0), 0u) << ids.out;
+  Result text = RunCli("tokenize --model " + TokenizerModel() + " --skip-special --ids " + FirstLine(ids.out));
+  ASSERT_EQ(text.code, 0) << text.out;
+  EXPECT_EQ(FirstLine(text.out), "Hello, world! 你好 12345");
+}
+
+TEST(CliText, StreamedTextEqualsDecodingTheIds) {
+  const std::string base = "generate --model " + TokenizerModel() + " --max-new-tokens 24 --ignore-eos ";
+  Result text = RunCli(base + "--prompt 'The quick brown fox' 2>/dev/null");
+  Result ids = RunCli(base + "--prompt 'The quick brown fox' --print-ids 2>/dev/null");
+  ASSERT_EQ(text.code, 0) << text.out;
+  ASSERT_EQ(ids.code, 0) << ids.out;
+  Result decoded = RunCli("tokenize --model " + TokenizerModel() + " --skip-special --ids " + FirstLine(ids.out));
+  EXPECT_EQ(FirstLine(text.out), FirstLine(decoded.out));
+  Result chat = RunCli("generate --model " + TokenizerModel() + " --chat 'Hi!' --system 'Be brief.' --max-new-tokens 4");
+  EXPECT_EQ(chat.code, 0) << chat.out;
+}
+
+TEST(CliText, TextPromptWithoutATokenizerIsAClearError) {
+  Result r = RunCli("generate --model " + ModelDir() + " --prompt 'hello'");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("need the model's tokenizer"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--prompt-ids"), std::string::npos) << r.out;
+  Result both = RunCli("generate --model " + ModelDir() + " --prompt 'x' --prompt-ids 1");
+  EXPECT_EQ(both.code, 2);
+  EXPECT_NE(both.out.find("only one of"), std::string::npos) << both.out;
+}
+
+}  // namespace
