@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
   libpcre2-dev
+  libicu-dev      # tokenizer: Unicode normalization (NFC/NFKC) and character properties
   python3 bc procps
 )
 

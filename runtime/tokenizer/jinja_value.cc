@@ -67,6 +67,9 @@ Value Value::Str(std::string s) {
 Value Value::List(std::vector<Value> items) {
   Value v;
   v.kind_ = Kind::kList;
+  int depth = 0;
+  for (const Value& item : items) depth = std::max(depth, item.depth());
+  v.depth_ = static_cast<uint16_t>(std::min(depth + 1, 65535));
   v.ptr_ = std::make_shared<std::vector<Value>>(std::move(items));
   return v;
 }
@@ -79,12 +82,16 @@ Value Value::Dict(DictData d) { return Dict(std::make_shared<const DictData>(std
 Value Value::Dict(std::shared_ptr<const DictData> d) {
   Value v;
   v.kind_ = Kind::kDict;
+  int depth = 0;
+  for (const auto& item : d->items()) depth = std::max(depth, item.second.depth());
+  v.depth_ = static_cast<uint16_t>(std::min(depth + 1, 65535));
   v.ptr_ = std::const_pointer_cast<DictData>(std::move(d));
   return v;
 }
 Value Value::NewNamespace(DictData attrs) {
   Value v;
   v.kind_ = Kind::kNamespace;
+  v.depth_ = 1;
   v.ptr_ = std::make_shared<DictData>(std::move(attrs));
   return v;
 }
@@ -105,7 +112,7 @@ const std::string& Value::undefined_hint() const {
 }
 
 const Value* DictData::Find(std::string_view key) const {
-  auto it = index_.find(key);
+  auto it = index_.find(AV(key));
   return it == index_.end() ? nullptr : &items_[it->second].second;
 }
 
@@ -211,75 +218,6 @@ bool PyIsSpace(char32_t c) {
          c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-char32_t UpperChar(char32_t c) {
-  if (c < 0x80) return (c >= 'a' && c <= 'z') ? c - 32 : c;
-  if (c == 0xB5) return 0x39C;
-  if ((c >= 0xE0 && c <= 0xFE && c != 0xF7)) return c - 0x20;
-  if (c == 0xFF) return 0x178;
-  if (c >= 0x100 && c <= 0x17F) {
-    if (c == 0x131) return 'I';
-    if (c == 0x17F) return 'S';
-    if ((c >= 0x100 && c <= 0x12F) || (c >= 0x132 && c <= 0x137) || (c >= 0x14A && c <= 0x177))
-      return (c & 1) ? c - 1 : c;
-    if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) return (c & 1) ? c : c - 1;
-    return c;
-  }
-  if (c >= 0x3B1 && c <= 0x3C9) return c == 0x3C2 ? 0x3A3 : c - 0x20;
-  if (c == 0x3AC) return 0x386;
-  if (c >= 0x3AD && c <= 0x3AF) return c - 0x25;
-  if (c == 0x3CC) return 0x38C;
-  if (c == 0x3CD || c == 0x3CE) return c - 0x3F;
-  if (c >= 0x430 && c <= 0x44F) return c - 0x20;
-  if (c >= 0x450 && c <= 0x45F) return c - 0x50;
-  if ((c >= 0x460 && c <= 0x481) || (c >= 0x48A && c <= 0x4BF)) return (c & 1) ? c - 1 : c;
-  return c;
-}
-
-char32_t LowerChar(char32_t c) {
-  if (c < 0x80) return (c >= 'A' && c <= 'Z') ? c + 32 : c;
-  if ((c >= 0xC0 && c <= 0xDE && c != 0xD7)) return c + 0x20;
-  if (c >= 0x100 && c <= 0x17F) {
-    if (c == 0x178) return 0xFF;
-    if ((c >= 0x100 && c <= 0x12F) || (c >= 0x132 && c <= 0x137) || (c >= 0x14A && c <= 0x177))
-      return (c & 1) ? c : c + 1;
-    if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) return (c & 1) ? c + 1 : c;
-    return c;
-  }
-  if (c >= 0x391 && c <= 0x3A9 && c != 0x3A2) return c + 0x20;
-  if (c == 0x386) return 0x3AC;
-  if (c >= 0x388 && c <= 0x38A) return c + 0x25;
-  if (c == 0x38C) return 0x3CC;
-  if (c == 0x38E || c == 0x38F) return c + 0x3F;
-  if (c >= 0x410 && c <= 0x42F) return c + 0x20;
-  if (c >= 0x400 && c <= 0x40F) return c + 0x50;
-  if ((c >= 0x460 && c <= 0x481) || (c >= 0x48A && c <= 0x4BF)) return (c & 1) ? c : c + 1;
-  return c;
-}
-
-bool IsUpperChar(char32_t c) { return LowerChar(c) != c; }
-bool IsLowerChar(char32_t c) { return UpperChar(c) != c || c == 0xDF || c == 0x138; }
-bool IsCased(char32_t c) { return IsUpperChar(c) || IsLowerChar(c); }
-
-std::string PyUpper(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char32_t c : utf8::Decode(s)) {
-    if (c == 0xDF) {
-      out += "SS";  // ß has no one-letter upper case
-    } else {
-      utf8::Append(out, UpperChar(c));
-    }
-  }
-  return out;
-}
-
-std::string PyLower(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char32_t c : utf8::Decode(s)) utf8::Append(out, LowerChar(c));
-  return out;
-}
-
 // ---------------------------------------------------------------------------
 // str() and repr()
 // ---------------------------------------------------------------------------
@@ -324,22 +262,6 @@ std::string FloatRepr(double d) {
 
 namespace {
 
-// Whether repr() shows a code point as is. Python's str.isprintable() is false
-// for categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs other than the space; this
-// covers the common ones.
-bool ReprPrintable(char32_t c) {
-  if (c < 0x20 || c == 0x7F) return false;
-  if (c < 0x7F) return true;
-  if (c <= 0xA0 || c == 0xAD) return false;
-  if (c == 0x1680 || (c >= 0x2000 && c <= 0x200F) || (c >= 0x2028 && c <= 0x202F) ||
-      (c >= 0x205F && c <= 0x206F) || c == 0x3000 || c == 0xFEFF || (c >= 0xFFF9 && c <= 0xFFFB))
-    return false;
-  if (c >= 0xD800 && c <= 0xDFFF) return false;
-  if (c >= 0xE000 && c <= 0xF8FF) return false;
-  if (c >= 0xF0000) return false;
-  return true;
-}
-
 void AppendStringRepr(std::string& out, const std::string& s) {
   const bool has_single = s.find('\'') != std::string::npos;
   const bool has_double = s.find('"') != std::string::npos;
@@ -356,7 +278,7 @@ void AppendStringRepr(std::string& out, const std::string& s) {
       out += "\\r";
     } else if (c == '\t') {
       out += "\\t";
-    } else if (ReprPrintable(c)) {
+    } else if (IsPrintableChar(c)) {
       utf8::Append(out, c);
     } else if (c < 0x100) {
       std::snprintf(buf, sizeof(buf), "\\x%02x", static_cast<unsigned>(c));

@@ -24,9 +24,14 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "boost/json.hpp"
 
 namespace deepshard::jinja {
+
+// Debian's Abseil has its own absl::string_view (not std::string_view); this
+// bridges the two for absl::StrCat and heterogeneous hash-map lookups.
+inline absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 class Renderer;  // jinja_renderer.h: the per-render interpreter state.
 class Value;
@@ -104,10 +109,14 @@ class Value {
   const std::string& undefined_hint() const;
   // Identity of a shared payload (namespaces, functions), for `is sameas`.
   const void* identity() const { return ptr_.get(); }
+  // Nesting depth: 0 for scalars, 1 + the deepest item for lists, tuples and
+  // dicts; 1 for namespaces (their contents change after construction).
+  int depth() const { return depth_; }
 
  private:
   Kind kind_ = Kind::kUndefined;
   bool b_ = false;
+  uint16_t depth_ = 0;
   int64_t i_ = 0;
   double f_ = 0;
   std::shared_ptr<void> ptr_;  // string, vector<Value>, DictData, Callable, hint
@@ -183,14 +192,23 @@ size_t Length(std::string_view s);  // number of code points
 
 // str.isspace() for one code point.
 bool PyIsSpace(char32_t c);
-// Case mapping: ASCII, Latin-1, Latin Extended-A, Greek and Cyrillic; other
-// code points are unchanged (Python maps every cased script).
+
+// Python's full case mappings (Unicode SpecialCasing, the final-sigma rule),
+// through ICU's root locale (jinja_unicode.cc). Surrogate escapes stay as is.
 std::string PyUpper(std::string_view s);
 std::string PyLower(std::string_view s);
-char32_t UpperChar(char32_t c);
-char32_t LowerChar(char32_t c);
-bool IsCased(char32_t c);
-bool IsUpperChar(char32_t c);
-bool IsLowerChar(char32_t c);
+std::string PyTitle(std::string_view s);       // str.title()
+std::string PyCapitalize(std::string_view s);  // str.capitalize()
+
+// Character properties behind Python's str.is*() and repr().
+bool IsCasedChar(char32_t c);      // Cased
+bool IsUpperChar(char32_t c);      // Uppercase
+bool IsLowerChar(char32_t c);      // Lowercase
+bool IsTitleChar(char32_t c);      // category Lt
+bool IsAlphaChar(char32_t c);      // categories L*
+bool IsDecimalChar(char32_t c);    // Numeric_Type=Decimal
+bool IsDigitChar(char32_t c);      // Numeric_Type=Decimal or Digit
+bool IsNumericChar(char32_t c);    // any Numeric_Type
+bool IsPrintableChar(char32_t c);  // str.isprintable()
 
 }  // namespace deepshard::jinja

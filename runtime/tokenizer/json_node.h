@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "runtime/tokenizer/string_util.h"
 
 namespace deepshard::tokenizer_internal {
 
@@ -36,7 +37,7 @@ class JsonNode {
         if (it != obj->end()) child = &it->value();
       }
     }
-    return JsonNode(child, file_, path_.empty() ? std::string(key) : absl::StrCat(path_, ".", key));
+    return JsonNode(child, file_, path_.empty() ? std::string(key) : absl::StrCat(path_, ".", AsAbsl(key)));
   }
 
   // Element `i` of an array.
@@ -50,7 +51,7 @@ class JsonNode {
 
   absl::Status Error(std::string_view message) const {
     return absl::InvalidArgumentError(
-        absl::StrCat(file_, ": ", path_.empty() ? "(top level)" : path_, ": ", message));
+        absl::StrCat(file_, ": ", path_.empty() ? "(top level)" : path_, ": ", AsAbsl(message)));
   }
 
   absl::StatusOr<const boost::json::object*> Object() const {

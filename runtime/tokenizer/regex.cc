@@ -4,13 +4,17 @@
 #include <pcre2.h>  // PCRE2 8-bit API
 
 #include "absl/strings/str_cat.h"
+#include "runtime/tokenizer/string_util.h"
 #include "runtime/tokenizer/unicode.h"
 
 namespace deepshard::tokenizer_internal {
 namespace {
 
-// Oniguruma's \w as the inside of a PCRE2 character class.
-constexpr std::string_view kWordClassBody = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}";
+// Oniguruma's \w inside a character class: Alphabetic, Mark, Nd, Pc (its CR_Word).
+constexpr std::string_view kWordClassBody = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}";
+// Outside a class Oniguruma also counts the Latin-1 digits-like signs as word
+// characters: superscripts 1-3 and the fractions 1/4, 1/2, 3/4.
+constexpr std::string_view kWordBody = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{B2}\\x{B3}\\x{B9}\\x{BC}-\\x{BE}";
 constexpr std::string_view kHexClassBody = "0-9a-fA-F";
 
 std::string PcreErrorMessage(int code) {
@@ -47,6 +51,19 @@ ThreadMatchState& MatchState() {
   return state;
 }
 
+// True when PCRE2 knows `name` as a script (it then compiles as \p{sc:name}).
+bool IsScriptName(std::string_view name) {
+  if (name.empty() || name.find_first_of("{}\\") != std::string_view::npos) return false;
+  std::string pattern = absl::StrCat("\\p{sc:", AsAbsl(name), "}");
+  int err = 0;
+  PCRE2_SIZE off = 0;
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                   PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
+  const bool is_script = code != nullptr;
+  pcre2_code_free(code);
+  return is_script;
+}
+
 }  // namespace
 
 struct Regex::Impl {
@@ -65,13 +82,13 @@ absl::StatusOr<std::string> TranslateOnigurumaPattern(std::string_view p) {
   size_t i = 0;
   auto error = [&](std::string_view what) {
     return absl::InvalidArgumentError(
-        absl::StrCat("regex \"", p, "\" at offset ", i, ": ", what, " is not supported"));
+        absl::StrCat("regex \"", AsAbsl(p), "\" at offset ", i, ": ", AsAbsl(what), " is not supported"));
   };
   while (i < p.size()) {
     char c = p[i];
     if (c == '\\') {
       if (i + 1 >= p.size()) {
-        return absl::InvalidArgumentError(absl::StrCat("regex \"", p, "\" ends with a lone backslash"));
+        return absl::InvalidArgumentError(absl::StrCat("regex \"", AsAbsl(p), "\" ends with a lone backslash"));
       }
       char e = p[i + 1];
       switch (e) {
@@ -91,23 +108,42 @@ absl::StatusOr<std::string> TranslateOnigurumaPattern(std::string_view p) {
           if (in_class) {
             out += kWordClassBody;
           } else {
-            absl::StrAppend(&out, "[", kWordClassBody, "]");
+            absl::StrAppend(&out, "[", AsAbsl(kWordBody), "]");
           }
           break;
         case 'W':
           if (in_class) return error("\\W inside a character class");
-          absl::StrAppend(&out, "[^", kWordClassBody, "]");
+          absl::StrAppend(&out, "[^", AsAbsl(kWordBody), "]");
           break;
+        case 'p':
+        case 'P': {
+          // \p{Name}: Oniguruma matches scripts by Script, PCRE2 by Script_Extensions
+          // unless the name is written sc:Name.
+          size_t close = i + 2 < p.size() && p[i + 2] == '{' ? p.find('}', i + 3) : std::string_view::npos;
+          if (close == std::string_view::npos) {
+            out.append(p.substr(i, 2));  // \pL form or malformed: PCRE2 decides
+            break;
+          }
+          std::string_view name = p.substr(i + 3, close - i - 3);
+          bool negate = e == 'P';
+          if (!name.empty() && name[0] == '^') {
+            negate = !negate;
+            name.remove_prefix(1);
+          }
+          absl::StrAppend(&out, negate ? "\\P{" : "\\p{", IsScriptName(name) ? "sc:" : "", AsAbsl(name), "}");
+          i = close + 1;
+          continue;
+        }
         case 'h':
           if (in_class) {
             out += kHexClassBody;
           } else {
-            absl::StrAppend(&out, "[", kHexClassBody, "]");
+            absl::StrAppend(&out, "[", AsAbsl(kHexClassBody), "]");
           }
           break;
         case 'H':
           if (in_class) return error("\\H inside a character class");
-          absl::StrAppend(&out, "[^", kHexClassBody, "]");
+          absl::StrAppend(&out, "[^", AsAbsl(kHexClassBody), "]");
           break;
         case 'Q': {
           // Quoted run: copy verbatim up to \E.
@@ -187,7 +223,7 @@ absl::StatusOr<std::string> TranslateOnigurumaPattern(std::string_view p) {
     out.push_back(c);
     ++i;
   }
-  if (in_class) return absl::InvalidArgumentError(absl::StrCat("regex \"", p, "\": unterminated character class"));
+  if (in_class) return absl::InvalidArgumentError(absl::StrCat("regex \"", AsAbsl(p), "\": unterminated character class"));
   return out;
 }
 
@@ -201,11 +237,11 @@ absl::StatusOr<pcre2_code*> CompilePcre2(std::string_view source, const std::str
   int err = 0;
   PCRE2_SIZE err_offset = 0;
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                   PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK | extra_options, &err,
+                                   PCRE2_UTF | PCRE2_NO_UTF_CHECK | extra_options, &err,
                                    &err_offset, cctx);
   pcre2_compile_context_free(cctx);
   if (code == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("regex \"", source, "\" (as PCRE2 \"", pattern,
+    return absl::InvalidArgumentError(absl::StrCat("regex \"", AsAbsl(source), "\" (as PCRE2 \"", pattern,
                                                    "\") does not compile: ", PcreErrorMessage(err),
                                                    " at offset ", err_offset));
   }
@@ -218,7 +254,7 @@ absl::StatusOr<Regex> Regex::FromOniguruma(std::string_view pattern) {
   if (!IsValidUtf8(pattern)) return absl::InvalidArgumentError("regex is not valid UTF-8");
   auto translated = TranslateOnigurumaPattern(pattern);
   if (!translated.ok()) return translated.status();
-  auto code = CompilePcre2(pattern, *translated, PCRE2_MULTILINE);
+  auto code = CompilePcre2(pattern, *translated, PCRE2_UCP | PCRE2_MULTILINE);
   if (!code.ok()) return code.status();
   auto impl = std::make_shared<Impl>();
   impl->source = std::string(pattern);
@@ -240,6 +276,30 @@ absl::StatusOr<Regex> Regex::FromLiteral(std::string_view literal) {
   impl->jit = pcre2_jit_compile(impl->code, PCRE2_JIT_COMPLETE) == 0;
   return Regex(std::move(impl));
 }
+
+absl::StatusOr<Regex> ParsePattern(const JsonNode& node) {
+  auto obj = node.Object();
+  if (!obj.ok()) return obj.status();
+  JsonNode str = node["String"];
+  JsonNode re = node["Regex"];
+  absl::StatusOr<Regex> regex = absl::InvalidArgumentError("unreachable");
+  if (!str.missing()) {
+    auto s = str.String();
+    if (!s.ok()) return s.status();
+    regex = Regex::FromLiteral(*s);
+    if (!regex.ok()) return str.Error(std::string(regex.status().message()));
+  } else if (!re.missing()) {
+    auto s = re.String();
+    if (!s.ok()) return s.status();
+    regex = Regex::FromOniguruma(*s);
+    if (!regex.ok()) return re.Error(std::string(regex.status().message()));
+  } else {
+    return node.Error("expected {\"String\": ...} or {\"Regex\": ...}");
+  }
+  return regex;
+}
+
+const std::string& Regex::pcre2_pattern() const { return impl_->translated; }
 
 bool Regex::Search(std::string_view text, size_t start, size_t* m_start, size_t* m_end) const {
   ThreadMatchState& st = MatchState();

@@ -4,7 +4,9 @@
 // syntax). deepshard runs them with PCRE2 (UTF + UCP mode, JIT when available) after
 // translating the constructs whose meaning differs:
 //   \s \S  -> White_Space property (Oniguruma's \s), not PCRE2's own set
-//   \w \W  -> Alphabetic | Mark | Nd | Pc | Join_Control (Oniguruma's \w)
+//   \w \W  -> Alphabetic | Mark | Nd | Pc (Oniguruma's \w; outside a class also
+//            the Latin-1 signs ¹ ² ³ ¼ ½ ¾, as Oniguruma does)
+//   \p{Han} -> \p{sc:Han}: scripts by Script, not PCRE2's Script_Extensions
 //   \d \D  -> Nd
 //   \h \H  -> hex digit (Ruby), not horizontal space
 //   (?m)   -> (?s): in Ruby syntax `m` makes `.` match newlines
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "runtime/tokenizer/json_node.h"
 
 namespace deepshard::tokenizer_internal {
 
@@ -43,7 +46,7 @@ class Regex {
   void FindMatches(std::string_view text, std::vector<MatchSpan>* out) const;
 
   // The PCRE2 pattern actually compiled (after translation).
-  const std::string& pcre2_pattern() const { return impl_->translated; }
+  const std::string& pcre2_pattern() const;
 
  private:
   struct Impl;
@@ -53,6 +56,9 @@ class Regex {
 
   std::shared_ptr<const Impl> impl_;
 };
+
+// Parses a tokenizer.json pattern: {"String": "..."} (literal) or {"Regex": "..."}.
+absl::StatusOr<Regex> ParsePattern(const JsonNode& node);
 
 // Translates an Oniguruma (Ruby syntax) pattern to PCRE2 syntax (see above).
 absl::StatusOr<std::string> TranslateOnigurumaPattern(std::string_view pattern);

@@ -121,25 +121,6 @@ void AppendUtf8Lossy(std::string_view s, std::string* out) {
   }
 }
 
-size_t IncompleteUtf8Suffix(std::string_view s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  const size_t n = s.size();
-  // The lead byte of an incomplete sequence is at most 3 bytes from the end.
-  for (size_t back = 1; back <= 3 && back <= n; ++back) {
-    size_t j = n - back;
-    unsigned char c = p[j];
-    if (c >= 0x80 && c <= 0xBF) continue;  // continuation byte: look further back
-    LeadInfo li = Lead(c);
-    if (li.len <= static_cast<int>(back)) return 0;  // ASCII, invalid, or complete
-    // Check that the bytes after the lead are a valid prefix.
-    int scanned = ScanSequence(p, n, j);
-    // ScanSequence returns -(back) exactly when every present byte was valid and the
-    // input ended early.
-    return scanned == -static_cast<int>(back) ? back : 0;
-  }
-  return 0;
-}
-
 bool IsWhiteSpace(uint32_t cp) {
   if (cp < 0x80) return cp == ' ' || (cp >= 0x09 && cp <= 0x0D);
   return u_hasBinaryProperty(static_cast<UChar32>(cp), UCHAR_WHITE_SPACE);

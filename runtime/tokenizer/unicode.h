@@ -58,10 +58,6 @@ bool IsValidUtf8(std::string_view s);
 // (from_utf8_lossy semantics).
 void AppendUtf8Lossy(std::string_view s, std::string* out);
 
-// Length of the trailing bytes of `s` that form an incomplete but so far valid UTF-8
-// sequence (a prefix that more bytes could complete); 0 when there is none.
-size_t IncompleteUtf8Suffix(std::string_view s);
-
 bool IsWhiteSpace(uint32_t cp);  // Unicode White_Space (Rust char::is_whitespace)
 bool IsNumeric(uint32_t cp);     // general category Nd, Nl or No (Rust char::is_numeric)
 // Oniguruma / Rust-regex `\w`: Alphabetic, Mark, Nd, Pc or Join_Control.
