@@ -31,8 +31,10 @@
 //   post-processors TemplateProcessing, ByteLevel, Sequence, BertProcessing,
 //   RobertaProcessing; decoders ByteLevel, Sequence, Replace, Strip, Fuse, ByteFallback.
 //
-// Thread safety: a Tokenizer is immutable after loading; Encode and Decode may be
-// called from several threads at once.
+// Thread safety: Encode and Decode may be called from several threads at once (the
+// only mutable state, the BPE word cache, is locked).
+//
+// Details, verification and the known differences: docs/tokenizer.md.
 //
 // Example:
 //   ASSIGN_OR_RETURN(auto tok, Tokenizer::FromDirectory("/models/DeepSeek-V3"));

@@ -2,8 +2,10 @@
 // handling, error messages for malformed and unsupported files, the regex translation
 // (every code point against Oniguruma), UTF-8 repair, BPE merge strategies and the
 // streaming detokenizer's edge cases.
+#include <atomic>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -86,6 +88,26 @@ TEST(TokenizerApi, DeepSeekV3ByteLevelRoundTrip) {
   for (const std::string& s : testing::CorpusInputs()) {
     EXPECT_EQ(tok.Decode(tok.Encode(s, false), false), Lossy(s)) << testing::Printable(s);
   }
+}
+
+TEST(TokenizerApi, ConcurrentEncode) {
+  // Several threads share one tokenizer (and its word cache) and get the same ids.
+  const Tokenizer& tok = LoadedTokenizer("synth-bytelevel");
+  const std::vector<std::string> inputs = testing::CorpusInputs();
+  std::vector<std::vector<int32_t>> want;
+  for (const auto& s : inputs) want.push_back(tok.Encode(s, true));
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = 0; i < inputs.size(); ++i) {
+        const size_t k = (i * 7 + static_cast<size_t>(t) * 131) % inputs.size();
+        if (tok.Encode(inputs[k], true) != want[k]) ++wrong;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0);
 }
 
 TEST(TokenizerApi, ConfigOfSynthSentencePiece) {
