@@ -43,10 +43,11 @@ struct ExpertPlacement {
   std::vector<int64_t> n_local;      // [ranks] -> number of experts each rank owns
 
   int64_t n_experts() const { return static_cast<int64_t>(owner.size()); }
-  // Contiguous shards: rank r owns experts [r*E/R, (r+1)*E/R) (the first E % R
-  // ranks get one more when R does not divide E).
+  // Contiguous shards in rank order, E / R experts each; when R does not divide
+  // E the first E % R ranks own one more (E = 10, R = 4: 3, 3, 2, 2 experts).
   static ExpertPlacement Contiguous(int64_t n_experts, int n_ranks);
-  // From an explicit expert -> rank map.
+  // From an explicit expert -> rank map (local indices in expert order). An owner
+  // outside [0, n_ranks) gets local index -1 and MoeExchange reports it.
   static ExpertPlacement FromOwners(std::vector<int> owner, int n_ranks);
 };
 
@@ -55,14 +56,15 @@ class MoeExchange {
   MoeExchange(Communicator& comm, ExpertPlacement placement, int64_t hidden);
 
   // Collective. x: [T, hidden]; ids: [T, k] expert ids in [0, n_experts).
-  // Bad input on any rank (an id out of range, T < 0, a placement that does not
-  // match the communicator) makes every rank of the row return an error, and no
-  // payload moves: the per-peer count exchange carries an error flag, so no rank
-  // is left waiting in the payload exchange.
+  // Bad input on any rank (an id out of range, T < 0, null x or ids with T > 0)
+  // makes every rank of the row return an error, and no payload moves: the count
+  // exchange carries an error flag, so no rank is left waiting in the payload
+  // exchange. A placement that does not fit the communicator fails before any
+  // communication (the placement must be the same on every rank).
   absl::Status Dispatch(const float* x, int64_t T, const int32_t* ids, int64_t k);
 
   // Rows this rank received, grouped by local expert (within an expert: by source
-  // rank, then by the source's slot order).
+  // rank, then by the source's slot order). Valid until the next Dispatch.
   const float* received() const;
   int64_t n_received() const;
   // [n_local + 1] prefix offsets into received() per local expert.
@@ -71,7 +73,8 @@ class MoeExchange {
   float* expert_output();
 
   // Collective. out: [T * k, hidden], row s = the expert output for slot s.
-  // Must follow a successful Dispatch (once per Dispatch).
+  // Must follow a successful Dispatch (once per Dispatch). A null `out` with
+  // slots to fill still takes part in the exchange, then returns an error.
   absl::Status Combine(float* out);
 
   const ExpertPlacement& placement() const;
@@ -82,11 +85,11 @@ class MoeExchange {
   //     writes its rows straight into the owners' grouped buffers (POSIX shared
   //     memory, see comm/shared_memory.h) and combine reads the results straight
   //     from the owners' output buffers: one copy per row and direction, as a
-  //     bare all-to-all-v makes, and no payload messages. The counts go with one
-  //     all-gather (every rank needs every rank's counts to know where to write),
-  //     and a barrier closes each direction. Falls back to kOneExchange/kPerExpert
-  //     (as kAuto would choose) when the ranks are on several machines or shared
-  //     memory cannot be set up.
+  //     bare all-to-all-v makes, and no payload messages. The counts go through
+  //     the segments too (every rank needs every rank's counts to know where to
+  //     write): dispatch is two barriers, combine one. Falls back to the
+  //     all-to-all-v paths (as kAuto would choose) when the ranks are on several
+  //     machines or shared memory cannot be set up.
   //   kOneExchange: one all-to-all-v per direction, plus a local regroup copy
   //     (by local expert) on the receiving side and its inverse before combine.
   //   kPerExpert: one all-to-all-v per local expert index (max over ranks), which
@@ -114,8 +117,10 @@ class MoeExchange {
     float* Reserve(int64_t n);
   };
   absl::Status ValidatePlacement() const;
-  // Counts of every rank (all-gather) into all_counts_; for kSharedMemory.
-  absl::Status GatherCounts(int64_t n_slots, bool bad);
+  // kSharedMemory: every rank's counts into all_counts_, through the segments.
+  absl::Status ShareCounts(int64_t n_slots, bool bad);
+  int64_t ShmHeaderFloats() const;
+  float* ShmRows(int rank) const;  // first row of rank's segment (after the header)
   // Counts addressed to this rank (all-to-all-v) into count_recv_.
   absl::Status ExchangeCounts(int64_t n_slots, bool bad);
   absl::Status CheckPeerErrors(const absl::Status& local, int first_bad) const;
@@ -166,11 +171,12 @@ class MoeExchange {
   Buffer grouped_;      // [n_grouped_, hidden] by local expert
   Buffer grouped_out_;  // [n_grouped_, hidden] the caller's expert outputs
 
-  // kSharedMemory. Each rank's segment: [cap rows grouped | cap rows expert output].
+  // kSharedMemory. Each rank's segment: [counts header (a page) | cap rows
+  // grouped | cap rows expert output].
   std::unique_ptr<SharedSegments> shm_;
   bool shm_tried_ = false, shm_usable_ = false;
   int64_t shm_cap_rows_ = 0;
-  std::vector<int64_t> all_counts_;     // [ranks, n_experts + 2] gathered counts
+  std::vector<int64_t> all_counts_;     // [ranks, n_experts + 2] every rank's counts
   std::vector<int64_t> pair_start_;     // [n_experts] first row of a pair in its owner's grouped rows
   std::vector<const float*> slot_src_;  // [T * k] where combine reads slot s's result
 };

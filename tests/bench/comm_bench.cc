@@ -46,7 +46,7 @@ struct Options {
   ds::MoeExchange::Mode mode = ds::MoeExchange::Mode::kAuto;
   double mem_budget_gib = 0;  // 0: 45% of MemAvailable
   uint32_t seed = 1;
-  double target_ms = 250;  // timed work per size (iterations = clamp(target / estimate, 3, 40))
+  double target_ms = 200;  // timed work per size (iterations = clamp(target / estimate, 3, 40))
 };
 
 std::vector<int64_t> ParseList(const char* s) {

@@ -226,6 +226,20 @@ TEST_P(MoeExchangeTest, RepeatedCallsDoNotGrowBuffers) {
   }
 }
 
+TEST_P(MoeExchangeTest, ManyStepsWithVaryingLoad) {
+  // Back-to-back steps whose load grows and shrinks (buffers regrow mid-run), with
+  // k changing between calls and some ranks idle in some steps.
+  std::mt19937 rng(55 + me);
+  std::mt19937 shared_rng(55);  // the same sequence on every rank
+  MoeExchange ex = Make(ExpertPlacement::Contiguous(12, R), 6);
+  for (int step = 0; step < 30; ++step) {
+    const int64_t k = 1 + static_cast<int64_t>(shared_rng() % 4);
+    const int64_t max_t = 1 + static_cast<int64_t>(shared_rng() % 60);
+    const int64_t T = std::uniform_int_distribution<int64_t>(0, max_t)(rng);
+    RunAndCheck(ex, RandomRouting(rng, T, k, 6, 12));
+  }
+}
+
 TEST_P(MoeExchangeTest, InvalidIdOnOneRankFailsEveryRankWithoutHanging) {
   std::mt19937 rng(4 + me);
   MoeExchange ex = Make(ExpertPlacement::Contiguous(4, R), 2);
