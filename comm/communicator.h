@@ -48,6 +48,11 @@ class Communicator {
   // pipeline micro-batches.
   virtual absl::Status Send(const void* buf, int64_t count, CommDType dtype, int peer, int tag) = 0;
   virtual absl::Status Recv(void* buf, int64_t count, CommDType dtype, int peer, int tag) = 0;
+  // Non-blocking send: returns a handle at once; `buf` must stay unchanged until
+  // Wait(handle) returns. For messages whose blocking send could close a cycle
+  // with the receiver (the pipeline's tokens, sent back from the last stage).
+  virtual absl::StatusOr<int64_t> ISend(const void* buf, int64_t count, CommDType dtype, int peer, int tag) = 0;
+  virtual absl::Status Wait(int64_t handle) = 0;
 
   // recv[p * count ...] = rank p's send[0 .. count).
   virtual absl::Status AllGather(const void* send, void* recv, int64_t count, CommDType dtype) = 0;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <map>
 #include <span>
 #include <string>
 #include <utility>
@@ -142,6 +143,29 @@ class MpiCommunicator final : public Communicator {
     int n;
     RETURN_IF_ERROR(BlockType("Send", type, CommDTypeSize(dtype), count, 0, holder, &big, &n));
     return Check("Send (large count)", peer, MPI_Send(buf, n, big, peer, tag, comm_));
+  }
+
+  absl::StatusOr<int64_t> ISend(const void* buf, int64_t count, CommDType dtype, int peer, int tag) override {
+    RETURN_IF_ERROR(CheckCount("ISend", count));
+    RETURN_IF_ERROR(CheckPeer("ISend", peer));
+    RETURN_IF_ERROR(CheckTag("ISend", tag));
+    if (!FitsInt(count)) {
+      return absl::InvalidArgumentError(absl::StrCat("ISend to rank ", peer, ": ", count,
+                                                     " elements exceed the non-blocking send's int count"));
+    }
+    MPI_Request req;
+    RETURN_IF_ERROR(Check("ISend", peer, MPI_Isend(buf, static_cast<int>(count), MpiType(dtype), peer, tag, comm_, &req)));
+    const int64_t handle = next_request_++;
+    requests_.emplace(handle, std::make_pair(req, peer));
+    return handle;
+  }
+
+  absl::Status Wait(int64_t handle) override {
+    auto it = requests_.find(handle);
+    if (it == requests_.end()) return absl::InvalidArgumentError(absl::StrCat("Wait: unknown request ", handle));
+    auto [req, peer] = it->second;
+    requests_.erase(it);
+    return Check("Wait (ISend)", peer, MPI_Wait(&req, MPI_STATUS_IGNORE));
   }
 
   absl::Status Recv(void* buf, int64_t count, CommDType dtype, int peer, int tag) override {
@@ -332,6 +356,8 @@ class MpiCommunicator final : public Communicator {
 
   MPI_Comm comm_;
   MpiCommunicatorOptions options_;
+  std::map<int64_t, std::pair<MPI_Request, int>> requests_;  // ISend handle -> (request, peer)
+  int64_t next_request_ = 1;
   int rank_ = 0, size_ = 1;
   int64_t chunk_ = 1;
   std::vector<int> sc_, sd_, rc_, rd_;  // int copies of the AllToAllV counts

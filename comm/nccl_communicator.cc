@@ -107,6 +107,14 @@ class NcclCommunicator final : public Communicator {
     });
   }
 
+  // NCCL sends are stream-ordered and complete with the matching receive; the
+  // handle-based form is a blocking send here (Wait is a no-op).
+  absl::StatusOr<int64_t> ISend(const void* buf, int64_t count, CommDType dtype, int peer, int tag) override {
+    RETURN_IF_ERROR(Send(buf, count, dtype, peer, tag));
+    return int64_t{0};
+  }
+  absl::Status Wait(int64_t) override { return absl::OkStatus(); }
+
   absl::Status Recv(void* buf, int64_t count, CommDType dtype, int peer, int tag) override {
     RETURN_IF_ERROR(CheckCount("Recv", count));
     RETURN_IF_ERROR(CheckPeer("Recv", peer, tag));

@@ -296,6 +296,26 @@ int RunDistributed(Options o) {
   }
   auto model = DeepseekModel::Load(o.model_dir, rt, mine.load);
   if (!AgreeNoErrors(model.ok() ? "" : std::string(model.status().message()))) return 1;
+  // Bad prompts are the same on every rank: one message, a clean exit.
+  std::string prompt_error;
+  for (size_t i = 0; i < o.prompts.size() && prompt_error.empty(); ++i) {
+    for (int32_t t : o.prompts[i]) {
+      if (t < 0 || t >= config->vocab_size) {
+        prompt_error = absl::StrCat("--prompt-ids: prompt ", i, " has token id ", t, ", outside the vocabulary [0, ",
+                                    config->vocab_size, ")");
+        break;
+      }
+    }
+    if (prompt_error.empty() &&
+        static_cast<int64_t>(o.prompts[i].size()) > (*model)->max_context() - o.gen.max_new_tokens) {
+      prompt_error = absl::StrCat("prompt ", i, " (", o.prompts[i].size(), " tokens) plus --max-new-tokens ",
+                                  o.gen.max_new_tokens, " exceeds the context limit of ", (*model)->max_context());
+    }
+  }
+  if (!prompt_error.empty()) {
+    say(prompt_error);
+    return 2;
+  }
   auto world = MakeMpiCommunicator(MPI_COMM_WORLD);
   auto stage = world->Split(pc->stage, pc->ep_rank);
   if (!stage.ok()) mpi.Abort(std::string(stage.status().message()));

@@ -34,6 +34,11 @@ int RunPlan(const std::vector<std::string>& args) {
   for (const absl::Status& s : {model.status(), pp.status(), ep.status(), nodes.status()}) {
     if (!s.ok()) return fail(s, 2);
   }
+  for (auto [name, v] : {std::pair{"--pp", *pp}, std::pair{"--ep", *ep}, std::pair{"--nodes", *nodes}}) {
+    if (v < 1 || v > 4096) {
+      return fail(absl::InvalidArgumentError(std::string(name) + " must be in [1, 4096], got " + std::to_string(v)), 2);
+    }
+  }
   PlacementOptions o;
   o.pp = static_cast<int>(*pp), o.ep = static_cast<int>(*ep), o.nodes = static_cast<int>(*nodes);
   if (flags->Has("layer-split")) {

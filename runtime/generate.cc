@@ -11,12 +11,12 @@ absl::StatusOr<std::vector<int32_t>> Generate(DeepseekModel& model, const std::v
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
   if (opts.max_new_tokens < 0) return absl::InvalidArgumentError("max_new_tokens must be >= 0");
   const int64_t V = model.config().vocab_size;
-  const int64_t total = static_cast<int64_t>(prompt.size()) + opts.max_new_tokens;
-  if (total > model.max_context()) {
+  if (opts.max_new_tokens > model.max_context() - static_cast<int64_t>(prompt.size())) {
     return absl::OutOfRangeError(absl::StrCat("prompt (", prompt.size(), " tokens) plus max_new_tokens (",
                                               opts.max_new_tokens, ") exceeds the context limit of ",
                                               model.max_context(), " tokens"));
   }
+  const int64_t total = static_cast<int64_t>(prompt.size()) + opts.max_new_tokens;
   auto cache = model.NewCache(total);
   Sampler sampler(V, opts.sampling);
   std::vector<float> logits(V);

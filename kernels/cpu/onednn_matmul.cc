@@ -10,6 +10,8 @@ namespace deepshard::cpu {
 
 using dnnl::memory;
 
+constexpr size_t kMaxCachedPrimitives = 256;
+
 struct OneDnnMatmul::Impl {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
@@ -27,6 +29,10 @@ struct OneDnnMatmul::Impl {
     Key key{static_cast<int>(dt), m, k, n, ldx, ldw, ldy, wt};
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
+    // Shapes with a new M keep arriving (every prefill length, a growing
+    // sequence in forced-naive decode): bound the cache. Steady-state decode
+    // reuses a handful of shapes and never reaches the bound.
+    if (cache.size() >= kMaxCachedPrimitives) cache.clear();
     memory::desc src_md({m, k}, dt, memory::dims{ldx, 1});
     // w[n, k] row-major read as B[k, n] has strides {1, ldw}; an untransposed
     // w[k, n] (wt == false) has strides {ldw, 1}.

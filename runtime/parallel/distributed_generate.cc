@@ -32,9 +32,10 @@ absl::StatusOr<DistributedResult> DistributedGenerate(DeepseekModel& model, cons
   const int64_t H = c.hidden_size, V = c.vocab_size, steps = opts.max_new_tokens;
   const int n_prompts = static_cast<int>(prompts.size());
   const bool first = pc.stage == 0, last = pc.stage == pc.pp - 1;
+  if (steps < 0) return absl::InvalidArgumentError("max_new_tokens must be >= 0");
   for (int i = 0; i < n_prompts; ++i) {
     if (prompts[i].empty()) return absl::InvalidArgumentError(absl::StrCat("prompt ", i, " is empty"));
-    if (static_cast<int64_t>(prompts[i].size()) + steps > model.max_context()) {
+    if (static_cast<int64_t>(prompts[i].size()) > model.max_context() - steps) {
       return absl::OutOfRangeError(absl::StrCat("prompt ", i, " (", prompts[i].size(), " tokens) plus ", steps,
                                                 " new tokens exceeds the context limit of ", model.max_context()));
     }
@@ -55,16 +56,26 @@ absl::StatusOr<DistributedResult> DistributedGenerate(DeepseekModel& model, cons
 
   std::vector<int32_t> out_tokens(static_cast<size_t>(n_prompts) * steps, -1);
   std::vector<float> out_logits(want_logits ? static_cast<size_t>(n_prompts) * steps * V : 0, 0.0f);
-  std::vector<Sampler> samplers;
-  samplers.reserve(n_prompts);
-  for (int i = 0; i < n_prompts; ++i) {
-    SamplingParams sp = opts.sampling;
-    sp.seed += static_cast<uint64_t>(i);
-    samplers.emplace_back(V, sp);
+  // Samplers only where sampling happens: the last stage, this column's prompts.
+  std::vector<std::unique_ptr<Sampler>> samplers(n_prompts);
+  if (last) {
+    for (const auto& mb : micro) {
+      for (const Seq& s : mb) {
+        SamplingParams sp = opts.sampling;
+        sp.seed += static_cast<uint64_t>(s.prompt);
+        samplers[s.prompt] = std::make_unique<Sampler>(V, sp);
+      }
+    }
   }
   std::vector<float> x, logits;
   std::vector<SequenceChunk> chunks;
   std::vector<int32_t> msg;
+  // The last stage sends tokens without blocking, one buffer per micro-batch: a
+  // blocking send could wait on stage 0, which may itself be blocked sending the
+  // next micro-batch's hidden states to stage 1 (a cycle once messages exceed
+  // MPI's eager limit).
+  std::vector<std::vector<int32_t>> token_msg(M);
+  std::vector<std::vector<int64_t>> token_reqs(M);
   std::vector<int> active;  // indices into micro[m] of this item's sequences
 
   for (int64_t step = 0; step < steps; ++step) {
@@ -121,23 +132,30 @@ absl::StatusOr<DistributedResult> DistributedGenerate(DeepseekModel& model, cons
       for (size_t a = 0; a < active.size(); ++a) {
         Seq& s = seqs[active[a]];
         const float* lg = logits.data() + a * V;
-        const int32_t tok = samplers[s.prompt].Sample(lg);
+        const int32_t tok = samplers[s.prompt]->Sample(lg);
         out_tokens[static_cast<size_t>(s.prompt) * steps + step] = tok;
         if (want_logits) std::copy(lg, lg + V, out_logits.begin() + (static_cast<size_t>(s.prompt) * steps + step) * V);
         s.next = tok;
         if (opts.stop_at_eos && tok == c.eos_token_id) s.finished = true;
       }
       if (step + 1 < steps && pc.pp > 1) {
-        msg.assign(seqs.size() + 1, -1);
-        for (size_t q = 0; q < seqs.size(); ++q) msg[q] = seqs[q].finished ? -1 : seqs[q].next;
+        for (int64_t req : token_reqs[m]) RETURN_IF_ERROR(world.Wait(req));  // the buffer is free again
+        token_reqs[m].clear();
+        std::vector<int32_t>& out = token_msg[m];
+        out.assign(seqs.size() + 1, -1);
+        for (size_t q = 0; q < seqs.size(); ++q) out[q] = seqs[q].finished ? -1 : seqs[q].next;
         for (int s = 0; s + 1 < pc.pp; ++s) {
-          RETURN_IF_ERROR(world.Send(msg.data(), static_cast<int64_t>(seqs.size()) + 1, CommDType::kI32,
-                                     pc.RankOf(s, pc.ep_rank), kTokenTag + m));
+          ASSIGN_OR_RETURN(int64_t req, world.ISend(out.data(), static_cast<int64_t>(seqs.size()) + 1,
+                                                    CommDType::kI32, pc.RankOf(s, pc.ep_rank), kTokenTag + m));
+          token_reqs[m].push_back(req);
         }
       }
     }
   }
 
+  for (auto& reqs : token_reqs) {
+    for (int64_t req : reqs) RETURN_IF_ERROR(world.Wait(req));
+  }
   // Every rank learns every result (the last stage of each column had them).
   RETURN_IF_ERROR(world.AllReduce(out_tokens.data(), static_cast<int64_t>(out_tokens.size()), CommDType::kI32,
                                   ReduceOp::kMax));

@@ -129,8 +129,8 @@ absl::StatusOr<std::vector<int>> ParseExpertMap(const std::string& s) {
 }
 
 absl::StatusOr<PlacementPlan> MakePlacementPlan(const ModelConfig& c, const PlacementOptions& o) {
-  if (o.pp < 1) return absl::InvalidArgumentError(absl::StrCat("--pp must be >= 1, got ", o.pp));
-  if (o.ep < 1) return absl::InvalidArgumentError(absl::StrCat("--ep must be >= 1, got ", o.ep));
+  if (o.pp < 1 || o.pp > 4096) return absl::InvalidArgumentError(absl::StrCat("--pp must be in [1, 4096], got ", o.pp));
+  if (o.ep < 1 || o.ep > 4096) return absl::InvalidArgumentError(absl::StrCat("--ep must be in [1, 4096], got ", o.ep));
   const int world = o.pp * o.ep;
   if (o.nodes < 1 || world % o.nodes != 0) {
     return absl::InvalidArgumentError(absl::StrCat("--nodes ", o.nodes, " must divide the ", world, " ranks (pp ",

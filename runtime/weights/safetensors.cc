@@ -361,7 +361,10 @@ absl::StatusOr<uint64_t> ModelFilesFingerprint(const std::string& dir) {
   std::vector<std::string> st;
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string n = e.path().filename().string();
-    if (e.path().extension() == ".safetensors" || n == "model.safetensors.index.json") st.push_back(n);
+    if (e.path().extension() == ".safetensors" || n == "model.safetensors.index.json" || n == "tokenizer.json" ||
+        n == "tokenizer_config.json") {
+      st.push_back(n);  // the tokenizer too: ranks must tokenize prompts identically
+    }
   }
   if (ec) return absl::NotFoundError(absl::StrCat(dir, ": cannot list directory: ", ec.message()));
   std::sort(st.begin(), st.end());

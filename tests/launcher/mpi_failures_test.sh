@@ -78,6 +78,22 @@ else
   fails=$((fails + 1))
 fi
 
+# Token messages above MPI's eager limit (over ~1000 sequences per micro-batch)
+# must not deadlock the pipeline: 2400 one-token prompts at pp 2.
+many="$(for i in $(seq 0 2399); do printf '%s;' $((i % 500 + 2)); done | sed 's/;$//')"
+start=$(date +%s.%N)
+out="$(timeout 120 "${MPI[@]}" -n 2 "$BIN" generate --model "$TMP/a" --pp 2 --prompt-ids "$many" \
+        --max-new-tokens 3 --ignore-eos 2>/dev/null)"
+rc=$?
+lines=$(grep -c '^[0-9]*,[0-9]*,[0-9]*$' <<<"$out")
+if [ "$rc" -eq 0 ] && [ "$lines" -eq 2400 ]; then
+  echo "ok   2400 prompts at pp 2 (1200 per micro-batch): no deadlock, $(echo "$(date +%s.%N) - $start" | bc)s"
+  pass=$((pass + 1))
+else
+  echo "FAIL large micro-batches: exit $rc, $lines result lines"
+  fails=$((fails + 1))
+fi
+
 # A rank killed mid-run: the job must end non-zero within 30 s.
 "$BIN" make-model --preset tiny-v3 --layers 16 --out "$TMP/big" 2>/dev/null || exit 1
 prompts="$(for i in $(seq 0 63); do printf '%s' "$((i % 400 + 2))"; for j in $(seq 1 59); do printf ',%s' $(((i * 7 + j * 13) % 500 + 2)); done; [ "$i" -lt 63 ] && printf ';'; done)"
