@@ -15,6 +15,7 @@
 #include <map>
 
 #include "gtest/gtest.h"
+#include "tests/util/logits.h"
 #include "runtime/generate.h"
 #include "runtime/model/deepseek_model.h"
 #include "runtime/model/random_model.h"
@@ -65,18 +66,6 @@ struct Fixture {
 };
 
 // Max over rows of max|a - b| / max|b|.
-double RowRelErr(const std::vector<float>& ours, const std::vector<float>& ref, int64_t V) {
-  double worst = 0;
-  for (size_t r = 0; r * V < ref.size(); ++r) {
-    double num = 0, den = 0;
-    for (int64_t j = 0; j < V; ++j) {
-      num = std::max(num, static_cast<double>(std::fabs(ours[r * V + j] - ref[r * V + j])));
-      den = std::max(den, static_cast<double>(std::fabs(ref[r * V + j])));
-    }
-    worst = std::max(worst, num / den);
-  }
-  return worst;
-}
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {
  protected:
@@ -115,7 +104,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
       auto cache = (*m)->NewCache();
       SequenceChunk ch{cache.get(), 0, ids.data(), static_cast<int64_t>(ids.size())};
       ASSERT_TRUE((*m)->Forward({&ch, 1}, true, ours.data()).ok());
-      const double err = RowRelErr(ours, ref, V);
+      const double err = testing_util::RowRelErr(ours, ref, V);
       std::printf("[ %s ] %s prompt%d (%zu tokens): max rel logit err %.3g\n", GetParam().c_str(),
                   mode == MlaMode::kNaive ? "naive" : mode == MlaMode::kAbsorbed ? "absorbed" : "auto", i,
                   ids.size(), err);
@@ -131,7 +120,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     g.step_logits = &step_logits;
     auto out = Generate(**m, prompt, g);
     ASSERT_TRUE(out.ok()) << out.status();
-    const double err = RowRelErr(step_logits, ref_logits, V);
+    const double err = testing_util::RowRelErr(step_logits, ref_logits, V);
     std::printf("[ %s ] decode %zu greedy steps: max rel logit err %.3g, tokens %s\n", GetParam().c_str(),
                 ref_tokens.size(), err, *out == ref_tokens ? "identical" : "DIFFER");
     EXPECT_LE(err, tol);

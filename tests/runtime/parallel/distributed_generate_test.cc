@@ -12,6 +12,7 @@
 
 #include "comm/mpi_communicator.h"
 #include "gtest/gtest.h"
+#include "tests/util/logits.h"
 #include "runtime/model/random_model.h"
 #include "runtime/parallel/placement.h"
 
@@ -44,18 +45,6 @@ std::string SharedModel(const std::string& preset) {
   return path;
 }
 
-double RelErr(const std::vector<float>& a, const std::vector<float>& b, int64_t V) {
-  double worst = 0;
-  for (size_t r = 0; r * V < b.size(); ++r) {
-    double num = 0, den = 0;
-    for (int64_t j = 0; j < V; ++j) {
-      num = std::max(num, static_cast<double>(std::fabs(a[r * V + j] - b[r * V + j])));
-      den = std::max(den, static_cast<double>(std::fabs(b[r * V + j])));
-    }
-    worst = std::max(worst, num / den);
-  }
-  return worst;
-}
 
 void CheckLayout(const std::string& preset, const std::vector<std::vector<int32_t>>& prompts, SamplingParams sp) {
   const int pp = EnvInt("DS_TEST_PP", 1), ep = EnvInt("DS_TEST_EP", 1);
@@ -92,7 +81,7 @@ void CheckLayout(const std::string& preset, const std::vector<std::vector<int32_
     auto ref = Generate(**full, prompts[i], gi);
     ASSERT_TRUE(ref.ok());
     EXPECT_EQ(got->tokens[i], *ref) << preset << " prompt " << i << " pp " << pp << " ep " << ep;
-    const double err = RelErr(got->step_logits[i], logits, V);
+    const double err = testing_util::RowRelErr(got->step_logits[i], logits, V);
     EXPECT_LE(err, 1e-5) << preset << " prompt " << i;
     std::printf("[ %s pp=%d ep=%d ] prompt %zu (%zu tokens): tokens %s, max rel logit err %.3g\n", preset.c_str(), pp,
                 ep, i, prompts[i].size(), got->tokens[i] == *ref ? "identical" : "DIFFER", err);
