@@ -42,6 +42,11 @@ struct AttentionParams {
   const float* v = nullptr;
   int64_t v_token_stride = 0, v_head_stride = 0;
   int64_t n_kv = 0, n_kv_heads = 0, head_dim_v = 0;
+  // Paged KV (optional): with a block table, KV token j is read at
+  //   k + kv_block_table[j / kv_block_size] * kv_block_stride + (j % kv_block_size) * k_token_stride
+  // (and the same for v). Without one (nullptr), at k + j * k_token_stride.
+  const int32_t* kv_block_table = nullptr;
+  int64_t kv_block_size = 0, kv_block_stride = 0;
 
   int64_t q_pos0 = 0;
   float scale = 1.0f;

@@ -162,6 +162,12 @@ class CpuBackend final : public Backend {
   void Attention(const AttentionParams& p) override {
     DS_CHECK(p.n_kv_heads > 0 && p.n_heads % p.n_kv_heads == 0);
     DS_CHECK(p.q_pos0 + p.n_q <= p.n_kv);
+    DS_CHECK(p.kv_block_table == nullptr || p.kv_block_size > 0);
+    // Offset (in floats, before the token stride) of KV token j's row.
+    auto kv_row = [&p](int64_t j, int64_t token_stride) {
+      if (p.kv_block_table == nullptr) return j * token_stride;
+      return p.kv_block_table[j / p.kv_block_size] * p.kv_block_stride + (j % p.kv_block_size) * token_stride;
+    };
     const int64_t group = p.n_heads / p.n_kv_heads;
     const int nthreads = omp_get_max_threads();
     float* scores_all = Scratch(scores_, nthreads * p.n_kv);
@@ -174,7 +180,7 @@ class CpuBackend final : public Backend {
       const int64_t n_keys = p.q_pos0 + t + 1;  // causal
       float mx = -INFINITY;
       for (int64_t j = 0; j < n_keys; ++j) {
-        const float* k = p.k + j * p.k_token_stride + kh * p.k_head_stride;
+        const float* k = p.k + kv_row(j, p.k_token_stride) + kh * p.k_head_stride;
         float d = 0.0f;
 #pragma omp simd reduction(+ : d)
         for (int64_t c = 0; c < p.head_dim_qk; ++c) d += q[c] * k[c];
@@ -190,7 +196,7 @@ class CpuBackend final : public Backend {
       float* o = p.out + t * p.out_token_stride + h * p.out_head_stride;
       for (int64_t c = 0; c < p.head_dim_v; ++c) o[c] = 0.0f;
       for (int64_t j = 0; j < n_keys; ++j) {
-        const float* v = p.v + j * p.v_token_stride + kh * p.v_head_stride;
+        const float* v = p.v + kv_row(j, p.v_token_stride) + kh * p.v_head_stride;
         const float w = s[j] * inv;
         for (int64_t c = 0; c < p.head_dim_v; ++c) o[c] += w * v[c];
       }

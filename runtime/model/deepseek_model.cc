@@ -44,6 +44,11 @@ absl::StatusOr<int64_t> DeepseekModel::CheckBatch(std::span<const SequenceChunk>
                                                      " but its cache holds ", ch.cache->length(), " tokens"));
     }
     const int64_t end = ch.start_pos + ch.n_tokens;
+    if (ch.cache->paged() && end > ch.cache->capacity() && end <= max_context_) {
+      return absl::FailedPreconditionError(absl::StrCat("sequence length ", end, " needs KV slots that were not ",
+                                                        "reserved: its block table holds ", ch.cache->capacity(),
+                                                        " tokens"));
+    }
     if (end > ch.cache->capacity() || end > max_context_) {
       return absl::OutOfRangeError(absl::StrCat("sequence length ", end, " exceeds the context limit of ",
                                                 std::min(ch.cache->capacity(), max_context_), " tokens"));

@@ -35,6 +35,7 @@ struct Workspace {
   std::vector<float> x, xn, h;     // [T, hidden]: residual, normed input, sublayer output
   // attention
   std::vector<float> q, qa, kv_a, q_abs, out_lat, attn_out, kvb, kfull;
+  std::vector<float> kv_rows;  // [S, kv width]: a paged cache's rows gathered for naive MLA
   // FFN / MoE
   std::vector<float> gate, up, act, router_logits, topk_w, gathered, expert_out, moe_out;
   std::vector<int32_t> topk_ids, expert_count, expert_offset, expert_rows;

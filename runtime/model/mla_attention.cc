@@ -7,6 +7,14 @@ namespace {
 // Both latent norms use eps 1e-6 whatever rms_norm_eps says: the published
 // modeling code constructs them with the RMSNorm default.
 constexpr float kLatentNormEps = 1e-6f;
+
+// Points attention at the cache's blocks. A contiguous cache needs no table.
+void SetKvBlocks(const KvCache& cache, AttentionParams& p) {
+  if (cache.contiguous()) return;
+  p.kv_block_table = cache.block_table().blocks.data();
+  p.kv_block_size = cache.block_size();
+  p.kv_block_stride = cache.block_stride();
+}
 }  // namespace
 
 void MlaAttentionForward(const ModelConfig& c, const AttentionWeights& w, Backend& be,
@@ -42,12 +50,19 @@ void MlaAttentionForward(const ModelConfig& c, const AttentionWeights& w, Backen
   int64_t t0 = 0;
   for (const SequenceChunk& ch : batch) {
     const int64_t n = ch.n_tokens, S = ch.start_pos + n;
-    float* cache = ch.cache->layer(local_layer);                // [capacity, kv_lora + rope]
-    std::memcpy(cache + ch.start_pos * W, kv_a + t0 * W, n * W * sizeof(float));
+    KvCache& kvc = *ch.cache;
+    WriteKvRows(kvc, local_layer, ch.start_pos, n, kv_a + t0 * W);
     const float* qc = q + t0 * nh * qk;
     float* oc = attn_out + t0 * nh * vd;
     const bool naive = mode == MlaMode::kNaive || (mode == MlaMode::kAuto && n > 1);
     if (naive) {
+      // The latents [S, kv_lora + rope]: in place if contiguous, else gathered from the blocks.
+      const float* cache = kvc.layer_base(local_layer);
+      if (!kvc.contiguous()) {
+        float* rows = Workspace::Get(ws.kv_rows, S * W);
+        GatherKvRows(kvc, local_layer, S, rows);
+        cache = rows;
+      }
       // Expand every cached latent to per-head keys and values.
       float* kvb = Workspace::Get(ws.kvb, S * nh * (nope + vd));  // [S, nh, nope + v]
       be.Linear(cache, S, W, w.kv_b_proj, kvb, nh * (nope + vd));
@@ -82,9 +97,12 @@ void MlaAttentionForward(const ModelConfig& c, const AttentionWeights& w, Backen
       AttentionParams p;
       p.q = q_abs, p.q_token_stride = nh * W, p.q_head_stride = W;
       p.n_q = n, p.n_heads = nh, p.head_dim_qk = W;
+      // One latent KV head read through the block table: k = [c_kv, k_pe], v = c_kv.
+      const float* cache = kvc.layer_base(local_layer);
       p.k = cache, p.k_token_stride = W, p.k_head_stride = 0;
       p.v = cache, p.v_token_stride = W, p.v_head_stride = 0;
       p.n_kv = S, p.n_kv_heads = 1, p.head_dim_v = lora;
+      SetKvBlocks(kvc, p);
       p.q_pos0 = ch.start_pos, p.scale = scale;
       p.out = out_lat, p.out_token_stride = nh * lora, p.out_head_stride = lora;
       be.Attention(p);
@@ -120,14 +138,15 @@ void MhaAttentionForward(const ModelConfig& c, const AttentionWeights& w, Backen
   int64_t t0 = 0;
   for (const SequenceChunk& ch : batch) {
     const int64_t n = ch.n_tokens;
-    float* cache = ch.cache->layer(local_layer);
-    std::memcpy(cache + ch.start_pos * Wc, kv + t0 * Wc, n * Wc * sizeof(float));
+    WriteKvRows(*ch.cache, local_layer, ch.start_pos, n, kv + t0 * Wc);
+    const float* cache = ch.cache->layer_base(local_layer);  // rows [k | v], through the block table
     AttentionParams p;
     p.q = q + t0 * nh * hd, p.q_token_stride = nh * hd, p.q_head_stride = hd;
     p.n_q = n, p.n_heads = nh, p.head_dim_qk = hd;
     p.k = cache, p.k_token_stride = Wc, p.k_head_stride = hd;
     p.v = cache + nkv * hd, p.v_token_stride = Wc, p.v_head_stride = hd;
     p.n_kv = ch.start_pos + n, p.n_kv_heads = nkv, p.head_dim_v = hd;
+    SetKvBlocks(*ch.cache, p);
     p.q_pos0 = ch.start_pos, p.scale = static_cast<float>(c.softmax_scale());
     p.out = attn_out + t0 * nh * hd, p.out_token_stride = nh * hd, p.out_head_stride = hd;
     be.Attention(p);
