@@ -14,6 +14,7 @@ PACKAGES=(
   libpcre2-dev
   libicu-dev      # tokenizer: Unicode normalization (NFC/NFKC) and character properties
   python3 bc procps
+  slurmctld slurmd slurm-client munge   # tests/cluster: a one-machine Slurm (cluster/local_slurm.sh)
 )
 
 missing=()
