@@ -1,5 +1,7 @@
 #include "comm/communicator.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace deepshard {
 
 int64_t CommDTypeSize(CommDType t) {
@@ -30,5 +32,23 @@ const char* ReduceOpName(ReduceOp op) {
   }
   return "?";
 }
+
+namespace comm_internal {
+
+absl::Status CheckPerPeerCounts(std::span<const int64_t> v, int size, const char* what,
+                                const std::function<std::string(int)>& where) {
+  if (static_cast<int64_t>(v.size()) != size) {
+    return absl::InvalidArgumentError(absl::StrCat(where(-1), ": ", what, " has ", v.size(),
+                                                   " entries, expected one per rank (", size, ")"));
+  }
+  for (int p = 0; p < size; ++p) {
+    if (v[p] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(where(p), ": ", what, "[", p, "] is negative (", v[p], ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace comm_internal
 
 }  // namespace deepshard

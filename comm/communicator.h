@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -65,5 +66,12 @@ class Communicator {
   // ordered by `key`. Collective over this communicator.
   virtual absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) = 0;
 };
+
+namespace comm_internal {
+// Shared by the backends: `v` must hold one non-negative count per rank.
+// `where(peer)` names the operation (and peer, or -1) in the message.
+absl::Status CheckPerPeerCounts(std::span<const int64_t> v, int size, const char* what,
+                                const std::function<std::string(int)>& where);
+}  // namespace comm_internal
 
 }  // namespace deepshard

@@ -274,17 +274,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   absl::Status CheckPerPeer(const char* op, const char* what, std::span<const int64_t> v) const {
-    if (static_cast<int64_t>(v.size()) != size_) {
-      return absl::InvalidArgumentError(absl::StrCat(Where(op, -1), ": ", what, " has ", v.size(),
-                                                     " entries, expected one per rank (", size_, ")"));
-    }
-    for (int p = 0; p < size_; ++p) {
-      if (v[p] < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(Where(op, p), ": ", what, "[", p, "] is negative (", v[p], ")"));
-      }
-    }
-    return absl::OkStatus();
+    return comm_internal::CheckPerPeerCounts(v, size_, what, [&](int peer) { return Where(op, peer); });
   }
 
   absl::Status CheckCount(const char* op, int64_t count) const {
