@@ -1,0 +1,156 @@
+// Scheduler: continuous batching over DP slots. Pure bookkeeping: no model
+// calls, no threads, no I/O. Rank 0 calls, once per step,
+//
+//   StepPlan plan = sched.Schedule();   // chunks per DP slot, KV slots reserved
+//   ... run the step (PagedKvCache::Reserve + Forward per slot) ...
+//   RETURN_IF_ERROR(sched.OnStepDone(results));  // one StepResult per chunk
+//
+// and, between steps, Add (new request) and Cancel (client disconnect).
+//
+// Token accounting. A sequence's context is its prompt followed by the tokens
+// generated so far (context_len = prompt_len + generated). n_computed of them
+// have their KV in the cache (= table.n_tokens between steps). A chunk covers
+// positions [n_computed, n_computed + n); when it reaches context_len the step
+// samples one new token (generated + 1). So a first prefill computes the prompt
+// (possibly in several chunks), and a decode is the case context_len -
+// n_computed == 1: the last sampled token is fed back. A preempted sequence is
+// recomputed the same way: n_computed goes back to 0 and its generated tokens
+// are prefilled with the prompt.
+//
+// Policy, per DP slot, each step, within max_tokens_per_step tokens:
+//   1. Decodes: every running sequence with one token left, oldest admission
+//      first, 1 token each. If AppendSlots finds no block, the most recently
+//      admitted running sequence of the slot (possibly the decode itself) is
+//      preempted: its blocks are freed, it becomes waiting at the front of the
+//      slot's queue with n_computed = 0. Then the decode retries. The step never
+//      fails; a sequence older than every other running one is never preempted.
+//   2. Chunked prefills in progress, oldest first: min(rest of its context,
+//      prefill_chunk, remaining budget, what the free blocks hold) tokens. A
+//      prefill never preempts; if no block is free it waits a step.
+//   3. Admission, FCFS from the slot's queue, while the slot has fewer than
+//      max_running_per_slot running sequences, budget is left, and the free
+//      blocks, minus those the running sequences still need to reach their
+//      context, hold the head's whole context. The head that does not fit
+//      blocks those behind it (no overtaking). Its first chunk is scheduled at
+//      once (same size rule as 2).
+// So decodes always run (max_running_per_slot <= max_tokens_per_step is
+// required), a long prompt only takes what budget and prefill_chunk leave, and
+// admission control keeps prefills from deadlocking each other: the running
+// sequences' whole contexts always fit the pool once the decodes that grew
+// past their admission-time share finish or are preempted.
+//
+// Slot assignment (Add): the slot with the least load in blocks (blocks used
+// plus blocks its waiting sequences will need for their context), then the
+// fewest sequences (running + waiting), then the lowest index. Counting
+// waiting work keeps a burst of Adds from all landing on one idle slot.
+//
+// Finished (EOS or max_new_tokens) and cancelled sequences free their blocks
+// at once and never appear in a later plan; they stay readable through Get
+// until Forget.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "runtime/engine/block_manager.h"
+#include "runtime/engine/sequence.h"
+
+namespace deepshard {
+
+struct SchedulerConfig {
+  int dp_slots = 1;
+  int64_t blocks_per_slot = 0;
+  int64_t block_size = 64;
+  int64_t max_tokens_per_step = 512;   // token budget per step per slot
+  int64_t max_running_per_slot = 64;   // must be <= max_tokens_per_step
+  int64_t prefill_chunk = 512;         // max tokens of one sequence per step
+};
+
+// One sequence's tokens in one step: positions [start_pos, start_pos + n_tokens).
+struct ScheduledChunk {
+  int64_t seq_id = 0;
+  int64_t start_pos = 0;
+  int64_t n_tokens = 0;
+  bool samples = false;  // reaches the end of the context: the step samples a token
+};
+
+struct StepPlan {
+  std::vector<std::vector<ScheduledChunk>> slots;   // [dp_slot] -> chunks
+  std::vector<std::vector<BlockCopy>> copies;       // [dp_slot] -> copy-on-write copies to make first
+  std::vector<int64_t> preempted;                   // sequences preempted while planning
+  int64_t n_tokens() const;
+  bool empty() const { return n_tokens() == 0; }
+};
+
+// What the step did for one scheduled chunk.
+struct StepResult {
+  int64_t seq_id = 0;
+  int64_t n_tokens = 0;  // tokens whose KV the step wrote (must match the plan)
+  bool eos = false;      // the sampled token ends the sequence (only on a sampling chunk)
+};
+
+struct SlotStats {
+  int64_t running = 0, waiting = 0, blocks_used = 0, blocks_free = 0;
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(const SchedulerConfig& config);
+
+  // Queues a new sequence on the least-loaded slot; returns that slot.
+  // InvalidArgument: duplicate id, prompt_len < 1, max_new_tokens < 1, or a
+  // sequence whose prompt + max_new_tokens - 1 tokens could never fit a slot.
+  absl::StatusOr<int> Add(int64_t id, int64_t prompt_len, int64_t max_new_tokens);
+
+  // Plans the next step and reserves its KV slots. Call OnStepDone before the
+  // next Schedule.
+  StepPlan Schedule();
+
+  // Applies the step's results; every chunk of the last plan must be reported
+  // once, except those of sequences cancelled since. InvalidArgument (and no
+  // change) when the results do not match the plan.
+  absl::Status OnStepDone(const std::vector<StepResult>& results);
+
+  // Client disconnect: frees the sequence's blocks now; it never appears in a
+  // later plan. NotFound for an unknown id; a no-op for a finished one.
+  absl::Status Cancel(int64_t id);
+
+  // nullptr for an unknown (or forgotten) id.
+  const Sequence* Get(int64_t id) const;
+  // Drops a finished or cancelled sequence's record.
+  void Forget(int64_t id);
+
+  std::vector<SlotStats> Stats() const;
+  const BlockManager& blocks(int slot) const { return slots_[slot].blocks; }
+  const SchedulerConfig& config() const { return config_; }
+  // Sequences waiting or running, all slots.
+  int64_t n_active() const;
+
+ private:
+  struct Slot {
+    explicit Slot(const SchedulerConfig& c) : blocks(c.blocks_per_slot, c.block_size) {}
+    BlockManager blocks;
+    std::deque<int64_t> waiting;   // FCFS; preempted sequences go to the front
+    std::vector<int64_t> running;  // in admission order (oldest first)
+  };
+
+  void ScheduleSlot(int s, StepPlan& plan);
+  // Tokens of seq that AppendSlots can take now, at most want.
+  int64_t Fit(const Slot& slot, const Sequence& seq, int64_t want) const;
+  void Preempt(int s, int64_t id, StepPlan& plan);
+  void Retire(Sequence& seq, SeqState state);  // finished or cancelled
+  int64_t OutstandingBlocks(const Slot& slot) const;
+
+  SchedulerConfig config_;
+  std::vector<Slot> slots_;
+  std::unordered_map<int64_t, Sequence> seqs_;
+  std::unordered_map<int64_t, int64_t> pending_;  // seq id -> tokens planned in the step in flight
+  bool in_flight_ = false;
+  int64_t next_admit_ = 0;
+};
+
+}  // namespace deepshard
