@@ -49,6 +49,18 @@ absl::Status CheckPerPeerCounts(std::span<const int64_t> v, int size, const char
   return absl::OkStatus();
 }
 
+absl::Status CheckAllToAllVArgs(std::span<const int64_t> send_counts, std::span<const int64_t> send_displs,
+                                std::span<const int64_t> recv_counts, std::span<const int64_t> recv_displs,
+                                int size, const std::function<std::string(int)>& where) {
+  const std::pair<const char*, std::span<const int64_t>> args[] = {
+      {"send_counts", send_counts}, {"send_displs", send_displs}, {"recv_counts", recv_counts},
+      {"recv_displs", recv_displs}};
+  for (const auto& [what, v] : args) {
+    if (auto s = CheckPerPeerCounts(v, size, what, where); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace comm_internal
 
 }  // namespace deepshard

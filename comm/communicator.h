@@ -72,6 +72,10 @@ namespace comm_internal {
 // `where(peer)` names the operation (and peer, or -1) in the message.
 absl::Status CheckPerPeerCounts(std::span<const int64_t> v, int size, const char* what,
                                 const std::function<std::string(int)>& where);
+// The four per-peer arrays of an AllToAllV.
+absl::Status CheckAllToAllVArgs(std::span<const int64_t> send_counts, std::span<const int64_t> send_displs,
+                                std::span<const int64_t> recv_counts, std::span<const int64_t> recv_displs,
+                                int size, const std::function<std::string(int)>& where);
 }  // namespace comm_internal
 
 }  // namespace deepshard

@@ -75,10 +75,8 @@ class MpiCommunicator final : public Communicator {
                          std::span<const int64_t> send_displs, void* recv,
                          std::span<const int64_t> recv_counts,
                          std::span<const int64_t> recv_displs, CommDType dtype) override {
-    RETURN_IF_ERROR(CheckPerPeer("AllToAllV", "send_counts", send_counts));
-    RETURN_IF_ERROR(CheckPerPeer("AllToAllV", "send_displs", send_displs));
-    RETURN_IF_ERROR(CheckPerPeer("AllToAllV", "recv_counts", recv_counts));
-    RETURN_IF_ERROR(CheckPerPeer("AllToAllV", "recv_displs", recv_displs));
+    RETURN_IF_ERROR(comm_internal::CheckAllToAllVArgs(send_counts, send_displs, recv_counts, recv_displs, size_,
+                                                      [&](int peer) { return Where("AllToAllV", peer); }));
     const MPI_Datatype type = MpiType(dtype);
     bool fits = true;
     for (int p = 0; p < size_; ++p) {
@@ -273,9 +271,6 @@ class MpiCommunicator final : public Communicator {
     return absl::InternalError(absl::StrCat(Where(op, peer), " failed: ", MpiErrorString(rc)));
   }
 
-  absl::Status CheckPerPeer(const char* op, const char* what, std::span<const int64_t> v) const {
-    return comm_internal::CheckPerPeerCounts(v, size_, what, [&](int peer) { return Where(op, peer); });
-  }
 
   absl::Status CheckCount(const char* op, int64_t count) const {
     if (count < 0) {

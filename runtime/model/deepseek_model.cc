@@ -66,20 +66,28 @@ absl::StatusOr<int64_t> DeepseekModel::CheckBatch(std::span<const SequenceChunk>
 
 absl::Status DeepseekModel::Embed(std::span<const SequenceChunk> batch, float* x) {
   if (!weights_.spec.embedding) return absl::FailedPreconditionError("this rank holds no embedding");
-  ASSIGN_OR_RETURN(int64_t T, CheckBatch(batch, /*need_tokens=*/true));
-  (void)T;
+  RETURN_IF_ERROR(CheckBatch(batch, /*need_tokens=*/true).status());
+  EmbedChecked(batch, x);
+  return absl::OkStatus();
+}
+
+void DeepseekModel::EmbedChecked(std::span<const SequenceChunk> batch, float* x) {
   int64_t t = 0;
   for (const SequenceChunk& ch : batch) {
     backend_->Embedding(weights_.embed_tokens, ch.tokens, ch.n_tokens, x + t * config_.hidden_size);
     t += ch.n_tokens;
   }
-  return absl::OkStatus();
 }
 
 absl::Status DeepseekModel::RunLayers(std::span<const SequenceChunk> batch, float* x, MoeExchange* exchange) {
+  ASSIGN_OR_RETURN(const int64_t T, CheckBatch(batch, /*need_tokens=*/false));
+  return RunLayersChecked(batch, T, x, exchange);
+}
+
+absl::Status DeepseekModel::RunLayersChecked(std::span<const SequenceChunk> batch, int64_t T, float* x,
+                                             MoeExchange* exchange) {
   const ModelConfig& c = config_;
   const int64_t H = c.hidden_size;
-  ASSIGN_OR_RETURN(const int64_t T, CheckBatch(batch, /*need_tokens=*/false));
   int32_t* pos = Workspace::Get(ws_.positions, T);
   int64_t t = 0;
   for (const SequenceChunk& ch : batch) {
@@ -140,8 +148,8 @@ absl::Status DeepseekModel::Forward(std::span<const SequenceChunk> batch, bool a
   }
   ASSIGN_OR_RETURN(const int64_t T, CheckBatch(batch, /*need_tokens=*/true));
   float* x = Workspace::Get(ws_.x, T * config_.hidden_size);  // residual stream [T, H]
-  RETURN_IF_ERROR(Embed(batch, x));
-  RETURN_IF_ERROR(RunLayers(batch, x, nullptr));
+  EmbedChecked(batch, x);  // the batch is checked once per step
+  RETURN_IF_ERROR(RunLayersChecked(batch, T, x, nullptr));
   return Head(batch, x, all_logits, logits);
 }
 

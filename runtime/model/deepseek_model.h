@@ -68,7 +68,10 @@ class DeepseekModel {
 
  private:
   DeepseekModel() = default;
+  // Validates a batch and returns its token count; the *Checked pieces assume it passed.
   absl::StatusOr<int64_t> CheckBatch(std::span<const SequenceChunk> batch, bool need_tokens) const;
+  void EmbedChecked(std::span<const SequenceChunk> batch, float* x);
+  absl::Status RunLayersChecked(std::span<const SequenceChunk> batch, int64_t T, float* x, MoeExchange* exchange);
   ModelConfig config_;
   RuntimeConfig rt_;
   std::unique_ptr<Checkpoint> ckpt_;

@@ -19,17 +19,44 @@ void MlpForward(const MlpWeights& w, Backend& be, const float* x, int64_t m, int
   be.Linear(gate, m, inter, w.down_proj, out, hidden);
 }
 
+namespace {
+
+// Routes T tokens: router logits in f32 whatever the math mode (the output is
+// discrete), then top-k ids and weights into ws.topk_ids / ws.topk_w ([T, k]).
+void Route(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T, Workspace& ws,
+           int32_t** ids, float** weights) {
+  const int64_t H = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
+  float* logits = Workspace::Get(ws.router_logits, T * E + 2 * E + c.n_group);  // [T, E] + scratch
+  be.LinearExact(x, T, H, w.gate, logits, E);
+  *ids = Workspace::Get(ws.topk_ids, T * k + 1);
+  *weights = Workspace::Get(ws.topk_w, T * k + 1);
+  RouteTokens(c, logits, w.e_score_correction_bias, T, *ids, *weights, logits + T * E);
+}
+
+// out = SharedExperts(x) + routed, where `routed` [T, H] is the weighted sum of
+// the routed experts. Shared experts see every token.
+void AddSharedExperts(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
+                      const float* routed, Workspace& ws, float* out) {
+  const int64_t H = c.hidden_size;
+  if (w.has_shared) {
+    MlpForward(w.shared, be, x, T, H, c.moe_intermediate_size * c.n_shared_experts, ws, out);
+    for (int64_t i = 0; i < T * H; ++i) out[i] += routed[i];
+  } else {
+    std::memcpy(out, routed, T * H * sizeof(float));
+  }
+}
+
+}  // namespace
+
 void MoeForward(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
                 Workspace& ws, float* out) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
   const int64_t inter = c.moe_intermediate_size;
 
-  // 1. Route. The router runs in f32 whatever the math mode: its output is discrete.
-  float* logits = Workspace::Get(ws.router_logits, T * E + 2 * E + c.n_group);  // [T, E] + scratch
-  be.LinearExact(x, T, H, w.gate, logits, E);
-  int32_t* ids = Workspace::Get(ws.topk_ids, T * k);   // [T, k]
-  float* weights = Workspace::Get(ws.topk_w, T * k);   // [T, k]
-  RouteTokens(c, logits, w.e_score_correction_bias, T, ids, weights, logits + T * E);
+  // 1. Route.
+  int32_t* ids;     // [T, k]
+  float* weights;   // [T, k]
+  Route(c, w, be, x, T, ws, &ids, &weights);
 
   // 2. Group (token, slot) pairs by expert: counting sort.
   int32_t* count = Workspace::Get(ws.expert_count, E + 1);
@@ -62,23 +89,16 @@ void MoeForward(const ModelConfig& c, const MoeWeights& w, Backend& be, const fl
     }
   }
 
-  // 4. Shared experts see every token.
-  if (w.has_shared) {
-    MlpForward(w.shared, be, x, T, H, inter * c.n_shared_experts, ws, out);
-    for (int64_t i = 0; i < T * H; ++i) out[i] += acc[i];
-  } else {
-    std::memcpy(out, acc, T * H * sizeof(float));
-  }
+  // 4. Shared experts.
+  AddSharedExperts(c, w, be, x, T, acc, ws, out);
 }
 
 absl::Status MoeForwardExchange(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
                                 Workspace& ws, MoeExchange& ex, float* out) {
-  const int64_t H = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
-  float* logits = Workspace::Get(ws.router_logits, T * E + 2 * E + c.n_group);
-  be.LinearExact(x, T, H, w.gate, logits, E);
-  int32_t* ids = Workspace::Get(ws.topk_ids, T * k + 1);
-  float* weights = Workspace::Get(ws.topk_w, T * k + 1);
-  RouteTokens(c, logits, w.e_score_correction_bias, T, ids, weights, logits + T * E);
+  const int64_t H = c.hidden_size, k = c.num_experts_per_tok;
+  int32_t* ids;
+  float* weights;
+  Route(c, w, be, x, T, ws, &ids, &weights);
 
   RETURN_IF_ERROR(ex.Dispatch(x, T, ids, k));
   const auto off = ex.local_expert_offsets();
@@ -105,12 +125,7 @@ absl::Status MoeForwardExchange(const ModelConfig& c, const MoeWeights& w, Backe
       for (int64_t j = 0; j < H; ++j) dst[j] += wt * src[j];
     }
   }
-  if (w.has_shared) {
-    MlpForward(w.shared, be, x, T, H, c.moe_intermediate_size * c.n_shared_experts, ws, out);
-    for (int64_t i = 0; i < T * H; ++i) out[i] += acc[i];
-  } else {
-    std::memcpy(out, acc, T * H * sizeof(float));
-  }
+  AddSharedExperts(c, w, be, x, T, acc, ws, out);
   return absl::OkStatus();
 }
 
