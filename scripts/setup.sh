@@ -13,7 +13,7 @@ PACKAGES=(
   libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
   libpcre2-dev
   libicu-dev      # tokenizer: Unicode normalization (NFC/NFKC) and character properties
-  python3 bc procps
+  python3 bc procps hostname
   slurmctld slurmd slurm-client munge   # tests/cluster: a one-machine Slurm (cluster/local_slurm.sh)
 )
 
