@@ -96,6 +96,13 @@ void Scheduler::Preempt(int s, int64_t id, StepPlan& plan) {
   plan.preempted.push_back(id);
 }
 
+int64_t Scheduler::Victim(const Slot& slot, int64_t fallback) const {
+  for (auto it = slot.running.rbegin(); it != slot.running.rend(); ++it) {
+    if (*it == fallback || !pending_.count(*it)) return *it;
+  }
+  return fallback;
+}
+
 void Scheduler::Retire(Sequence& q, SeqState state) {
   Slot& slot = slots_[q.dp_slot];
   slot.blocks.Free(q.table);
@@ -117,7 +124,7 @@ void Scheduler::ScheduleSlot(int s, StepPlan& plan) {
     const absl::Status st = slot.blocks.AppendSlots(q.table, n, &plan.copies[s]);
     DS_CHECK(st.ok());
     chunks.push_back({q.id, q.n_computed, n, q.n_computed + n == q.context_len()});
-    pending_[q.id] = n;
+    pending_[q.id] = {plan.id, n};
     budget -= n;
   };
 
@@ -125,9 +132,9 @@ void Scheduler::ScheduleSlot(int s, StepPlan& plan) {
   const std::vector<int64_t> order = slot.running;
   for (int64_t id : order) {
     Sequence& q = seqs_.at(id);
-    if (q.state != SeqState::kRunning || q.remaining() != 1) continue;
+    if (q.state != SeqState::kRunning || q.remaining() != 1 || pending_.count(id)) continue;
     while (!slot.blocks.CanAppend(q.table, 1)) {
-      const int64_t victim = slot.running.back();
+      const int64_t victim = Victim(slot, id);
       Preempt(s, victim, plan);
       if (victim == id) break;
     }
@@ -158,18 +165,27 @@ void Scheduler::ScheduleSlot(int s, StepPlan& plan) {
 }
 
 StepPlan Scheduler::Schedule() {
-  DS_CHECK(!in_flight_);  // OnStepDone first
   StepPlan plan;
+  plan.id = next_plan_;
   plan.slots.resize(config_.dp_slots);
   plan.copies.resize(config_.dp_slots);
-  pending_.clear();
   for (int s = 0; s < config_.dp_slots; ++s) ScheduleSlot(s, plan);
-  in_flight_ = !pending_.empty();
+  if (plan.empty()) {
+    plan.id = -1;
+  } else {
+    in_flight_.push_back(next_plan_++);
+  }
   return plan;
 }
 
 absl::Status Scheduler::OnStepDone(const std::vector<StepResult>& results) {
-  if (!in_flight_ && !results.empty()) return absl::FailedPreconditionError("OnStepDone without a planned step");
+  if (in_flight_.empty()) {
+    if (results.empty()) return absl::OkStatus();
+    return absl::FailedPreconditionError("OnStepDone without a planned step");
+  }
+  const int64_t plan_id = in_flight_.front();
+  int64_t n_planned = 0;
+  for (const auto& [id, p] : pending_) n_planned += p.plan_id == plan_id;
   // Validate everything before changing anything.
   std::unordered_set<int64_t> seen;
   for (const StepResult& r : results) {
@@ -177,25 +193,26 @@ absl::Status Scheduler::OnStepDone(const std::vector<StepResult>& results) {
     if (it == seqs_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown sequence ", r.seq_id));
     if (it->second.state == SeqState::kCancelled) continue;  // cancelled during the step
     auto p = pending_.find(r.seq_id);
-    if (p == pending_.end() || !seen.insert(r.seq_id).second) {
+    if (p == pending_.end() || p->second.plan_id != plan_id || !seen.insert(r.seq_id).second) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", r.seq_id, " was not planned once"));
     }
-    if (p->second != r.n_tokens) {
+    if (p->second.n_tokens != r.n_tokens) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", r.seq_id, ": ", r.n_tokens,
-                                                     " tokens reported, ", p->second, " planned"));
+                                                     " tokens reported, ", p->second.n_tokens, " planned"));
     }
     const Sequence& q = it->second;
     if (r.eos && q.n_computed + r.n_tokens != q.context_len()) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", r.seq_id, ": eos on a chunk that samples nothing"));
     }
   }
-  if (seen.size() != pending_.size()) {
+  if (static_cast<int64_t>(seen.size()) != n_planned) {
     return absl::InvalidArgumentError(
-        absl::StrCat(pending_.size() - seen.size(), " planned chunks have no result"));
+        absl::StrCat(n_planned - static_cast<int64_t>(seen.size()), " planned chunks have no result"));
   }
   for (const StepResult& r : results) {
     Sequence& q = seqs_.at(r.seq_id);
     if (q.state != SeqState::kRunning) continue;
+    pending_.erase(q.id);
     q.n_computed += r.n_tokens;
     DS_CHECK(q.n_computed == q.table.n_tokens && q.n_computed <= q.context_len());
     if (q.n_computed == q.context_len()) {
@@ -203,8 +220,7 @@ absl::Status Scheduler::OnStepDone(const std::vector<StepResult>& results) {
       if (r.eos || q.generated >= q.max_new_tokens) Retire(q, SeqState::kFinished);
     }
   }
-  pending_.clear();
-  in_flight_ = false;
+  in_flight_.pop_front();
   return absl::OkStatus();
 }
 

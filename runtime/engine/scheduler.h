@@ -7,6 +7,13 @@
 //
 // and, between steps, Add (new request) and Cancel (client disconnect).
 //
+// Pipelining: with pp stages, several plans are in flight at once (stage 0
+// runs plan k+1 while stage 1 runs plan k). Schedule may be called again
+// before OnStepDone; a sequence with a chunk in flight is left out of later
+// plans (its next token is not known yet) and is never a preemption victim
+// (its blocks are being written). OnStepDone completes the oldest plan in
+// flight: plans finish in the order they were made.
+//
 // Token accounting. A sequence's context is its prompt followed by the tokens
 // generated so far (context_len = prompt_len + generated). n_computed of them
 // have their KV in the cache (= table.n_tokens between steps). A chunk covers
@@ -79,6 +86,7 @@ struct ScheduledChunk {
 };
 
 struct StepPlan {
+  int64_t id = -1;                                  // increasing; -1 for an empty plan
   std::vector<std::vector<ScheduledChunk>> slots;   // [dp_slot] -> chunks
   std::vector<std::vector<BlockCopy>> copies;       // [dp_slot] -> copy-on-write copies to make first
   std::vector<int64_t> preempted;                   // sequences preempted while planning
@@ -106,14 +114,15 @@ class Scheduler {
   // sequence whose prompt + max_new_tokens - 1 tokens could never fit a slot.
   absl::StatusOr<int> Add(int64_t id, int64_t prompt_len, int64_t max_new_tokens);
 
-  // Plans the next step and reserves its KV slots. Call OnStepDone before the
-  // next Schedule.
+  // Plans the next step over the sequences that have no chunk in flight and
+  // reserves its KV slots. An empty plan (nothing to do) is not in flight.
   StepPlan Schedule();
 
-  // Applies the step's results; every chunk of the last plan must be reported
-  // once, except those of sequences cancelled since. InvalidArgument (and no
-  // change) when the results do not match the plan.
+  // Applies the results of the oldest plan in flight; each of its chunks must
+  // be reported once, except those of sequences cancelled since.
+  // InvalidArgument (and no change) when the results do not match the plan.
   absl::Status OnStepDone(const std::vector<StepResult>& results);
+  int64_t plans_in_flight() const { return static_cast<int64_t>(in_flight_.size()); }
 
   // Client disconnect: frees the sequence's blocks now; it never appears in a
   // later plan. NotFound for an unknown id; a no-op for a finished one.
@@ -142,14 +151,20 @@ class Scheduler {
   // Tokens of seq that AppendSlots can take now, at most want.
   int64_t Fit(const Slot& slot, const Sequence& seq, int64_t want) const;
   void Preempt(int s, int64_t id, StepPlan& plan);
+  // The newest running sequence of the slot with no chunk in flight (`fallback` if none).
+  int64_t Victim(const Slot& slot, int64_t fallback) const;
   void Retire(Sequence& seq, SeqState state);  // finished or cancelled
   int64_t OutstandingBlocks(const Slot& slot) const;
 
   SchedulerConfig config_;
   std::vector<Slot> slots_;
   std::unordered_map<int64_t, Sequence> seqs_;
-  std::unordered_map<int64_t, int64_t> pending_;  // seq id -> tokens planned in the step in flight
-  bool in_flight_ = false;
+  struct Pending {
+    int64_t plan_id = 0, n_tokens = 0;
+  };
+  std::unordered_map<int64_t, Pending> pending_;  // seq id -> its chunk in flight
+  std::deque<int64_t> in_flight_;                 // plan ids, oldest first
+  int64_t next_plan_ = 0;
   int64_t next_admit_ = 0;
 };
 

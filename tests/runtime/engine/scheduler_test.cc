@@ -3,6 +3,7 @@
 // run of 1,000 requests on a small pool that must drain completely.
 #include "runtime/engine/scheduler.h"
 
+#include <deque>
 #include <map>
 #include <random>
 #include <set>
@@ -273,6 +274,73 @@ TEST(Scheduler, RandomWorkloadDrains) {
   ASSERT_EQ(s.n_active(), 0) << "did not drain in " << steps << " steps";
   EXPECT_GT(preemptions, 0) << "the pool should be small enough to force preemption";
   EXPECT_GT(cancelled.size(), 0u);
+  for (const SlotStats& st : s.Stats()) EXPECT_EQ(st.blocks_free, config.blocks_per_slot);
+  for (const auto& [id, n] : max_new) {
+    const Sequence* q = s.Get(id);
+    if (cancelled.count(id)) {
+      EXPECT_EQ(q->state, SeqState::kCancelled);
+    } else {
+      EXPECT_EQ(q->state, SeqState::kFinished) << id;
+      EXPECT_EQ(q->generated, n) << id;
+    }
+  }
+}
+
+// Pipelining: up to kDepth plans in flight. A sequence is never in two plans
+// in flight, and the random workload still drains with every block free.
+TEST(Scheduler, PipelinedPlansNeverShareASequence) {
+  const SchedulerConfig config{.dp_slots = 2, .blocks_per_slot = 24, .block_size = 8, .max_tokens_per_step = 64,
+                               .max_running_per_slot = 8, .prefill_chunk = 32};
+  constexpr size_t kDepth = 3;
+  Scheduler s(config);
+  std::mt19937 rng(99);
+  const int kRequests = 600;
+  std::map<int64_t, int64_t> max_new;
+  std::set<int64_t> cancelled;
+  std::deque<StepPlan> flight;
+  int added = 0, steps = 0, preemptions = 0;
+  size_t max_depth = 0;
+  auto complete_oldest = [&] {
+    std::vector<StepResult> results;
+    for (const auto& chunks : flight.front().slots)
+      for (const ScheduledChunk& ch : chunks) results.push_back({ch.seq_id, ch.n_tokens, false});
+    ASSERT_TRUE(s.OnStepDone(results).ok());
+    flight.pop_front();
+  };
+  while ((added < kRequests || s.n_active() > 0) && steps < 200000) {
+    for (int k = std::uniform_int_distribution<int>(0, 3)(rng); k > 0 && added < kRequests; --k, ++added) {
+      const int64_t prompt = std::uniform_int_distribution<int64_t>(1, 100)(rng);
+      const int64_t n = std::uniform_int_distribution<int64_t>(1, 60)(rng);
+      ASSERT_TRUE(s.Add(added, prompt, n).ok());
+      max_new[added] = n;
+    }
+    if (added > 0 && std::uniform_int_distribution<int>(0, 99)(rng) < 3) {
+      const int64_t id = std::uniform_int_distribution<int64_t>(0, added - 1)(rng);
+      if (!s.Get(id)->done()) cancelled.insert(id);
+      ASSERT_TRUE(s.Cancel(id).ok());  // possibly a sequence in flight
+    }
+    StepPlan plan = s.Schedule();
+    CheckPlan(s, plan);
+    preemptions += static_cast<int>(plan.preempted.size());
+    for (const StepPlan& other : flight) {
+      for (const auto& chunks : plan.slots)
+        for (const ScheduledChunk& ch : chunks) ASSERT_EQ(Find(other, ch.seq_id), nullptr) << ch.seq_id;
+      for (int64_t id : plan.preempted) ASSERT_EQ(Find(other, id), nullptr) << "preempted a sequence in flight";
+    }
+    const bool idle = plan.empty();
+    if (!idle) {
+      ASSERT_GT(plan.id, flight.empty() ? -1 : flight.back().id);
+      flight.push_back(std::move(plan));
+    }
+    max_depth = std::max(max_depth, flight.size());
+    EXPECT_EQ(s.plans_in_flight(), static_cast<int64_t>(flight.size()));
+    if (flight.size() == kDepth || (idle && !flight.empty())) complete_oldest();
+    ++steps;
+  }
+  while (!flight.empty()) complete_oldest();
+  ASSERT_EQ(s.n_active(), 0) << "did not drain in " << steps << " steps";
+  EXPECT_EQ(max_depth, kDepth);
+  EXPECT_GT(preemptions, 0);
   for (const SlotStats& st : s.Stats()) EXPECT_EQ(st.blocks_free, config.blocks_per_slot);
   for (const auto& [id, n] : max_new) {
     const Sequence* q = s.Get(id);
