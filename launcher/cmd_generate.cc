@@ -216,38 +216,6 @@ int RunSingle(Options o) {
   return 0;
 }
 
-// Collective: true on every rank if no rank reports an error. Rank 0 prints
-// each distinct error once, with the ranks that hit it, so a mistake every
-// rank makes (a wrong path) reads as one message.
-bool AgreeNoErrors(const std::string& local_error) {
-  constexpr int kLen = 1024;
-  int rank = 0, size = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
-  char mine[kLen] = {0};
-  std::snprintf(mine, kLen, "%s", local_error.c_str());
-  std::vector<char> all(rank == 0 ? static_cast<size_t>(size) * kLen : 1);
-  MPI_Gather(mine, kLen, MPI_CHAR, all.data(), kLen, MPI_CHAR, 0, MPI_COMM_WORLD);
-  int bad = local_error.empty() ? 0 : 1, any = 0;
-  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (rank == 0 && any) {
-    std::vector<std::pair<std::string, std::vector<int>>> distinct;
-    for (int r = 0; r < size; ++r) {
-      std::string m(all.data() + static_cast<size_t>(r) * kLen);
-      if (m.empty()) continue;
-      auto it = std::find_if(distinct.begin(), distinct.end(), [&](const auto& d) { return d.first == m; });
-      if (it == distinct.end()) distinct.push_back({m, {r}});
-      else it->second.push_back(r);
-    }
-    for (const auto& [m, ranks] : distinct) {
-      const std::string who = static_cast<int>(ranks.size()) == size ? "every rank"
-                              : absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(ranks, ","));
-      std::fprintf(stderr, "deepshard generate: error: %s: %s\n", who.c_str(), m.c_str());
-    }
-  }
-  return any == 0;
-}
-
 // pp × ep ranks under mpirun. Checks that every rank can agree on are made
 // collectively: rank 0 prints one message and every rank returns non-zero.
 int RunDistributed(Options o) {
@@ -265,7 +233,7 @@ int RunDistributed(Options o) {
   auto config = LoadModelConfig(o.model_dir);
   auto fp = ModelFilesFingerprint(o.model_dir);
   const bool local_ok = config.ok() && fp.ok();
-  if (!AgreeNoErrors(local_ok ? "" : std::string((config.ok() ? fp.status() : config.status()).message()))) {
+  if (!AgreeNoErrors("generate", local_ok ? "" : std::string((config.ok() ? fp.status() : config.status()).message()))) {
     return 1;
   }
   std::vector<uint64_t> fps(mpi.size());
@@ -280,7 +248,7 @@ int RunDistributed(Options o) {
   }
   // Every rank tokenizes the same text the same way.
   auto tok = ResolvePrompts(o);
-  if (!AgreeNoErrors(tok.ok() ? "" : std::string(tok.status().message()))) return 1;
+  if (!AgreeNoErrors("generate", tok.ok() ? "" : std::string(tok.status().message()))) return 1;
   auto plan = MakePlacementPlan(*config, o.place);
   if (!plan.ok()) {
     say(std::string(plan.status().message()));
@@ -295,7 +263,7 @@ int RunDistributed(Options o) {
     rt.threads = std::max(1, cores / std::max(1, pc->local_size));
   }
   auto model = DeepseekModel::Load(o.model_dir, rt, mine.load);
-  if (!AgreeNoErrors(model.ok() ? "" : std::string(model.status().message()))) return 1;
+  if (!AgreeNoErrors("generate", model.ok() ? "" : std::string(model.status().message()))) return 1;
   // Bad prompts are the same on every rank: one message, a clean exit.
   std::string prompt_error;
   for (size_t i = 0; i < o.prompts.size() && prompt_error.empty(); ++i) {

@@ -11,5 +11,7 @@ int RunMakeModel(const std::vector<std::string>& args);
 int RunGenerate(const std::vector<std::string>& args);
 int RunPlan(const std::vector<std::string>& args);
 int RunTokenize(const std::vector<std::string>& args);
+int RunServe(const std::vector<std::string>& args);
+int RunChat(const std::vector<std::string>& args);
 
 }  // namespace deepshard

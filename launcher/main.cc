@@ -16,7 +16,9 @@ constexpr char kUsage[] =
     "  make-model   write a random-weight model in the Hugging Face layout\n"
     "  generate     continue a prompt (text, chat message or token ids) on one rank or pp x ep ranks\n"
     "  plan         print the placement of layers and experts over a pp x ep grid\n"
-    "  tokenize     text to token ids, or ids to text, with a model's tokenizer\n";
+    "  tokenize     text to token ids, or ids to text, with a model's tokenizer\n"
+    "  serve        an OpenAI-compatible HTTP server (continuous batching, paged latent KV) on 1 or pp x ep ranks\n"
+    "  chat         a terminal chat client for a running server (deepshard chat --url http://127.0.0.1:8000)\n";
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -30,6 +32,8 @@ int main(int argc, char** argv) {
   if (cmd == "generate") return deepshard::RunGenerate(args);
   if (cmd == "plan") return deepshard::RunPlan(args);
   if (cmd == "tokenize") return deepshard::RunTokenize(args);
+  if (cmd == "serve") return deepshard::RunServe(args);
+  if (cmd == "chat") return deepshard::RunChat(args);
   std::fprintf(stderr, "deepshard: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

@@ -1,7 +1,13 @@
 #include "launcher/mpi_bootstrap.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace deepshard {
 
@@ -30,6 +36,38 @@ void MpiSession::Abort(const std::string& message, int code) const {
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, code);
   std::abort();
+}
+
+// Collective: true on every rank if no rank reports an error. Rank 0 prints
+// each distinct error once, with the ranks that hit it, so a mistake every
+// rank makes (a wrong path) reads as one message.
+bool AgreeNoErrors(const std::string& command, const std::string& local_error) {
+  constexpr int kLen = 1024;
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  char mine[kLen] = {0};
+  std::snprintf(mine, kLen, "%s", local_error.c_str());
+  std::vector<char> all(rank == 0 ? static_cast<size_t>(size) * kLen : 1);
+  MPI_Gather(mine, kLen, MPI_CHAR, all.data(), kLen, MPI_CHAR, 0, MPI_COMM_WORLD);
+  int bad = local_error.empty() ? 0 : 1, any = 0;
+  MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (rank == 0 && any) {
+    std::vector<std::pair<std::string, std::vector<int>>> distinct;
+    for (int r = 0; r < size; ++r) {
+      std::string m(all.data() + static_cast<size_t>(r) * kLen);
+      if (m.empty()) continue;
+      auto it = std::find_if(distinct.begin(), distinct.end(), [&](const auto& d) { return d.first == m; });
+      if (it == distinct.end()) distinct.push_back({m, {r}});
+      else it->second.push_back(r);
+    }
+    for (const auto& [m, ranks] : distinct) {
+      const std::string who = static_cast<int>(ranks.size()) == size ? "every rank"
+                              : absl::StrCat(ranks.size() == 1 ? "rank " : "ranks ", absl::StrJoin(ranks, ","));
+      std::fprintf(stderr, "deepshard %s: error: %s: %s\n", command.c_str(), who.c_str(), m.c_str());
+    }
+  }
+  return any == 0;
 }
 
 }  // namespace deepshard

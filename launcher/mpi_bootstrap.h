@@ -25,4 +25,10 @@ class MpiSession {
   int rank_ = 0, size_ = 1;
 };
 
+// Collective over MPI_COMM_WORLD: true on every rank if no rank reports an
+// error (local_error empty). Rank 0 prints each distinct error once, with the
+// ranks that hit it ("deepshard <command>: error: ranks 1,3: ..."), so a
+// mistake every rank makes (a wrong path) reads as one message.
+bool AgreeNoErrors(const std::string& command, const std::string& local_error);
+
 }  // namespace deepshard

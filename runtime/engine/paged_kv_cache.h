@@ -62,6 +62,13 @@ class PagedKvCache {
   // Returns seq's blocks to the pool (finished or preempted); seq is empty after.
   void Free(KvCache& seq);
 
+  // For an owner that keeps the block accounting elsewhere (the serving
+  // scheduler on rank 0, which sends tables with each step): makes the
+  // copy-on-write copies it decided on, every layer.
+  void ApplyCopies(const std::vector<BlockCopy>& copies) {
+    for (const BlockCopy& c : copies) CopyBlock(c.src, c.dst);
+  }
+
  private:
   void CopyBlock(int32_t src, int32_t dst);
 

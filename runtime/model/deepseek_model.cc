@@ -1,6 +1,7 @@
 #include "runtime/model/deepseek_model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -96,8 +97,12 @@ absl::Status DeepseekModel::RunLayersChecked(std::span<const SequenceChunk> batc
   float* xn = Workspace::Get(ws_.xn, T * H);
   float* h = Workspace::Get(ws_.h, T * H);
   const float eps = static_cast<float>(c.rms_norm_eps);
+  using Clock = std::chrono::steady_clock;
+  StepProfile* prof = ws_.profile;
   for (int64_t l = 0; l < n_local_layers(); ++l) {
     const LayerWeights& L = weights_.layers[l];
+    ws_.profile_layer = weights_.spec.layer_begin + l;
+    const auto t0 = prof ? Clock::now() : Clock::time_point{};
     backend_->RmsNorm(x, T, H, H, L.input_layernorm, eps, xn, H);
     if (c.is_mla()) {
       MlaAttentionForward(c, L.attn, *backend_, rope_, xn, batch, l, rt_.mla_mode, ws_, h);
@@ -105,6 +110,8 @@ absl::Status DeepseekModel::RunLayersChecked(std::span<const SequenceChunk> batc
       MhaAttentionForward(c, L.attn, *backend_, rope_, xn, batch, l, ws_, h);
     }
     for (int64_t i = 0; i < T * H; ++i) x[i] += h[i];
+    const auto t1 = prof ? Clock::now() : Clock::time_point{};
+    if (prof) prof->attention_s += std::chrono::duration<double>(t1 - t0).count();
     backend_->RmsNorm(x, T, H, H, L.post_attention_layernorm, eps, xn, H);
     if (L.is_moe && exchange != nullptr) {
       // Every rank of the stage takes part, also with T == 0.
@@ -115,6 +122,7 @@ absl::Status DeepseekModel::RunLayersChecked(std::span<const SequenceChunk> batc
       MlpForward(L.mlp, *backend_, xn, T, H, c.intermediate_size, ws_, h);
     }
     for (int64_t i = 0; i < T * H; ++i) x[i] += h[i];
+    if (prof) prof->experts_s += std::chrono::duration<double>(Clock::now() - t1).count();
   }
   for (const SequenceChunk& ch : batch) ch.cache->set_length(ch.start_pos + ch.n_tokens);
   return absl::OkStatus();

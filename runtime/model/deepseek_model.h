@@ -66,6 +66,10 @@ class DeepseekModel {
   absl::Status RunLayers(std::span<const SequenceChunk> batch, float* x, MoeExchange* exchange);
   absl::Status Head(std::span<const SequenceChunk> batch, const float* x, bool all_logits, float* logits);
 
+  // Accumulate per-phase time and routed-expert counts into `profile` from now
+  // on (nullptr: stop). The caller owns it.
+  void set_profile(StepProfile* profile) { ws_.profile = profile; }
+
  private:
   DeepseekModel() = default;
   // Validates a batch and returns its token count; the *Checked pieces assume it passed.

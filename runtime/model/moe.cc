@@ -1,6 +1,7 @@
 #include "runtime/model/moe.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -31,6 +32,13 @@ void Route(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* 
   *ids = Workspace::Get(ws.topk_ids, T * k + 1);
   *weights = Workspace::Get(ws.topk_w, T * k + 1);
   RouteTokens(c, logits, w.e_score_correction_bias, T, *ids, *weights, logits + T * E);
+  if (ws.profile != nullptr) {
+    std::vector<int64_t>& counts = ws.profile->expert_tokens;
+    const size_t need = static_cast<size_t>((ws.profile_layer + 1) * E);
+    if (counts.size() < need) counts.resize(need, 0);
+    int64_t* layer = counts.data() + ws.profile_layer * E;
+    for (int64_t s = 0; s < T * k; ++s) ++layer[(*ids)[s]];
+  }
 }
 
 // out = SharedExperts(x) + routed, where `routed` [T, H] is the weighted sum of
@@ -100,7 +108,10 @@ absl::Status MoeForwardExchange(const ModelConfig& c, const MoeWeights& w, Backe
   float* weights;
   Route(c, w, be, x, T, ws, &ids, &weights);
 
+  using Clock = std::chrono::steady_clock;
+  auto t0 = Clock::now();
   RETURN_IF_ERROR(ex.Dispatch(x, T, ids, k));
+  double comm_s = std::chrono::duration<double>(Clock::now() - t0).count();
   const auto off = ex.local_expert_offsets();
   if (static_cast<size_t>(off.size()) != w.experts.size() + 1) {
     return absl::InternalError(absl::StrCat("expert placement gives this rank ", off.size() - 1,
@@ -113,7 +124,10 @@ absl::Status MoeForwardExchange(const ModelConfig& c, const MoeWeights& w, Backe
                ex.expert_output() + off[li] * H);
   }
   float* slots = Workspace::Get(ws.expert_out, T * k * H + 1);  // [T * k, H]
+  t0 = Clock::now();
   RETURN_IF_ERROR(ex.Combine(slots));
+  comm_s += std::chrono::duration<double>(Clock::now() - t0).count();
+  if (ws.profile != nullptr) ws.profile->dispatch_combine_s += comm_s;
 
   float* acc = Workspace::Get(ws.moe_out, T * H + 1);
   std::fill(acc, acc + T * H, 0.0f);

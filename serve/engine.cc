@@ -1,0 +1,359 @@
+#include "serve/engine.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace deepshard::serve {
+
+ServingEngine::ServingEngine(StageRunner& runner, const EngineOptions& options,
+                             std::function<void(const std::string&)> broadcast_plan,
+                             std::function<void()> broadcast_shutdown)
+    : runner_(runner),
+      options_(options),
+      broadcast_plan_(std::move(broadcast_plan)),
+      broadcast_shutdown_(std::move(broadcast_shutdown)),
+      scheduler_(options.scheduler) {
+  slot_stats_ = scheduler_.Stats();
+}
+
+ServingEngine::~ServingEngine() = default;
+
+absl::StatusOr<int64_t> ServingEngine::Submit(GenerationRequest r, TokenSink sink) {
+  const int64_t P = static_cast<int64_t>(r.prompt.size());
+  if (P == 0) return absl::InvalidArgumentError("prompt: the prompt has no tokens");
+  for (int64_t i = 0; i < P; ++i) {
+    if (r.prompt[i] < 0 || r.prompt[i] >= options_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: token id ", r.prompt[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ", options_.vocab_size, ")"));
+    }
+  }
+  if (r.max_tokens < 1) return absl::InvalidArgumentError("max_tokens: must be >= 1");
+  RETURN_IF_ERROR(r.sampling.Validate());
+  if (P + r.max_tokens > options_.max_context) {
+    return absl::OutOfRangeError(absl::StrCat("the prompt (", P, " tokens) plus max_tokens (", r.max_tokens,
+                                              ") is ", P + r.max_tokens, " tokens; this model's context is ",
+                                              options_.max_context, " tokens"));
+  }
+  const SchedulerConfig& sc = options_.scheduler;
+  const int64_t blocks = (P + r.max_tokens - 1 + sc.block_size - 1) / sc.block_size;
+  if (blocks > sc.blocks_per_slot) {
+    return absl::OutOfRangeError(absl::StrCat("the prompt (", P, " tokens) plus max_tokens (", r.max_tokens,
+                                              ") needs ", blocks, " KV blocks of ", sc.block_size,
+                                              " tokens; a DP slot has ", sc.blocks_per_slot,
+                                              " (raise --kv-cache-memory)"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (failed_) return absl::UnavailableError(absl::StrCat("the server failed: ", failure_));
+  if (draining_) return absl::UnavailableError("the server is shutting down");
+  if (n_waiting_ >= options_.max_waiting) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the queue is full (", n_waiting_, " requests waiting); retry later"));
+  }
+  const int64_t id = next_id_++;
+  Request q;
+  q.sink = std::move(sink);
+  q.tokens = std::move(r.prompt);
+  q.prompt_len = P;
+  q.max_tokens = r.max_tokens;
+  q.sampling = r.sampling;
+  q.ignore_eos = r.ignore_eos;
+  requests_.emplace(id, std::move(q));
+  submitted_.push_back(id);
+  ++n_waiting_;
+  wake_.notify_all();
+  return id;
+}
+
+void ServingEngine::Cancel(int64_t id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!requests_.count(id)) return;
+  cancelled_.push_back(id);
+  wake_.notify_all();
+}
+
+EngineHealth ServingEngine::Health() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  EngineHealth h;
+  h.healthy = !failed_;
+  h.accepting = !failed_ && !draining_;
+  if (failed_) {
+    h.detail = failure_;
+  } else if (draining_) {
+    h.detail = "draining: not accepting new requests";
+  }
+  return h;
+}
+
+void ServingEngine::Finish(int64_t id, TokenEvent last) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return;
+  last.finished = true;
+  it->second.sink(std::move(last));
+  requests_.erase(it);
+}
+
+void ServingEngine::FailAll(const std::string& why) {
+  std::vector<int64_t> ids;
+  for (const auto& [id, q] : requests_) ids.push_back(id);
+  for (int64_t id : ids) Finish(id, {{}, true, FinishReason::kError, why});
+  submitted_.clear();
+  cancelled_.clear();
+  n_waiting_ = 0;
+}
+
+void ServingEngine::OnRankLost(int rank, const std::string& why) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (failed_) return;
+  failure_ = absl::StrCat("rank ", rank, " is lost (", why, "); the job is going down");
+  failed_ = true;
+  FailAll(failure_);
+  wake_.notify_all();
+}
+
+void ServingEngine::BeginDrain(double timeout_s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (draining_) return;
+  draining_ = true;
+  drain_deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
+  wake_.notify_all();
+}
+
+void ServingEngine::ExpireDrain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (draining_) drain_deadline_ = Clock::now();
+  wake_.notify_all();
+}
+
+void ServingEngine::OnResults(int from_rank, std::string_view payload) {
+  auto r = DecodeResults(payload);
+  const ParallelConfig& pc = runner_.parallel();
+  if (!r.ok() || r->column < 0 || r->column >= pc.ep || pc.RankOf(pc.pp - 1, r->column) != from_rank) {
+    OnRankLost(from_rank, r.ok() ? absl::StrCat("it sent results for column ", r->column)
+                                 : absl::StrCat("it sent malformed results: ", r.status().message()));
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  inbox_.push_back(*std::move(r));
+  wake_.notify_all();
+}
+
+void ServingEngine::OnStats(int rank, std::string_view payload) {
+  if (payload.empty()) return;
+  auto s = DecodeStats(payload);
+  if (!s.ok()) return;  // statistics only: never worth failing the job for
+  std::lock_guard<std::mutex> lock(mu_);
+  rank_stats_[rank] = *std::move(s);
+}
+
+void ServingEngine::Intake() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int64_t id : submitted_) {
+    const Request& q = requests_.at(id);
+    auto slot = scheduler_.Add(id, q.prompt_len, q.max_tokens);
+    if (!slot.ok()) Finish(id, {{}, true, FinishReason::kError, std::string(slot.status().message())});
+  }
+  submitted_.clear();
+  for (int64_t id : cancelled_) {
+    if (!requests_.count(id)) continue;
+    if (scheduler_.Get(id) != nullptr) {
+      (void)scheduler_.Cancel(id);  // frees its blocks now
+      scheduler_.Forget(id);
+      released_.push_back(id);
+    }
+    Finish(id, {{}, true, FinishReason::kCancelled, ""});
+  }
+  cancelled_.clear();
+}
+
+absl::Status ServingEngine::CompletePlans() {
+  std::vector<ColumnResults> inbox;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    inbox.swap(inbox_);
+  }
+  for (ColumnResults& r : inbox) {
+    auto it = std::find_if(in_flight_.begin(), in_flight_.end(),
+                           [&](const InFlight& f) { return f.plan.id == r.plan_id; });
+    if (it == in_flight_.end() || it->columns.count(r.column)) {
+      return absl::InternalError(absl::StrCat("column ", r.column, " sent results for plan ", r.plan_id,
+                                              ", which is not in flight or already answered"));
+    }
+    if (r.results.size() != it->plan.columns[r.column].size()) {
+      return absl::InternalError(absl::StrCat("column ", r.column, " sent ", r.results.size(),
+                                              " results for plan ", r.plan_id, ", which gave it ",
+                                              it->plan.columns[r.column].size(), " chunks"));
+    }
+    it->columns[r.column] = std::move(r.results);
+  }
+  const int ep = runner_.parallel().ep;
+  while (!in_flight_.empty() && static_cast<int>(in_flight_.front().columns.size()) == ep) {
+    InFlight& f = in_flight_.front();
+    std::vector<StepResult> step;
+    for (const auto& [column, results] : f.columns) {
+      for (const ChunkResult& c : results) {
+        // A sequence cancelled while its chunk ran is already forgotten.
+        if (scheduler_.Get(c.seq_id) != nullptr) step.push_back({c.seq_id, c.n_tokens, c.eos});
+      }
+    }
+    RETURN_IF_ERROR(scheduler_.OnStepDone(step));
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [column, results] : f.columns) {
+      for (const ChunkResult& c : results) {
+        if (c.token < 0) continue;
+        auto it = requests_.find(c.seq_id);
+        if (it == requests_.end()) continue;  // cancelled or failed meanwhile
+        it->second.tokens.push_back(c.token);
+        const Sequence* q = scheduler_.Get(c.seq_id);
+        if (q != nullptr && q->state == SeqState::kFinished) {
+          Finish(c.seq_id, {{c.token}, true, c.eos ? FinishReason::kStop : FinishReason::kLength, ""});
+          scheduler_.Forget(c.seq_id);
+          released_.push_back(c.seq_id);
+        } else {
+          it->second.sink({{c.token}, false, FinishReason::kNone, ""});
+        }
+      }
+    }
+    ++steps_done_;
+    in_flight_.pop_front();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ServingEngine::ScheduleAndRun() {
+  if (static_cast<int>(in_flight_.size()) >= options_.depth) return absl::OkStatus();
+  StepPlan sp = scheduler_.Schedule();
+  if (sp.empty()) return absl::OkStatus();
+  WirePlan wp;
+  wp.id = sp.id;
+  wp.columns.resize(sp.slots.size());
+  wp.copies = sp.copies;
+  wp.released.swap(released_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (failed_) return absl::UnavailableError(failure_);
+    for (size_t s = 0; s < sp.slots.size(); ++s) {
+      for (const ScheduledChunk& ch : sp.slots[s]) {
+        const Request& q = requests_.at(ch.seq_id);
+        PlanChunk pc;
+        pc.seq_id = ch.seq_id;
+        pc.start_pos = ch.start_pos;
+        pc.samples = ch.samples;
+        pc.ignore_eos = q.ignore_eos;
+        pc.sampling = q.sampling;
+        pc.tokens.assign(q.tokens.begin() + ch.start_pos, q.tokens.begin() + ch.start_pos + ch.n_tokens);
+        pc.blocks = scheduler_.Get(ch.seq_id)->table.blocks;
+        wp.columns[s].push_back(std::move(pc));
+      }
+    }
+  }
+  if (broadcast_plan_) broadcast_plan_(EncodePlan(wp));
+  InFlight f;
+  f.plan.id = wp.id;
+  f.plan.columns.resize(wp.columns.size());
+  for (size_t s = 0; s < wp.columns.size(); ++s) {
+    for (const PlanChunk& ch : wp.columns[s]) {
+      PlanChunk light;
+      light.seq_id = ch.seq_id;
+      f.plan.columns[s].push_back(std::move(light));
+    }
+  }
+  in_flight_.push_back(std::move(f));
+  InFlight& mine = in_flight_.back();
+  ASSIGN_OR_RETURN(std::vector<ChunkResult> results, runner_.Run(wp));
+  if (runner_.last_stage()) mine.columns[runner_.parallel().ep_rank] = std::move(results);
+  return absl::OkStatus();
+}
+
+void ServingEngine::PublishSnapshot() {
+  std::vector<SlotStats> stats = scheduler_.Stats();
+  int64_t steps = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    int64_t waiting = static_cast<int64_t>(submitted_.size());
+    for (const SlotStats& s : stats) waiting += s.waiting;
+    n_waiting_ = waiting;
+    slot_stats_ = std::move(stats);
+    steps = steps_done_;
+  }
+  if (!on_snapshot_) return;
+  // At most every 100 ms while busy; always once when the engine goes idle,
+  // so /metrics shows the final state (every block free) right away.
+  const auto now = Clock::now();
+  const bool idle_change = in_flight_.empty() && steps != last_snapshot_steps_;
+  if (now - last_snapshot_ < std::chrono::milliseconds(100) && !idle_change) return;
+  last_snapshot_ = now;
+  last_snapshot_steps_ = steps;
+  on_snapshot_(Snapshot());
+}
+
+EngineSnapshot ServingEngine::Snapshot() const {
+  EngineSnapshot s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s.slots = slot_stats_;
+    s.steps = steps_done_;
+    s.ranks = rank_stats_;
+  }
+  s.ranks[runner_.parallel().rank] = runner_.Stats();
+  for (const auto& [rank, st] : s.ranks) s.total_experts = std::max(s.total_experts, st.n_experts);
+  return s;
+}
+
+absl::Status ServingEngine::Run() {
+  while (true) {
+    Intake();
+    if (failed_) {
+      std::lock_guard<std::mutex> lock(mu_);
+      return absl::UnavailableError(failure_);
+    }
+    absl::Status st = CompletePlans();
+    if (st.ok()) {
+      // Drain: past the deadline, end what is left with an error.
+      std::lock_guard<std::mutex> lock(mu_);
+      if (draining_ && Clock::now() >= *drain_deadline_ && !requests_.empty()) {
+        std::vector<int64_t> ids;
+        for (const auto& [id, q] : requests_) ids.push_back(id);
+        for (int64_t id : ids) {
+          if (scheduler_.Get(id) != nullptr) {
+            (void)scheduler_.Cancel(id);
+            scheduler_.Forget(id);
+            released_.push_back(id);
+          }
+          Finish(id, {{}, true, FinishReason::kError,
+                      "the server shut down before this request finished (--drain-timeout)"});
+        }
+        submitted_.clear();
+        cancelled_.clear();
+      }
+      if (draining_ && requests_.empty() && submitted_.empty() && in_flight_.empty()) {
+        if (broadcast_shutdown_) broadcast_shutdown_();
+        return absl::OkStatus();
+      }
+    }
+    const size_t before = in_flight_.size();
+    if (st.ok()) st = ScheduleAndRun();
+    if (!st.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!failed_) {
+        failure_ = absl::StrCat("rank 0: ", st.message());
+        failed_ = true;
+        FailAll(failure_);
+      }
+      return absl::InternalError(failure_);
+    }
+    PublishSnapshot();
+    if (in_flight_.size() > before) continue;  // ran a step: look for more work at once
+    std::unique_lock<std::mutex> lock(mu_);
+    wake_.wait_for(lock, std::chrono::milliseconds(20), [&] {
+      return !inbox_.empty() || !submitted_.empty() || !cancelled_.empty() || failed_ || draining_;
+    });
+    if (draining_ && inbox_.empty() && submitted_.empty() && cancelled_.empty() && !failed_) {
+      // Draining wakes the predicate forever: sleep a little while waiting for results.
+      wake_.wait_for(lock, std::chrono::milliseconds(2));
+    }
+  }
+}
+
+}  // namespace deepshard::serve

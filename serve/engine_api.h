@@ -1,0 +1,71 @@
+// The contract between the HTTP front end (serve/http_server.h) and the
+// serving engine (serve/engine.h) on rank 0.
+//
+// The engine works in token ids only: the front end renders chat messages,
+// tokenises, detokenises, and matches stop strings (then calls Cancel). Every
+// accepted request gets exactly one final event (finished = true), whatever
+// happens: end of sequence, max_tokens, cancellation, drain timeout, or a dead
+// rank.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime/sampling.h"
+
+namespace deepshard::serve {
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;  // token ids, non-empty
+  int64_t max_tokens = 16;      // new tokens at most (>= 1)
+  SamplingParams sampling;      // temperature 0 = greedy
+  bool ignore_eos = false;      // keep going past the model's EOS token
+};
+
+enum class FinishReason {
+  kNone,     // not finished (a streaming event)
+  kStop,     // the model's EOS token (the front end also uses it for a stop string)
+  kLength,   // max_tokens reached
+  kCancelled,
+  kError,    // drain timeout, a rank died, an internal error: see `error`
+};
+
+// Tokens produced since the last event. Called on the engine's thread: do not
+// block in it (post the work to your own executor).
+struct TokenEvent {
+  std::vector<int32_t> tokens;
+  bool finished = false;
+  FinishReason reason = FinishReason::kNone;
+  std::string error;  // set when reason == kError
+};
+using TokenSink = std::function<void(TokenEvent)>;
+
+struct EngineHealth {
+  bool healthy = true;    // every rank alive and heartbeating
+  bool accepting = true;  // false while draining or after a failure
+  std::string detail;     // why not, for the /health body
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  // Thread-safe. Returns the request id. Errors (nothing queued, the sink is
+  // never called):
+  //   InvalidArgument    bad prompt / max_tokens / sampling (message names the field)
+  //   OutOfRange         prompt (+ max_tokens) longer than the model's context -> HTTP 400
+  //   ResourceExhausted  the queue is full -> HTTP 429
+  //   Unavailable        draining or a rank is down -> HTTP 503
+  virtual absl::StatusOr<int64_t> Submit(GenerationRequest request, TokenSink sink) = 0;
+  // Thread-safe. Client went away or a stop string matched: the sequence stops
+  // within one step, its blocks are freed, and the sink gets a final event with
+  // kCancelled. Unknown or finished ids are ignored.
+  virtual void Cancel(int64_t id) = 0;
+  virtual EngineHealth Health() const = 0;
+  // Longest prompt + max_tokens the engine accepts.
+  virtual int64_t max_context() const = 0;
+};
+
+}  // namespace deepshard::serve

@@ -1,0 +1,776 @@
+// The OpenAI-compatible HTTP server: see http_server.h for the endpoints and
+// the design. Request parsing, prompts, text and JSON live in openai_api.cc;
+// this file is the connection state machine:
+//
+//   ReadHeader -> (413/431/400 and close) | [100 Continue] -> ReadBody -> Handle
+//   Handle -> plain response -> Write -> ReadHeader (keep-alive) | close
+//   Handle -> generation: Submit, Watch (read pending), [stream header]
+//          -> engine events (posted to the strand) -> chunks / accumulate
+//          -> final event (or stop string: Cancel) -> last write -> AfterResponse
+//   AfterResponse cancels the watch read, then ReadHeader or close.
+#include "serve/http_server.h"
+
+#include <atomic>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "boost/asio.hpp"
+#include "boost/beast/core.hpp"
+#include "boost/beast/http.hpp"
+#include "boost/json.hpp"
+#include "serve/openai_api.h"
+
+namespace deepshard::serve {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace net = boost::asio;
+namespace json = boost::json;
+using tcp = net::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr char kRequestsTotal[] = "deepshard_http_requests_total";
+constexpr char kPromptTokens[] = "deepshard_prompt_tokens_total";
+constexpr char kGenerationTokens[] = "deepshard_generation_tokens_total";
+constexpr char kTimeToFirstToken[] = "deepshard_time_to_first_token_seconds";
+constexpr char kInterTokenLatency[] = "deepshard_inter_token_latency_seconds";
+constexpr char kRequestLatency[] = "deepshard_request_latency_seconds";
+constexpr char kInFlight[] = "deepshard_requests_in_flight";
+
+constexpr size_t kMaxPipelinedBytes = 64 << 10;  // kept from a client while it waits for a generation
+constexpr size_t kMaxDrainBytes = 1 << 20;       // read and dropped before closing after an error
+constexpr auto kDrainTime = std::chrono::seconds(2);
+
+std::string_view SV(beast::string_view s) { return std::string_view(s.data(), s.size()); }
+// Debian's Abseil has its own string_view type.
+absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+ApiError Err(int status, std::string message, std::string type = "invalid_request_error", std::string code = "") {
+  ApiError e;
+  e.http_status = status;
+  e.message = std::move(message);
+  e.type = std::move(type);
+  e.code = std::move(code);
+  return e;
+}
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Constant-time comparison of the presented and the configured key.
+bool KeyMatches(std::string_view given, std::string_view want) {
+  unsigned char diff = given.size() == want.size() ? 0 : 1;
+  for (size_t i = 0; i < want.size(); ++i) {
+    diff |= static_cast<unsigned char>(want[i] ^ (i < given.size() ? given[i] : 0));
+  }
+  return diff == 0;
+}
+
+// Whether a network error means the peer is gone (rather than bad input).
+bool IsDisconnect(const beast::error_code& ec) {
+  return ec == http::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset ||
+         ec == net::error::broken_pipe || ec == net::error::operation_aborted || ec == beast::error::timeout ||
+         ec == net::error::bad_descriptor || ec == net::error::not_connected;
+}
+
+// Engine sinks may fire after the server is gone: they check this first.
+struct Lifeline {
+  std::mutex mu;
+  bool alive = true;
+};
+
+}  // namespace
+
+void DescribeHttpMetrics(Metrics& m) {
+  m.Describe(kRequestsTotal, MetricType::kCounter,
+             "HTTP requests by endpoint and status code (499: the client went away during generation).");
+  m.Describe(kPromptTokens, MetricType::kCounter, "Prompt tokens of accepted generation requests.");
+  m.Describe(kGenerationTokens, MetricType::kCounter, "Tokens generated for HTTP requests.");
+  m.Describe(kTimeToFirstToken, MetricType::kHistogram,
+             "Seconds from a request's arrival to its first generated token.", LatencyBuckets());
+  m.Describe(kInterTokenLatency, MetricType::kHistogram, "Seconds between consecutive generated tokens.",
+             LatencyBuckets());
+  m.Describe(kRequestLatency, MetricType::kHistogram,
+             "Seconds from a generation request's arrival to its last byte.", LatencyBuckets());
+  m.Describe(kInFlight, MetricType::kGauge, "Generation requests submitted to the engine and not finished.");
+}
+
+class HttpSession;
+
+// ---------------------------------------------------------------------------
+
+class HttpServer::Impl {
+ public:
+  Impl(HttpServerOptions o, const Tokenizer* tok, Engine& e, Metrics& m)
+      : opts(std::move(o)),
+        engine(e),
+        metrics(m),
+        builder(tok),
+        tokenizer(tok),
+        created(std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count()),
+        lifeline(std::make_shared<Lifeline>()),
+        ioc(std::max(1, opts.threads)),
+        acceptor(ioc) {
+    DescribeHttpMetrics(metrics);
+  }
+
+  absl::Status Start();
+  void Stop();
+  void DoAccept();
+
+  void Register(const std::shared_ptr<HttpSession>& s);
+  void Unregister(HttpSession* s) {
+    std::lock_guard<std::mutex> lock(sessions_mu);
+    sessions.erase(s);
+  }
+  int64_t max_context() const { return opts.max_model_len > 0 ? opts.max_model_len : engine.max_context(); }
+
+  const HttpServerOptions opts;
+  Engine& engine;
+  Metrics& metrics;
+  const PromptBuilder builder;
+  const Tokenizer* tokenizer;
+  const int64_t created;
+  std::shared_ptr<Lifeline> lifeline;
+  int port = 0;
+
+  // Declared before ioc: sessions destroyed with the io_context unregister here.
+  std::mutex sessions_mu;
+  std::unordered_map<HttpSession*, std::weak_ptr<HttpSession>> sessions;
+
+  net::io_context ioc;
+  tcp::acceptor acceptor;
+  std::vector<std::thread> threads;
+  std::atomic<int> running{0};
+  bool started = false;
+  bool stopped = false;
+};
+
+// ---------------------------------------------------------------------------
+// One connection. Every member is touched only on the session's strand
+// (stream_'s executor), except `this` pointer bookkeeping in the server.
+
+class HttpSession : public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(HttpServer::Impl& srv, tcp::socket socket) : srv_(srv), stream_(std::move(socket)) {}
+  ~HttpSession() { srv_.Unregister(this); }
+
+  void Start() { ReadHeader(); }
+
+  // From Stop(): cancel what is running and close, on the strand.
+  void Abort() {
+    net::post(stream_.get_executor(), [self = shared_from_this()] { self->ClientGone(); });
+  }
+
+ private:
+  // What AfterResponse asked for once the watch read is cancelled.
+  enum class Next { kNone, kRead, kClose };
+
+  struct Generation {
+    uint64_t seq = 0;
+    int64_t engine_id = -1;
+    bool stream = false;
+    ResponseContext ctx;
+    std::optional<GenerationText> text;
+    int64_t prompt_tokens = 0;
+    Clock::time_point last_token;
+    bool got_token = false;
+    bool done = false;   // final event handled (or cancelled by us)
+    std::string output;  // non-streaming: the text so far
+  };
+
+  // ---- reading a request ----
+
+  void ReadHeader() {
+    if (closed_) return;
+    parser_.emplace();
+    parser_->header_limit(static_cast<uint32_t>(std::min<size_t>(srv_.opts.max_header_bytes, UINT32_MAX)));
+    parser_->body_limit(srv_.opts.max_body_bytes);
+    endpoint_ = "other";
+    recorded_ = false;
+    stream_.expires_after(srv_.opts.idle_timeout);
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
+  }
+
+  void OnHeader(beast::error_code ec) {
+    if (ec) return OnReadError(ec);
+    auto& req = parser_->get();
+    version_ = req.version();
+    keep_alive_ = req.keep_alive();
+    SetEndpoint(SV(req.target()));
+    if (auto len = parser_->content_length(); len && *len > srv_.opts.max_body_bytes) {
+      return SendBodyTooLarge();
+    }
+    if (absl::EqualsIgnoreCase(AV(SV(req[http::field::expect])), "100-continue")) {
+      auto res = std::make_shared<http::response<http::empty_body>>(http::status::continue_, version_);
+      http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code ec, size_t) {
+        if (ec) return self->Close();
+        self->ReadBody();
+      });
+      return;
+    }
+    ReadBody();
+  }
+
+  void ReadBody() {
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->OnBody(ec); });
+  }
+
+  void OnBody(beast::error_code ec) {
+    if (ec) return OnReadError(ec);
+    stream_.expires_never();
+    start_ = Clock::now();
+    Handle(parser_->release());
+  }
+
+  void OnReadError(beast::error_code ec) {
+    if (ec == http::error::body_limit) return SendBodyTooLarge();
+    if (ec == http::error::header_limit) {
+      keep_alive_ = false;
+      return SendError(http::status::request_header_fields_too_large,
+                       Err(431, "the request headers are larger than the server's limit"));
+    }
+    if (IsDisconnect(ec) || closed_) return Close();
+    // Anything else is a malformed request: say so, then close.
+    keep_alive_ = false;
+    version_ = 11;
+    SendError(http::status::bad_request,
+              Err(400, absl::StrCat("malformed HTTP request: ", ec.message())));
+  }
+
+  void SendBodyTooLarge() {
+    keep_alive_ = false;
+    SendError(http::status::payload_too_large,
+              Err(413, absl::StrCat("the request body is larger than the server's limit of ",
+                                    srv_.opts.max_body_bytes, " bytes")));
+  }
+
+  void SetEndpoint(std::string_view target) {
+    path_ = std::string(target.substr(0, target.find('?')));
+    static constexpr std::string_view kKnown[] = {"/health", "/v1/models", "/metrics", "/v1/completions",
+                                                  "/v1/chat/completions"};
+    endpoint_ = "other";
+    for (std::string_view k : kKnown) {
+      if (path_ == k) endpoint_ = std::string(k);
+    }
+  }
+
+  // ---- routing ----
+
+  void Handle(http::request<http::string_body> req) {
+    const http::verb method = req.method();
+    auto method_is = [&](http::verb want, const char* allow) {
+      if (method == want) return true;
+      allow_ = allow;
+      SendError(http::status::method_not_allowed,
+                Err(405, absl::StrCat("method ", AV(SV(req.method_string())), " is not allowed on ", path_,
+                                      "; use ", allow)));
+      return false;
+    };
+    if (path_ == "/health") {
+      if (method_is(http::verb::get, "GET")) HandleHealth();
+      return;
+    }
+    if (!srv_.opts.api_key.empty()) {
+      std::string_view auth = SV(req[http::field::authorization]);
+      std::string_view key;
+      if (auth.size() > 7 && absl::EqualsIgnoreCase(AV(auth.substr(0, 7)), "bearer ")) key = auth.substr(7);
+      if (!KeyMatches(key, srv_.opts.api_key)) {
+        www_authenticate_ = true;
+        return SendError(http::status::unauthorized,
+                         Err(401, "missing or invalid API key; send the header `Authorization: Bearer <key>`",
+                             "authentication_error", "invalid_api_key"));
+      }
+    }
+    if (path_ == "/v1/models") {
+      if (method_is(http::verb::get, "GET")) HandleModels();
+    } else if (path_ == "/metrics") {
+      if (method_is(http::verb::get, "GET")) {
+        SendText(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", srv_.metrics.Render());
+      }
+    } else if (path_ == "/v1/completions") {
+      if (method_is(http::verb::post, "POST")) HandleGenerate(ApiKind::kCompletion, req.body());
+    } else if (path_ == "/v1/chat/completions") {
+      if (method_is(http::verb::post, "POST")) HandleGenerate(ApiKind::kChat, req.body());
+    } else {
+      SendError(http::status::not_found,
+                Err(404, absl::StrCat("no endpoint ", path_, "; this server has /v1/completions, "
+                                      "/v1/chat/completions, /v1/models, /health and /metrics"),
+                    "invalid_request_error", "not_found"));
+    }
+  }
+
+  void HandleHealth() {
+    const EngineHealth h = srv_.engine.Health();
+    if (h.healthy && h.accepting) {
+      return SendText(http::status::ok, "application/json", R"({"status":"ok"})");
+    }
+    json::object body{{"status", h.healthy ? "draining" : "unhealthy"}, {"healthy", h.healthy},
+                      {"accepting", h.accepting}, {"detail", h.detail}};
+    SendText(http::status::service_unavailable, "application/json", json::serialize(body));
+  }
+
+  void HandleModels() {
+    json::object model{{"id", srv_.opts.model_name}, {"object", "model"},       {"created", srv_.created},
+                       {"owned_by", "deepshard"},    {"root", srv_.opts.model_name}, {"max_model_len", srv_.max_context()}};
+    json::object list;
+    list["object"] = "list";
+    list["data"] = json::array();
+    list["data"].as_array().push_back(std::move(model));
+    SendText(http::status::ok, "application/json", json::serialize(list));
+  }
+
+  // ---- generation ----
+
+  void HandleGenerate(ApiKind kind, const std::string& body) {
+    const EngineHealth h = srv_.engine.Health();
+    if (!h.accepting || !h.healthy) {
+      return SendStatus(absl::UnavailableError(absl::StrCat("the server is not accepting requests",
+                                                            h.detail.empty() ? "" : ": ", h.detail)));
+    }
+    auto req = kind == ApiKind::kChat ? ParseChatRequest(body, srv_.opts.model_name)
+                                      : ParseCompletionRequest(body, srv_.opts.model_name);
+    if (!req.ok()) return SendStatus(req.status());
+    auto gen_req = srv_.builder.Build(*req, srv_.max_context());
+    if (!gen_req.ok()) return SendStatus(gen_req.status());
+
+    auto g = std::make_unique<Generation>();
+    g->seq = ++gen_seq_;
+    g->stream = req->stream;
+    g->ctx.kind = kind;
+    g->ctx.id = NewRequestId(kind);
+    g->ctx.created = std::chrono::duration_cast<std::chrono::seconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+    g->ctx.model = srv_.opts.model_name;
+    g->ctx.include_usage = req->stream && req->include_usage;
+    g->ctx.with_token_ids = srv_.tokenizer == nullptr;
+    g->text.emplace(srv_.tokenizer, req->stop);
+    g->prompt_tokens = static_cast<int64_t>(gen_req->prompt.size());
+
+    // The sink runs on the engine's thread: it only posts to this strand.
+    // NOTES: it must not hold the executor itself (a strand outliving its
+    // io_context is undefined); a live session implies a live io_context while
+    // the lifeline is held, and `self` is released before the lock.
+    TokenSink sink = [life = srv_.lifeline, weak = weak_from_this(), seq = g->seq](TokenEvent ev) {
+      std::lock_guard<std::mutex> lock(life->mu);
+      if (!life->alive) return;
+      std::shared_ptr<HttpSession> self = weak.lock();
+      if (!self) return;  // the connection is gone (and the request was cancelled)
+      auto ex = self->stream_.get_executor();
+      net::post(ex, [self = std::move(self), seq, ev = std::move(ev)]() mutable { self->OnEvent(seq, std::move(ev)); });
+    };
+    auto id = srv_.engine.Submit(*std::move(gen_req), std::move(sink));
+    if (!id.ok()) return SendStatus(id.status());
+
+    g->engine_id = *id;
+    gen_ = std::move(g);
+    generating_ = true;
+    srv_.metrics.Add(kInFlight, {}, 1);
+    srv_.metrics.Add(kPromptTokens, {}, static_cast<double>(gen_->prompt_tokens));
+    Watch();
+    if (gen_->stream) StartStream();
+  }
+
+  void StartStream() {
+    chunked_ = version_ >= 11;
+    auto res = std::make_shared<http::response<http::empty_body>>(http::status::ok, version_);
+    res->set(http::field::server, "deepshard");
+    res->set(http::field::content_type, "text/event-stream");
+    res->set(http::field::cache_control, "no-cache");
+    res->keep_alive(keep_alive_ && chunked_);
+    if (chunked_) res->chunked(true);
+    auto sr = std::make_shared<http::response_serializer<http::empty_body>>(*res);
+    writing_ = true;
+    http::async_write_header(stream_, *sr, [self = shared_from_this(), res, sr](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) return self->OnWriteError();
+      self->Pump();
+    });
+    if (gen_->ctx.kind == ApiKind::kChat) QueueEvent(ChunkJson(gen_->ctx, "", /*first=*/true, ""));
+  }
+
+  void OnEvent(uint64_t seq, TokenEvent ev) {
+    if (!gen_ || gen_->seq != seq || gen_->done) return;  // stale (stop string, disconnect)
+    Generation& g = *gen_;
+    if (!ev.tokens.empty()) {
+      const auto now = Clock::now();
+      const double n = static_cast<double>(ev.tokens.size());
+      if (!g.got_token) {
+        srv_.metrics.Observe(kTimeToFirstToken, {}, Seconds(now - start_));
+      } else {
+        for (size_t i = 0; i < ev.tokens.size(); ++i) {
+          srv_.metrics.Observe(kInterTokenLatency, {}, Seconds(now - g.last_token) / n);
+        }
+      }
+      g.got_token = true;
+      g.last_token = now;
+      srv_.metrics.Add(kGenerationTokens, {}, n);
+    }
+    GenerationText::Piece piece = g.text->Add(ev.tokens);
+    Emit(piece.text, ev.tokens);
+    if (piece.stopped) {
+      srv_.engine.Cancel(g.engine_id);  // the final kCancelled event will be ignored
+      return Finish("stop");
+    }
+    if (!ev.finished) return;
+    switch (ev.reason) {
+      case FinishReason::kError:
+        return FinishWithError(absl::StatusCode::kUnavailable,
+                               ev.error.empty() ? "the generation failed" : ev.error);
+      case FinishReason::kCancelled:
+        return FinishWithError(absl::StatusCode::kUnavailable, "the request was cancelled by the server");
+      default: {
+        Emit(g.text->Finish(), {});
+        const std::string_view reason = g.text->stopped() ? "stop" : FinishReasonString(ev.reason);
+        return Finish(reason.empty() ? "stop" : reason);
+      }
+    }
+  }
+
+  // New text (and, without a tokenizer, the new ids) for the client.
+  void Emit(const std::string& text, std::span<const int32_t> ids) {
+    if (!gen_->stream) {
+      gen_->output += text;
+      return;
+    }
+    if (!gen_->ctx.with_token_ids) ids = {};
+    if (text.empty() && ids.empty()) return;
+    QueueEvent(ChunkJson(gen_->ctx, text, /*first=*/false, "", ids));
+  }
+
+  // Marks the generation finished (once): metrics, in-flight gauge.
+  void EndGeneration() {
+    gen_->done = true;
+    srv_.metrics.Add(kInFlight, {}, -1);
+  }
+
+  void Finish(std::string_view reason) {
+    EndGeneration();
+    Generation& g = *gen_;
+    const Usage usage{g.prompt_tokens, g.text->completion_tokens()};
+    srv_.metrics.Observe(kRequestLatency, {{"endpoint", endpoint_}}, Seconds(Clock::now() - start_));
+    if (!g.stream) {
+      return SendText(http::status::ok, "application/json",
+                      FinalResponseJson(g.ctx, g.output, reason, usage, g.text->ids()));
+    }
+    QueueEvent(ChunkJson(g.ctx, "", /*first=*/false, reason));
+    if (g.ctx.include_usage) QueueEvent(UsageChunkJson(g.ctx, usage));
+    EndStream(200);
+  }
+
+  void FinishWithError(absl::StatusCode code, const std::string& message) {
+    EndGeneration();
+    absl::Status s(code, message);
+    // An engine failure while it still runs healthy is an internal error.
+    const EngineHealth h = srv_.engine.Health();
+    if (code == absl::StatusCode::kUnavailable && h.healthy && h.accepting) s = absl::InternalError(message);
+    if (!gen_->stream) return SendStatus(s);
+    QueueEvent(ErrorJson(ToApiError(s)));
+    EndStream(200);
+  }
+
+  void EndStream(int status) {
+    RecordRequest(status);
+    QueueSse(std::string(kSseDone));
+    if (chunked_) out_.push_back("0\r\n\r\n");  // the last chunk
+    stream_done_ = true;
+    Pump();
+  }
+
+  void QueueEvent(const std::string& payload) { QueueSse(SseEvent(payload)); }
+
+  // One SSE event ("data: ...\n\n"), as one HTTP chunk when chunked.
+  void QueueSse(std::string event) {
+    if (chunked_) {
+      char size[32];
+      std::snprintf(size, sizeof size, "%zx\r\n", event.size());
+      out_.push_back(absl::StrCat(size, event, "\r\n"));
+    } else {
+      out_.push_back(std::move(event));
+    }
+    Pump();
+  }
+
+  // Writes everything queued as one write; when the stream is over and the
+  // queue is empty, moves on to the next request.
+  void Pump() {
+    if (writing_ || closed_) return;
+    if (out_.empty()) {
+      if (stream_done_) {
+        stream_done_ = false;
+        AfterResponse(keep_alive_ && chunked_);
+      }
+      return;
+    }
+    writing_ = true;
+    current_.clear();
+    for (std::string& s : out_) current_ += s;
+    out_.clear();
+    net::async_write(stream_, net::buffer(current_), [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) return self->OnWriteError();
+      self->Pump();
+    });
+  }
+
+  void OnWriteError() { ClientGone(); }
+
+  // The client went away (EOF, reset, write error) or the server stops.
+  void ClientGone() {
+    if (gen_ && !gen_->done) {
+      srv_.engine.Cancel(gen_->engine_id);
+      EndGeneration();
+      RecordRequest(499);
+    }
+    Close();
+  }
+
+  // ---- the read that watches the socket during a generation ----
+
+  void Watch() {
+    if (watching_ || closed_) return;
+    watching_ = true;
+    stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      self->OnWatch(ec, n);
+    });
+  }
+
+  void OnWatch(beast::error_code ec, size_t n) {
+    watching_ = false;
+    if (!ec) buffer_.commit(n);
+    if (next_ != Next::kNone && (!ec || ec == net::error::operation_aborted)) {
+      const Next next = next_;
+      next_ = Next::kNone;
+      return next == Next::kRead ? ReadHeader() : Close();
+    }
+    if (!ec) {
+      // A pipelined request: keep it for later, keep watching (within limits).
+      if (generating_ && buffer_.size() < kMaxPipelinedBytes) Watch();
+      return;
+    }
+    if (ec == net::error::operation_aborted && closed_) return;
+    ClientGone();
+  }
+
+  // The response of a request is fully written: the next request, or close.
+  void AfterResponse(bool keep_alive) {
+    generating_ = false;
+    gen_.reset();
+    if (watching_) {
+      next_ = keep_alive ? Next::kRead : Next::kClose;
+      beast::error_code ec;
+      stream_.socket().cancel(ec);
+      return;
+    }
+    if (keep_alive) return ReadHeader();
+    GracefulClose();
+  }
+
+  // ---- plain responses ----
+
+  void RecordRequest(int status) {
+    if (recorded_) return;
+    recorded_ = true;
+    srv_.metrics.Add(kRequestsTotal, {{"endpoint", endpoint_}, {"status", std::to_string(status)}});
+  }
+
+  void SendStatus(const absl::Status& s) {
+    ApiError e = ToApiError(s);
+    SendError(static_cast<http::status>(e.http_status), e);
+  }
+
+  void SendError(http::status status, const ApiError& e) { SendText(status, "application/json", ErrorJson(e)); }
+
+  void SendText(http::status status, std::string_view content_type, std::string body) {
+    auto res = std::make_shared<http::response<http::string_body>>(status, version_ ? version_ : 11);
+    res->set(http::field::server, "deepshard");
+    res->set(http::field::content_type, content_type);
+    if (!allow_.empty()) res->set(http::field::allow, allow_);
+    if (www_authenticate_) res->set(http::field::www_authenticate, "Bearer");
+    allow_.clear();
+    www_authenticate_ = false;
+    res->keep_alive(keep_alive_);
+    res->body() = std::move(body);
+    res->prepare_payload();
+    RecordRequest(static_cast<int>(status));
+    writing_ = true;
+    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) return self->OnWriteError();
+      self->AfterResponse(res->keep_alive());
+    });
+  }
+
+  // Half-close, then read (and drop) what the client still sends for a while,
+  // so that an early error response (413) is not lost to a TCP reset.
+  void GracefulClose() {
+    if (closed_) return;
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.expires_after(kDrainTime);
+    Drain();
+  }
+
+  void Drain() {
+    drain_buffer_.resize(16 << 10);
+    stream_.async_read_some(net::buffer(drain_buffer_), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      self->drained_ += n;
+      if (ec || self->drained_ > kMaxDrainBytes) return self->Close();
+      self->Drain();
+    });
+  }
+
+  void Close() {
+    if (closed_) return;
+    closed_ = true;
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.close();
+  }
+
+  HttpServer::Impl& srv_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+
+  // The current request.
+  unsigned version_ = 11;
+  bool keep_alive_ = true;
+  std::string path_;
+  std::string endpoint_ = "other";  // metrics label: a known path or "other"
+  Clock::time_point start_;
+  bool recorded_ = false;
+  std::string allow_;              // Allow header of a 405
+  bool www_authenticate_ = false;  // WWW-Authenticate header of a 401
+
+  // The current generation.
+  std::unique_ptr<Generation> gen_;
+  uint64_t gen_seq_ = 0;
+  bool generating_ = false;  // from Submit until the response is written
+
+  // Output.
+  bool writing_ = false;
+  bool chunked_ = false;
+  bool stream_done_ = false;
+  std::deque<std::string> out_;
+  std::string current_;
+
+  // Socket state.
+  bool watching_ = false;
+  Next next_ = Next::kNone;
+  bool closed_ = false;
+  std::vector<char> drain_buffer_;
+  size_t drained_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+
+void HttpServer::Impl::Register(const std::shared_ptr<HttpSession>& s) {
+  std::lock_guard<std::mutex> lock(sessions_mu);
+  sessions[s.get()] = s;
+}
+
+absl::Status HttpServer::Impl::Start() {
+  if (started) return absl::FailedPreconditionError("HttpServer::Start called twice");
+  const std::string where = absl::StrCat(opts.host, ":", opts.port);
+  beast::error_code ec;
+  tcp::resolver resolver(ioc);
+  auto results = resolver.resolve(opts.host, std::to_string(opts.port), tcp::resolver::passive, ec);
+  if (ec || results.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot resolve the listen address ", where, ": ", ec.message()));
+  }
+  const tcp::endpoint endpoint = results.begin()->endpoint();
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) {
+    beast::error_code ignored;
+    acceptor.close(ignored);
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", where, ": ", ec.message()));
+  }
+  port = acceptor.local_endpoint().port();
+  started = true;
+  DoAccept();
+  const int n = std::max(1, opts.threads);
+  running = n;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([this] {
+      ioc.run();
+      --running;
+    });
+  }
+  return absl::OkStatus();
+}
+
+void HttpServer::Impl::DoAccept() {
+  acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+    if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
+    if (!ec) {
+      beast::error_code ignored;
+      socket.set_option(tcp::no_delay(true), ignored);  // SSE events are small and latency matters
+      auto session = std::make_shared<HttpSession>(*this, std::move(socket));
+      Register(session);
+      session->Start();
+    }
+    DoAccept();
+  });
+}
+
+void HttpServer::Impl::Stop() {
+  if (!started || stopped) return;
+  stopped = true;
+  {
+    std::lock_guard<std::mutex> lock(lifeline->mu);
+    lifeline->alive = false;
+  }
+  net::post(ioc, [this] {
+    beast::error_code ec;
+    acceptor.close(ec);
+  });
+  std::vector<std::shared_ptr<HttpSession>> live;
+  {
+    std::lock_guard<std::mutex> lock(sessions_mu);
+    for (auto& [ptr, weak] : sessions) {
+      if (auto s = weak.lock()) live.push_back(std::move(s));
+    }
+  }
+  for (auto& s : live) s->Abort();
+  live.clear();
+  // Give the handlers a moment to run down, then stop whatever is left.
+  const auto deadline = Clock::now() + std::chrono::seconds(2);
+  while (running > 0 && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ioc.stop();
+  for (auto& t : threads) t.join();
+  threads.clear();
+}
+
+// ---------------------------------------------------------------------------
+
+HttpServer::HttpServer(HttpServerOptions options, const Tokenizer* tokenizer, Engine& engine, Metrics& metrics)
+    : impl_(std::make_unique<Impl>(std::move(options), tokenizer, engine, metrics)) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+absl::Status HttpServer::Start() { return impl_->Start(); }
+
+int HttpServer::port() const { return impl_->port; }
+
+void HttpServer::Stop() { impl_->Stop(); }
+
+}  // namespace deepshard::serve

@@ -1,0 +1,100 @@
+// HttpServer: the OpenAI-compatible HTTP front end of `deepshard serve`, on
+// Boost.Beast/Asio, in front of an Engine (serve/engine_api.h).
+//
+// Endpoints:
+//   GET  /health               200 {"status":"ok"} when the engine is healthy and
+//                              accepting, else 503 with the detail; never needs the key
+//   GET  /v1/models            the served model (OpenAI list, with max_model_len)
+//   GET  /metrics              Prometheus text (Metrics::Render)
+//   POST /v1/completions       text or token-id prompt
+//   POST /v1/chat/completions  messages rendered with the model's chat template
+// Unknown paths are 404, wrong methods 405, a missing/wrong API key 401, a body
+// over max_body_bytes 413 (checked on Content-Length before reading), headers
+// over max_header_bytes 431, malformed HTTP 400; all errors have OpenAI's
+// {"error": {...}} body. While the engine is not accepting (draining, failed)
+// completions get 503; Submit's errors map as in openai_api.h (429 queue full).
+//
+// Design:
+//   - one io_context run by `threads` threads; each connection is a Session on
+//     its own strand, so a connection's state is only touched by one thread;
+//   - the engine calls TokenSinks on its own thread; a sink only posts the
+//     event to the session's strand (never blocks the engine). A shared
+//     "lifeline" flag, cleared by Stop() under a mutex, makes sinks that fire
+//     after Stop() do nothing, so the engine may outlive the server;
+//   - while a request is generating (streaming or not), a read stays pending on
+//     the socket: EOF or a reset means the client went away, and Engine::Cancel
+//     is called at once; a write error also cancels. Bytes that arrive instead
+//     (a pipelined request) are kept for the next request;
+//   - streams are `text/event-stream` with chunked transfer (HTTP/1.1; HTTP/1.0
+//     gets the raw events and a close), one `data: ...\n\n` event per chunk,
+//     each written as soon as the previous write completes (events that arrive
+//     meanwhile are coalesced into the next write);
+//   - every accepted request ends with a final response or, for a stream that
+//     has started, an SSE error event followed by `data: [DONE]`.
+//
+// Metrics (DescribeHttpMetrics): deepshard_http_requests_total{endpoint,status}
+// (status 499 = the client went away mid-generation), deepshard_prompt_tokens_total,
+// deepshard_generation_tokens_total, deepshard_time_to_first_token_seconds,
+// deepshard_inter_token_latency_seconds, deepshard_request_latency_seconds{endpoint},
+// deepshard_requests_in_flight.
+//
+// Example:
+//   HttpServer server({.port = 8000, .model_name = "deepseek-v3"}, tokenizer.get(), engine, metrics);
+//   RETURN_IF_ERROR(server.Start());   // listening on server.port()
+//   ...                                // until SIGTERM
+//   server.Stop();                     // cancels in-flight requests, joins the threads
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "runtime/tokenizer/tokenizer.h"
+#include "serve/engine_api.h"
+#include "serve/metrics.h"
+
+namespace deepshard::serve {
+
+struct HttpServerOptions {
+  std::string host = "127.0.0.1";  // address or host name to listen on ("0.0.0.0" for all)
+  int port = 0;                    // 0: an ephemeral port (see HttpServer::port())
+  std::string api_key;             // "" = no authentication
+  size_t max_body_bytes = 1 << 20;      // larger bodies get 413
+  size_t max_header_bytes = 16 << 10;   // larger request headers get 431
+  int threads = 2;                      // io_context threads
+  std::string model_name = "deepseek";  // the id in /v1/models; requests may name it
+  int64_t max_model_len = 0;            // 0: Engine::max_context()
+  std::chrono::seconds idle_timeout{60};  // keep-alive connection idle / header read limit
+};
+
+class HttpServer {
+ public:
+  // `tokenizer` may be null (then only token-id completions work); it, `engine`
+  // and `metrics` must outlive the server. Describes the HTTP metrics.
+  HttpServer(HttpServerOptions options, const Tokenizer* tokenizer, Engine& engine, Metrics& metrics);
+  ~HttpServer();  // Stop()
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds, listens and starts the threads; returns once connections are
+  // accepted. Unavailable when the address cannot be bound (message names it).
+  absl::Status Start();
+  // The bound port (after Start).
+  int port() const;
+  // Stops accepting, cancels in-flight generations (Engine::Cancel), closes
+  // the connections and joins the threads. Idempotent.
+  void Stop();
+
+ private:
+  class Impl;
+  friend class HttpSession;  // one connection (http_server.cc)
+  std::unique_ptr<Impl> impl_;
+};
+
+// Declares the metric families the HTTP server records (idempotent).
+void DescribeHttpMetrics(Metrics& metrics);
+
+}  // namespace deepshard::serve

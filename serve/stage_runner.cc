@@ -1,0 +1,172 @@
+#include "serve/stage_runner.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace deepshard::serve {
+namespace {
+
+constexpr int kHiddenTag = 300;  // stage s -> s+1 of a column, one message per plan
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+}  // namespace
+
+StageRunner::StageRunner(DeepseekModel& model, const ParallelConfig& pc, Communicator* world,
+                         Communicator* stage, const ExpertPlacement* placement, PagedKvCache& pool)
+    : model_(model), pc_(pc), world_(world), pool_(pool) {
+  if (pc.ep > 1) exchange_ = std::make_unique<MoeExchange>(*stage, *placement, model.config().hidden_size);
+  model_.set_profile(&profile_);
+}
+
+absl::Status StageRunner::Validate(const WirePlan& plan) const {
+  if (static_cast<int>(plan.columns.size()) != pc_.ep || static_cast<int>(plan.copies.size()) != pc_.ep) {
+    return absl::InvalidArgumentError(absl::StrCat("plan ", plan.id, " has ", plan.columns.size(),
+                                                   " columns, the grid has ep = ", pc_.ep));
+  }
+  const int64_t bs = pool_.block_size(), nb = pool_.n_blocks(), V = model_.config().vocab_size;
+  for (const PlanChunk& ch : plan.columns[pc_.ep_rank]) {
+    const int64_t end = ch.start_pos + ch.n_tokens();
+    if (ch.n_tokens() < 1 || ch.start_pos < 0 || end > model_.max_context()) {
+      return absl::InvalidArgumentError(absl::StrCat("plan ", plan.id, ": sequence ", ch.seq_id, " chunk [",
+                                                     ch.start_pos, ", ", end, ") is outside [0, ",
+                                                     model_.max_context(), ")"));
+    }
+    if (static_cast<int64_t>(ch.blocks.size()) != (end + bs - 1) / bs) {
+      return absl::InvalidArgumentError(absl::StrCat("plan ", plan.id, ": sequence ", ch.seq_id, " has ",
+                                                     ch.blocks.size(), " blocks for ", end, " tokens"));
+    }
+    for (int32_t b : ch.blocks) {
+      if (b < 0 || b >= nb) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("plan ", plan.id, ": sequence ", ch.seq_id, " block ", b, " outside [0, ", nb, ")"));
+      }
+    }
+    for (int32_t t : ch.tokens) {
+      if (t < 0 || t >= V) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("plan ", plan.id, ": sequence ", ch.seq_id, " token ", t, " outside [0, ", V, ")"));
+      }
+    }
+    if (ch.samples) RETURN_IF_ERROR(ch.sampling.Validate());
+  }
+  for (const BlockCopy& c : plan.copies[pc_.ep_rank]) {
+    if (c.src < 0 || c.src >= nb || c.dst < 0 || c.dst >= nb) {
+      return absl::InvalidArgumentError(absl::StrCat("plan ", plan.id, ": block copy outside [0, ", nb, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) {
+  const auto t_start = Clock::now();
+  const double model_before = profile_.attention_s + profile_.experts_s;
+  double transfer = 0;
+  RETURN_IF_ERROR(Validate(plan));
+  for (int64_t id : plan.released) {
+    views_.erase(id);
+    samplers_.erase(id);
+  }
+  const std::vector<PlanChunk>& mine = plan.columns[pc_.ep_rank];
+  pool_.ApplyCopies(plan.copies[pc_.ep_rank]);
+
+  // Point each sequence's view at the blocks the plan gives it.
+  chunks_.clear();
+  int64_t T = 0;
+  for (const PlanChunk& ch : mine) {
+    std::unique_ptr<KvCache>& view = views_[ch.seq_id];
+    if (!view) view = pool_.NewSequence();
+    BlockTable& table = view->block_table();
+    table.blocks = ch.blocks;
+    table.n_tokens = ch.start_pos + ch.n_tokens();
+    view->set_length(ch.start_pos);
+    chunks_.push_back({view.get(), ch.start_pos, ch.tokens.data(), ch.n_tokens()});
+    T += ch.n_tokens();
+  }
+
+  const int64_t H = model_.config().hidden_size, V = model_.config().vocab_size;
+  if (static_cast<int64_t>(x_.size()) < std::max<int64_t>(1, T * H)) x_.resize(std::max<int64_t>(1, T * H));
+  if (pc_.is_first_stage()) {
+    if (T > 0) RETURN_IF_ERROR(model_.Embed(chunks_, x_.data()));
+  } else {
+    const auto t0 = Clock::now();
+    RETURN_IF_ERROR(world_->Recv(x_.data(), T * H, CommDType::kF32, pc_.RankOf(pc_.stage - 1, pc_.ep_rank),
+                                 kHiddenTag));
+    transfer += Since(t0);
+  }
+  RETURN_IF_ERROR(model_.RunLayers(chunks_, x_.data(), exchange_.get()));
+
+  std::vector<ChunkResult> results;
+  if (!last_stage()) {
+    const auto t0 = Clock::now();
+    RETURN_IF_ERROR(world_->Send(x_.data(), T * H, CommDType::kF32, pc_.RankOf(pc_.stage + 1, pc_.ep_rank),
+                                 kHiddenTag));
+    transfer += Since(t0);
+  } else if (!chunks_.empty()) {
+    // Logits only for the chunks that sample (a mid-prompt chunk needs none).
+    std::vector<SequenceChunk> sampling;
+    std::vector<size_t> which;
+    int64_t offset = 0;
+    // Head reads the last token of each chunk from x: gather those rows first
+    // so the sampled chunks are contiguous one-token chunks.
+    for (size_t i = 0; i < mine.size(); ++i) {
+      offset += mine[i].n_tokens();
+      if (!mine[i].samples) continue;
+      std::copy(x_.begin() + (offset - 1) * H, x_.begin() + offset * H, x_.begin() + which.size() * H);
+      which.push_back(i);
+      sampling.push_back({chunks_[i].cache, 0, nullptr, 1});
+    }
+    if (static_cast<int64_t>(logits_.size()) < std::max<int64_t>(1, static_cast<int64_t>(which.size()) * V)) {
+      logits_.resize(std::max<int64_t>(1, static_cast<int64_t>(which.size()) * V));
+    }
+    if (!which.empty()) RETURN_IF_ERROR(model_.Head(sampling, x_.data(), false, logits_.data()));
+    results.reserve(mine.size());
+    for (const PlanChunk& ch : mine) results.push_back({ch.seq_id, ch.n_tokens(), -1, false});
+    const int32_t eos = static_cast<int32_t>(model_.config().eos_token_id);
+    for (size_t j = 0; j < which.size(); ++j) {
+      const PlanChunk& ch = mine[which[j]];
+      std::unique_ptr<Sampler>& s = samplers_[ch.seq_id];
+      if (!s) s = std::make_unique<Sampler>(V, ch.sampling);
+      const int32_t tok = s->Sample(logits_.data() + j * V);
+      results[which[j]].token = tok;
+      results[which[j]].eos = tok == eos && !ch.ignore_eos;
+    }
+  }
+  transfer_s_ += transfer;
+  const double model_s = profile_.attention_s + profile_.experts_s - model_before;
+  other_s_ += std::max(0.0, Since(t_start) - transfer - model_s);
+  ++steps_;
+  Publish();
+  return results;
+}
+
+RankStats StageRunner::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return snapshot_;
+}
+
+void StageRunner::Publish() {
+  RankStats s;
+  s.attention_s = profile_.attention_s;
+  s.experts_s = std::max(0.0, profile_.experts_s - profile_.dispatch_combine_s);
+  s.dispatch_combine_s = profile_.dispatch_combine_s;
+  s.transfer_s = transfer_s_;
+  s.other_s = other_s_;
+  s.steps = steps_;
+  const int64_t E = model_.config().n_routed_experts;
+  s.n_experts = E;
+  if (E > 0) {
+    const int64_t begin = model_.weights().spec.layer_begin;
+    const int64_t layers = static_cast<int64_t>(profile_.expert_tokens.size()) / E;
+    s.expert_layer_begin = std::min(begin, layers);
+    s.expert_tokens.assign(profile_.expert_tokens.begin() + s.expert_layer_begin * E, profile_.expert_tokens.end());
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  snapshot_ = std::move(s);
+}
+
+}  // namespace deepshard::serve

@@ -1,0 +1,343 @@
+// OpenAI API pieces without networking: request validation (each 400 names its
+// field), prompt building with the real DeepSeek-V3 tokenizer and chat
+// template, stop strings across token boundaries, and the response JSON.
+#include "serve/openai_api.h"
+
+#include <string>
+
+#include "boost/json.hpp"
+#include "gtest/gtest.h"
+#include "runtime/tokenizer/chat_template.h"
+
+namespace deepshard::serve {
+namespace {
+
+namespace json = boost::json;
+
+constexpr char kModel[] = "deepseek-v3";
+
+const Tokenizer& V3() {
+  static const Tokenizer* tok = [] {
+    auto t = Tokenizer::FromDirectory(std::string(DS_SOURCE_DIR) + "/tests/data/tokenizers/deepseek-v3");
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t->release();
+  }();
+  return *tok;
+}
+
+// The OpenAI `param` of a failed parse, checking it is a 400.
+std::string BadParam(const absl::StatusOr<ApiRequest>& r, int http = 400) {
+  EXPECT_FALSE(r.ok());
+  if (r.ok()) return "<ok>";
+  ApiError e = ToApiError(r.status());
+  EXPECT_EQ(e.http_status, http) << r.status();
+  return e.param;
+}
+
+TEST(OpenAiParseTest, CompletionDefaultsAndFields) {
+  auto r = ParseCompletionRequest(R"({"prompt":"Hi","user":"x","unknown_extra":{"a":1}})", kModel);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->prompt_text, "Hi");
+  EXPECT_FALSE(r->prompt_is_ids);
+  EXPECT_FALSE(r->max_tokens.has_value());
+  EXPECT_FALSE(r->stream);
+  EXPECT_EQ(r->sampling.temperature, 1.0f);
+
+  r = ParseCompletionRequest(R"({"model":"deepseek-v3","prompt":[1,2,3],"max_tokens":5,"temperature":0,
+      "top_p":0.5,"top_k":-1,"seed":7,"stop":["a","b"],"stream":true,"stream_options":{"include_usage":true},
+      "n":1,"ignore_eos":true,"logprobs":null,"echo":false,"presence_penalty":0,"logit_bias":{}})",
+                             kModel);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->prompt_is_ids);
+  EXPECT_EQ(r->prompt_ids, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(*r->max_tokens, 5);
+  EXPECT_EQ(r->sampling.temperature, 0.0f);
+  EXPECT_EQ(r->sampling.top_p, 0.5f);
+  EXPECT_EQ(r->sampling.top_k, 0);
+  EXPECT_EQ(r->sampling.seed, 7u);
+  EXPECT_EQ(r->stop, (std::vector<std::string>{"a", "b"}));
+  EXPECT_TRUE(r->stream);
+  EXPECT_TRUE(r->include_usage);
+  EXPECT_TRUE(r->ignore_eos);
+
+  r = ParseCompletionRequest(R"({"prompt":["one"],"stop":"x","max_tokens":3.0})", kModel);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->prompt_text, "one");
+  EXPECT_EQ(r->stop, (std::vector<std::string>{"x"}));
+  EXPECT_EQ(*r->max_tokens, 3);
+  r = ParseCompletionRequest(R"({"prompt":[[4,5]]})", kModel);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->prompt_ids, (std::vector<int32_t>{4, 5}));
+}
+
+TEST(OpenAiParseTest, ErrorsNameTheField) {
+  EXPECT_EQ(BadParam(ParseCompletionRequest("{not json", kModel)), "");
+  EXPECT_EQ(BadParam(ParseCompletionRequest("[1]", kModel)), "");
+  EXPECT_EQ(BadParam(ParseCompletionRequest("{}", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":["a","b"]})", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":[[1],[2]]})", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":[]})", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":[1,-2]})", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":[1,"a"]})", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":7})", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","temperature":"hot"})", kModel)), "temperature");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","temperature":2.5})", kModel)), "temperature");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","top_p":0})", kModel)), "top_p");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","top_k":-2})", kModel)), "top_k");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","max_tokens":0})", kModel)), "max_tokens");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","max_tokens":1.5})", kModel)), "max_tokens");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","seed":"1"})", kModel)), "seed");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","stream":"yes"})", kModel)), "stream");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","stop":[1]})", kModel)), "stop");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","stop":["a","b","c","d","e"]})", kModel)), "stop");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","n":2})", kModel)), "n");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","best_of":3})", kModel)), "best_of");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","logprobs":2})", kModel)), "logprobs");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","echo":true})", kModel)), "echo");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","suffix":"z"})", kModel)), "suffix");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","logit_bias":{"5":1}})", kModel)), "logit_bias");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","presence_penalty":0.5})", kModel)),
+            "presence_penalty");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","frequency_penalty":1})", kModel)),
+            "frequency_penalty");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","stream_options":{"include_usage":1}})", kModel)),
+            "stream_options");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","ignore_eos":1})", kModel)), "ignore_eos");
+
+  auto model = ParseCompletionRequest(R"({"prompt":"a","model":"gpt-4"})", kModel);
+  EXPECT_EQ(BadParam(model, 404), "model");
+  EXPECT_EQ(ToApiError(model.status()).code, "model_not_found");
+  EXPECT_NE(ToApiError(model.status()).message.find("gpt-4"), std::string::npos);
+  auto temp = ParseCompletionRequest(R"({"prompt":"a","temperature":"hot"})", kModel);
+  EXPECT_EQ(ToApiError(temp.status()).message, "`temperature` must be a number");
+}
+
+TEST(OpenAiParseTest, ChatMessagesAndErrors) {
+  auto r = ParseChatRequest(R"({"messages":[{"role":"system","content":"S"},
+      {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},
+      {"role":"developer","content":"D"}],"max_tokens":9,"max_completion_tokens":4})",
+                            kModel);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->messages.size(), 3u);
+  EXPECT_EQ(r->messages[1].content, "a\nb");
+  EXPECT_EQ(r->messages[2].role, "system");
+  EXPECT_EQ(*r->max_tokens, 4);
+
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({})", kModel)), "messages");
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[]})", kModel)), "messages");
+  auto bad = ParseChatRequest(R"({"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"},
+      {"role":"user","content":5}]})",
+                              kModel);
+  EXPECT_EQ(BadParam(bad), "messages");
+  EXPECT_NE(bad.status().message().find("messages[2].content"), std::string::npos) << bad.status();
+  bad = ParseChatRequest(R"({"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]})", kModel);
+  EXPECT_NE(bad.status().message().find("messages[0].content[0]"), std::string::npos) << bad.status();
+  bad = ParseChatRequest(R"({"messages":[{"role":"wizard","content":"x"}]})", kModel);
+  EXPECT_NE(bad.status().message().find("messages[0].role"), std::string::npos) << bad.status();
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})",
+                                      kModel)),
+            "tools");
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"logprobs":true})", kModel)),
+            "logprobs");
+  EXPECT_EQ(BadParam(ParseChatRequest(
+                R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})", kModel)),
+            "response_format");
+  EXPECT_TRUE(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"text"},
+      "tools":[],"logprobs":false})",
+                               kModel)
+                  .ok());
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":-1})",
+                                      kModel)),
+            "max_completion_tokens");
+}
+
+TEST(OpenAiParseTest, HostileBodiesAreErrorsNotCrashes) {
+  std::string deep(100000, '[');
+  EXPECT_FALSE(ParseCompletionRequest(deep, kModel).ok());
+  std::string nested = "{\"prompt\":" + std::string(200, '[') + std::string(200, ']') + "}";
+  EXPECT_FALSE(ParseCompletionRequest(nested, kModel).ok());
+  EXPECT_FALSE(ParseCompletionRequest("{\"prompt\":\"\xff\xfe\"}", kModel).ok());  // invalid UTF-8
+  std::string nul = "{\"prompt\":\"a";
+  nul += '\0';
+  nul += "b\"}";
+  EXPECT_FALSE(ParseCompletionRequest(nul, kModel).ok());  // raw control character in a string
+  EXPECT_FALSE(ParseCompletionRequest("", kModel).ok());
+  EXPECT_FALSE(ParseCompletionRequest(R"({"prompt":[1e400]})", kModel).ok());
+  EXPECT_FALSE(ParseCompletionRequest(R"({"prompt":[99999999999999999999]})", kModel).ok());
+}
+
+TEST(OpenAiPromptTest, BuildsCompletionAndChatPrompts) {
+  PromptBuilder pb(&V3());
+  auto r = ParseCompletionRequest(R"({"prompt":"Hello, world!"})", kModel);
+  ASSERT_TRUE(r.ok());
+  auto g = pb.Build(*r, 4096);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->prompt, (std::vector<int32_t>{0, 19923, 14, 2058, 3}));
+  EXPECT_EQ(g->max_tokens, 16);
+
+  auto c = ParseChatRequest(R"({"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi!"}]})",
+                            kModel);
+  ASSERT_TRUE(c.ok());
+  g = pb.Build(*c, 4096);
+  ASSERT_TRUE(g.ok()) << g.status();
+  json::array messages{json::object{{"role", "system"}, {"content", "Be brief."}},
+                       json::object{{"role", "user"}, {"content", "Hi!"}}};
+  auto rendered = ApplyChatTemplate(V3().chat_template(), messages, true, V3().bos_token(), V3().eos_token());
+  ASSERT_TRUE(rendered.ok());
+  EXPECT_EQ(*rendered, "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi!<｜Assistant｜>");
+  EXPECT_EQ(g->prompt, V3().Encode(*rendered, false));
+  EXPECT_EQ(g->prompt[0], 0);  // one BOS, written by the template
+  EXPECT_NE(g->prompt[1], 0);
+  EXPECT_EQ(g->max_tokens, 4096 - static_cast<int64_t>(g->prompt.size()));  // chat default: rest of the context
+}
+
+TEST(OpenAiPromptTest, ContextAndVocabularyLimits) {
+  PromptBuilder pb(&V3());
+  auto r = ParseCompletionRequest(R"({"prompt":"one two three four five six seven"})", kModel);
+  ASSERT_TRUE(r.ok());
+  auto g = pb.Build(*r, 5);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(ToApiError(g.status()).param, "prompt");
+  EXPECT_EQ(ToApiError(g.status()).http_status, 400);
+  g = pb.Build(*r, 20);  // 9 prompt tokens + 16 default > 20
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(ToApiError(g.status()).param, "max_tokens");
+  r = ParseCompletionRequest(R"({"prompt":[1,200000]})", kModel);
+  ASSERT_TRUE(r.ok());
+  g = pb.Build(*r, 4096);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(ToApiError(g.status()).param, "prompt");
+
+  PromptBuilder none(nullptr);
+  r = ParseCompletionRequest(R"({"prompt":"text"})", kModel);
+  EXPECT_FALSE(none.Build(*r, 100).ok());
+  r = ParseCompletionRequest(R"({"prompt":[3,4]})", kModel);
+  EXPECT_TRUE(none.Build(*r, 100).ok());
+  auto c = ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}]})", kModel);
+  EXPECT_EQ(ToApiError(none.Build(*c, 100).status()).param, "messages");
+}
+
+TEST(StopMatcherTest, HoldsBackPossibleStarts) {
+  StopMatcher m({"STOP", "", "xyz"});
+  auto r = m.Feed("abc ST");
+  EXPECT_EQ(r.text, "abc ");
+  EXPECT_FALSE(r.stopped);
+  r = m.Feed("A");  // "STA" is not a prefix: emitted
+  EXPECT_EQ(r.text, "STA");
+  r = m.Feed("x S");
+  EXPECT_EQ(r.text, "x");
+  r = m.Feed("TO");
+  EXPECT_EQ(r.text, "");
+  r = m.Feed("P and more");
+  EXPECT_EQ(r.text, " ");
+  EXPECT_TRUE(r.stopped);
+  EXPECT_EQ(m.Feed("later").text, "");
+  EXPECT_EQ(m.Flush(), "");
+}
+
+TEST(StopMatcherTest, EarliestStopWinsAndFlushReturnsTail) {
+  StopMatcher m({"bc", "ab"});
+  auto r = m.Feed("xabc");
+  EXPECT_EQ(r.text, "x");
+  EXPECT_TRUE(r.stopped);
+  StopMatcher n({"END"});
+  EXPECT_EQ(n.Feed("the E").text, "the ");
+  EXPECT_EQ(n.Flush(), "E");
+  StopMatcher none({});
+  EXPECT_EQ(none.Feed("abc").text, "abc");
+}
+
+TEST(GenerationTextTest, StopStringAcrossTokenBoundariesWithRealTokenizer) {
+  const Tokenizer& tok = V3();
+  const std::string full = "The capital of France is Paris. It is lovely.";
+  const std::vector<int32_t> ids = tok.Encode(full, false);
+  ASSERT_GT(ids.size(), 6u);
+  // "of Fra" starts inside the token " of" (its space is outside) and ends inside " France".
+  GenerationText gen(&tok, {"of Fra"});
+  std::string out;
+  bool stopped = false;
+  size_t used = 0;
+  for (int32_t id : ids) {
+    ++used;
+    auto piece = gen.Add(std::span<const int32_t>(&id, 1));
+    out += piece.text;
+    EXPECT_EQ(full.substr(0, out.size()), out);  // never emits past the stop
+    if (piece.stopped) {
+      stopped = true;
+      break;
+    }
+  }
+  EXPECT_TRUE(stopped);
+  EXPECT_EQ(out, "The capital ");
+  EXPECT_EQ(gen.completion_tokens(), static_cast<int64_t>(used));
+  EXPECT_EQ(gen.Finish(), "");
+
+  // Without a stop, the pieces join to Decode of all ids, even split mid-character.
+  const std::vector<int32_t> cjk = tok.Encode("北京是中国的首都。🙂 done", false);
+  GenerationText all(&tok, {"nothing-matches"});
+  std::string joined;
+  for (size_t i = 0; i < cjk.size(); i += 2) {
+    joined += all.Add(std::span<const int32_t>(cjk.data() + i, std::min<size_t>(2, cjk.size() - i))).text;
+  }
+  joined += all.Finish();
+  EXPECT_EQ(joined, tok.Decode(cjk, true));
+  EXPECT_FALSE(all.stopped());
+}
+
+TEST(GenerationTextTest, StopStringInTheHeldBackTail) {
+  const Tokenizer& tok = V3();
+  const std::vector<int32_t> ids = tok.Encode("alpha beta", false);
+  GenerationText gen(&tok, {"beta"});
+  std::string out;
+  for (int32_t id : ids) out += gen.Add(std::span<const int32_t>(&id, 1)).text;
+  out += gen.Finish();
+  EXPECT_EQ(out, "alpha ");
+  EXPECT_TRUE(gen.stopped());
+}
+
+TEST(OpenAiResponseTest, JsonShapes) {
+  ResponseContext ctx{ApiKind::kCompletion, "cmpl-1", 1700000000, "m"};
+  json::value v = json::parse(FinalResponseJson(ctx, "hi", "length", {3, 2}));
+  EXPECT_EQ(v.at("object"), "text_completion");
+  EXPECT_EQ(v.at("choices").at(0).at("text"), "hi");
+  EXPECT_EQ(v.at("choices").at(0).at("finish_reason"), "length");
+  EXPECT_TRUE(v.at("choices").at(0).at("logprobs").is_null());
+  EXPECT_EQ(v.at("usage").at("total_tokens"), 5);
+
+  ctx.kind = ApiKind::kChat;
+  v = json::parse(FinalResponseJson(ctx, "yo", "stop", {1, 1}));
+  EXPECT_EQ(v.at("object"), "chat.completion");
+  EXPECT_EQ(v.at("choices").at(0).at("message").at("role"), "assistant");
+  EXPECT_EQ(v.at("choices").at(0).at("message").at("content"), "yo");
+
+  v = json::parse(ChunkJson(ctx, "", true, ""));
+  EXPECT_EQ(v.at("object"), "chat.completion.chunk");
+  EXPECT_EQ(v.at("choices").at(0).at("delta").at("role"), "assistant");
+  EXPECT_TRUE(v.at("choices").at(0).at("finish_reason").is_null());
+  EXPECT_EQ(v.as_object().count("usage"), 0u);
+  v = json::parse(ChunkJson(ctx, "", false, "stop"));
+  EXPECT_TRUE(v.at("choices").at(0).at("delta").as_object().empty());
+  EXPECT_EQ(v.at("choices").at(0).at("finish_reason"), "stop");
+  ctx.include_usage = true;
+  v = json::parse(UsageChunkJson(ctx, {4, 6}));
+  EXPECT_TRUE(v.at("choices").as_array().empty());
+  EXPECT_EQ(v.at("usage").at("completion_tokens"), 6);
+
+  EXPECT_EQ(SseEvent("{}"), "data: {}\n\n");
+  EXPECT_EQ(NewRequestId(ApiKind::kChat).rfind("chatcmpl-", 0), 0u);
+  EXPECT_EQ(NewRequestId(ApiKind::kCompletion).size(), 5u + 24u);
+  EXPECT_NE(NewRequestId(ApiKind::kCompletion), NewRequestId(ApiKind::kCompletion));
+
+  ApiError e = ToApiError(absl::ResourceExhaustedError("queue full"));
+  EXPECT_EQ(e.http_status, 429);
+  v = json::parse(ErrorJson(e));
+  EXPECT_EQ(v.at("error").at("message"), "queue full");
+  EXPECT_TRUE(v.at("error").at("param").is_null());
+  EXPECT_EQ(HttpStatusForCode(absl::StatusCode::kOutOfRange), 400);
+  EXPECT_EQ(HttpStatusForCode(absl::StatusCode::kUnavailable), 503);
+  EXPECT_EQ(HttpStatusForCode(absl::StatusCode::kNotFound), 404);
+  EXPECT_EQ(HttpStatusForCode(absl::StatusCode::kInternal), 500);
+}
+
+}  // namespace
+}  // namespace deepshard::serve
