@@ -471,6 +471,10 @@ int RunDistributed(const Options& o, const sigset_t& stop_signals) {
   if (!stage.ok()) mpi.Abort(std::string(stage.status().message()));
   serve::StageRunner runner(**model, *pc, world.get(), stage->get(), &placement->experts, pool);
   MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) Log(absl::StrCat("control plane on ", address, ":", port, " (", mpi.size() - 1, " ranks connected)"));
+  std::fprintf(stderr, "deepshard serve: rank %d (stage %d, column %d) ready, pid %d\n", rank, pc->stage, pc->ep_rank,
+               static_cast<int>(getpid()));
+  std::fflush(stderr);
   if (rank == 0) return ServeRank0(o, **model, runner, n_blocks, stop_signals, control.get());
   return ServeWorker(*client, runner);
 }

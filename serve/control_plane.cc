@@ -346,6 +346,11 @@ absl::Status ValidateOptions(const ControlOptions& o) {
         "must be positive",
         o.heartbeat_interval_s, o.heartbeat_timeout_s, o.hello_timeout_s));
   }
+  if (o.heartbeat_timeout_s <= o.heartbeat_interval_s) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("control plane: heartbeat_timeout_s (%g) must exceed heartbeat_interval_s (%g)",
+                        o.heartbeat_timeout_s, o.heartbeat_interval_s));
+  }
   if (o.max_payload == 0) return absl::InvalidArgumentError("control plane: max_payload must be positive");
   return absl::OkStatus();
 }
@@ -665,8 +670,6 @@ class ControlServer::Impl {
     p->Enqueue(FrameType::kWelcome, std::string());
   }
 
-  friend class control_internal::ServerPeer;
-
   // Declared first: destroyed last, after every socket and timer below.
   asio::io_context io_;
   const ControlOptions opts_;
@@ -952,6 +955,8 @@ class ControlClient::Impl {
       hb_timer_.cancel();
       return MarkLost(absl::StrCat("protocol error: unexpected ", Av(FrameTypeName(frame.type)), " frame"));
     }
+    // After a shutdown, rank 0 closing the connection is expected: no log line.
+    if (frame.type == FrameType::kShutdown) shutdown_seen_ = true;
     {
       std::lock_guard<std::mutex> lock(mu_);
       inbox_.push_back(std::move(frame));
@@ -1014,9 +1019,10 @@ class ControlClient::Impl {
       lost_why_ = why;
     }
     cv_.notify_all();
-    if (!stopping_) Log(rank_, "lost the connection to rank 0: " + why);
+    if (!stopping_ && !shutdown_seen_) Log(rank_, "lost the connection to rank 0: " + why);
   }
 
+  std::atomic<bool> shutdown_seen_{false};  // a kShutdown frame arrived (io thread)
   // Declared first: destroyed last, after the link and the timer.
   asio::io_context io_;
   const int rank_;

@@ -102,7 +102,9 @@ TEST_F(ChatClientTest, ServerErrorsArePrintedAndTheChatGoesOn) {
 }
 
 TEST_F(ChatClientTest, ApiKey) {
-  Start({.api_key = "k1"});
+  HttpServerOptions so;
+  so.api_key = "k1";
+  Start(so);
   std::istringstream in("hi\n");
   std::ostringstream out, err;
   ChatOptions o;
@@ -116,14 +118,20 @@ TEST_F(ChatClientTest, ApiKey) {
   EXPECT_EQ(out2.str(), "Paris, of course.\n");
 }
 
+ChatOptions Url(const std::string& url) {
+  ChatOptions o;
+  o.url = url;
+  return o;
+}
+
 TEST(ChatClientUrlTest, BadOrUnreachableUrl) {
   std::istringstream in("hi\n");
   std::ostringstream out, err;
-  EXPECT_EQ(RunChat({.url = "ftp://x"}, in, out, err), 2);
+  EXPECT_EQ(RunChat(Url("ftp://x"), in, out, err), 2);
   EXPECT_NE(err.str().find("ftp://x"), std::string::npos);
-  EXPECT_EQ(RunChat({.url = "http://127.0.0.1:99999"}, in, out, err), 2);
+  EXPECT_EQ(RunChat(Url("http://127.0.0.1:99999"), in, out, err), 2);
   std::ostringstream err2;
-  EXPECT_EQ(RunChat({.url = "http://127.0.0.1:1"}, in, out, err2), 1);  // nothing listens on port 1
+  EXPECT_EQ(RunChat(Url("http://127.0.0.1:1"), in, out, err2), 1);  // nothing listens on port 1
   EXPECT_NE(err2.str().find("cannot reach http://127.0.0.1:1"), std::string::npos) << err2.str();
 
   auto u = ParseHttpUrl("http://[::1]:8080/base/");

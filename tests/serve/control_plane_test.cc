@@ -484,6 +484,21 @@ TEST_F(ControlPlaneTest, WorldOfOneNeedsNoWorkers) {
   EXPECT_TRUE(server_->WaitForWorkers(0.0).ok());
 }
 
+TEST_F(ControlPlaneTest, StartRejectsBadArguments) {
+  StartServer(2);
+  auto taken = ControlServer::Start("127.0.0.1", server_->port(), secret_, 2, TestOptions());
+  EXPECT_EQ(taken.status().code(), absl::StatusCode::kUnavailable) << taken.status();
+  EXPECT_NE(taken.status().message().find(std::to_string(server_->port())), std::string::npos);
+  ControlOptions bad = TestOptions();
+  bad.heartbeat_timeout_s = bad.heartbeat_interval_s;
+  EXPECT_EQ(ControlServer::Start("127.0.0.1", 0, secret_, 2, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ControlServer::Start("127.0.0.1", 0, "", 2, TestOptions()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ControlClient::Connect("127.0.0.1", server_->port(), secret_, 0, 1.0, TestOptions()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(ControlPlaneTest, WaitForWorkersNamesTheMissingRanks) {
   StartServer(4);
   auto client = Connect(2);

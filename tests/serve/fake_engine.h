@@ -20,6 +20,10 @@ namespace deepshard::serve::testing {
 class FakeEngine : public Engine {
  public:
   struct Script {
+    Script() = default;
+    Script(std::vector<int32_t> t, FinishReason e = FinishReason::kStop, std::string err = "",
+           std::chrono::milliseconds every = std::chrono::milliseconds(2), bool final_last = false)
+        : tokens(std::move(t)), end(e), error(std::move(err)), interval(every), final_carries_last_token(final_last) {}
     std::vector<int32_t> tokens;
     FinishReason end = FinishReason::kStop;
     std::string error;                                    // with end == kError

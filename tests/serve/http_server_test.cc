@@ -136,7 +136,7 @@ TEST_F(HttpServerTest, CompletionNonStreaming) {
   EXPECT_EQ(v.at("object"), "text_completion");
   EXPECT_EQ(v.at("model"), kModel);
   EXPECT_EQ(std::string(v.at("id").as_string()).rfind("cmpl-", 0), 0u);
-  EXPECT_EQ(v.at("choices").at(0).at("text"), Text());
+  EXPECT_EQ(v.at("choices").at(0).at("text").as_string(), Text());
   EXPECT_EQ(v.at("choices").at(0).at("finish_reason"), "stop");
   const auto prompt = V3().Encode("Say hi", true);
   EXPECT_EQ(I(v.at("usage").at("prompt_tokens")), static_cast<int64_t>(prompt.size()));
@@ -154,7 +154,7 @@ TEST_F(HttpServerTest, CompletionLengthAndTokenIdPrompt) {
   ASSERT_EQ(r.status, 200) << r.body;
   json::value v = json::parse(r.body);
   EXPECT_EQ(v.at("choices").at(0).at("finish_reason"), "length");
-  EXPECT_EQ(v.at("choices").at(0).at("text"), V3().Decode(std::vector<int32_t>(tokens_.begin(), tokens_.begin() + 3), true));
+  EXPECT_EQ(v.at("choices").at(0).at("text").as_string(), V3().Decode(std::vector<int32_t>(tokens_.begin(), tokens_.begin() + 3), true));
   EXPECT_EQ(I(v.at("usage").at("completion_tokens")), 3);
   EXPECT_EQ(I(v.at("usage").at("prompt_tokens")), 3);
   EXPECT_EQ(engine_.requests()[0].prompt, (std::vector<int32_t>{0, 19923, 14}));
@@ -201,7 +201,7 @@ TEST_F(HttpServerTest, ChatNonStreamingAndStreaming) {
   EXPECT_EQ(v.at("object"), "chat.completion");
   EXPECT_EQ(std::string(v.at("id").as_string()).rfind("chatcmpl-", 0), 0u);
   EXPECT_EQ(v.at("choices").at(0).at("message").at("role"), "assistant");
-  EXPECT_EQ(v.at("choices").at(0).at("message").at("content"), Text());
+  EXPECT_EQ(v.at("choices").at(0).at("message").at("content").as_string(), Text());
   EXPECT_EQ(v.at("choices").at(0).at("finish_reason"), "stop");
   const std::vector<int32_t> prompt =
       V3().Encode("<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi!<｜Assistant｜>", false);
@@ -223,7 +223,9 @@ TEST_F(HttpServerTest, ChatNonStreamingAndStreaming) {
     json::value e = json::parse(events[i]);
     const json::object& delta = e.at("choices").at(0).at("delta").as_object();
     if (auto* c = delta.if_contains("content")) text += std::string(c->as_string());
-    if (i > 0) EXPECT_EQ(delta.count("role"), 0u);
+    if (i > 0) {
+      EXPECT_EQ(delta.count("role"), 0u);
+    }
   }
   EXPECT_EQ(text, Text());
   json::value last = json::parse(events[events.size() - 2]);
@@ -258,7 +260,8 @@ TEST_F(HttpServerTest, StopStringCutsTextAndCancelsTheEngine) {
   std::vector<std::string> events = Events(r.body);
   std::string text;
   for (size_t i = 0; i + 1 < events.size(); ++i) {
-    const json::object& delta = json::parse(events[i]).at("choices").at(0).at("delta").as_object();
+    const json::value e = json::parse(events[i]);
+    const json::object& delta = e.at("choices").at(0).at("delta").as_object();
     if (auto* c = delta.if_contains("content")) text += std::string(c->as_string());
   }
   EXPECT_EQ(text, "Hello there! The ");
@@ -299,7 +302,9 @@ TEST_F(HttpServerTest, BadRequestsNameTheField) {
 }
 
 TEST_F(HttpServerTest, ApiKey) {
-  StartServer({.api_key = "sekret"});
+  HttpServerOptions o;
+  o.api_key = "sekret";
+  StartServer(o);
   EXPECT_EQ(Request(http::verb::get, "/v1/models").status, 401);
   Reply r = Request(http::verb::get, "/v1/models", "", {{"Authorization", "Bearer wrong"}});
   EXPECT_EQ(r.status, 401);
@@ -375,7 +380,10 @@ TEST_F(HttpServerTest, DrainingAndEngineErrors) {
 }
 
 TEST_F(HttpServerTest, BodyAndHeaderLimits) {
-  StartServer({.max_body_bytes = 1000, .max_header_bytes = 2000});
+  HttpServerOptions o;
+  o.max_body_bytes = 1000;
+  o.max_header_bytes = 2000;
+  StartServer(o);
   Reply r = Post("/v1/completions", R"({"prompt":")" + std::string(2000, 'a') + "\"}");
   EXPECT_EQ(r.status, 413);
   // Content-Length alone is enough: the body is never read.
@@ -402,6 +410,23 @@ TEST_F(HttpServerTest, BodyAndHeaderLimits) {
   EXPECT_EQ(Request(http::verb::get, "/health").status, 200);  // still serving
 }
 
+TEST_F(HttpServerTest, ExpectContinue) {
+  StartServer();
+  beast::tcp_stream s = Connect();
+  const std::string body = R"({"prompt":"a"})";
+  const std::string head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: " +
+                           std::to_string(body.size()) + "\r\n\r\n";
+  net::write(s, net::buffer(head));
+  std::string interim;
+  net::read_until(s, net::dynamic_buffer(interim), "\r\n\r\n");
+  EXPECT_EQ(interim.rfind("HTTP/1.1 100 Continue\r\n", 0), 0u) << interim;
+  net::write(s, net::buffer(body));
+  beast::flat_buffer b;
+  http::response<http::string_body> res;
+  http::read(s, b, res);
+  EXPECT_EQ(res.result_int(), 200) << res.body();
+}
+
 TEST_F(HttpServerTest, KeepAliveServesTwoRequestsOnOneConnection) {
   StartServer();
   beast::tcp_stream s = Connect();
@@ -417,6 +442,7 @@ TEST_F(HttpServerTest, KeepAliveServesTwoRequestsOnOneConnection) {
 
 TEST_F(HttpServerTest, ClientDisconnectCancelsPromptly) {
   engine_.SetScript({std::vector<int32_t>(100000, 19923), FinishReason::kStop, "", std::chrono::milliseconds(2)});
+  engine_.SetMaxContext(1 << 20);
   StartServer();
   {
     beast::tcp_stream s = Connect();
@@ -481,6 +507,7 @@ TEST_F(HttpServerTest, MetricsEndpoint) {
 
 TEST_F(HttpServerTest, StopWithRequestsInFlight) {
   engine_.SetScript({std::vector<int32_t>(100000, 19923), FinishReason::kStop, "", std::chrono::milliseconds(2)});
+  engine_.SetMaxContext(1 << 20);
   StartServer();
   beast::tcp_stream s = Connect();
   http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
@@ -497,7 +524,9 @@ TEST_F(HttpServerTest, StopWithRequestsInFlight) {
 TEST_F(HttpServerTest, StartFailsOnABusyPort) {
   StartServer();
   Metrics m2;
-  HttpServer second({.port = server_->port()}, &V3(), engine_, m2);
+  HttpServerOptions o;
+  o.port = server_->port();
+  HttpServer second(o, &V3(), engine_, m2);
   absl::Status s = second.Start();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_NE(std::string(s.message()).find(std::to_string(server_->port())), std::string::npos);

@@ -225,11 +225,11 @@ TEST(StopMatcherTest, HoldsBackPossibleStarts) {
   r = m.Feed("A");  // "STA" is not a prefix: emitted
   EXPECT_EQ(r.text, "STA");
   r = m.Feed("x S");
-  EXPECT_EQ(r.text, "x");
+  EXPECT_EQ(r.text, "x ");
   r = m.Feed("TO");
   EXPECT_EQ(r.text, "");
   r = m.Feed("P and more");
-  EXPECT_EQ(r.text, " ");
+  EXPECT_EQ(r.text, "");
   EXPECT_TRUE(r.stopped);
   EXPECT_EQ(m.Feed("later").text, "");
   EXPECT_EQ(m.Flush(), "");

@@ -1,0 +1,525 @@
+#!/usr/bin/env python3
+"""End-to-end test of `deepshard serve` under mpirun at pp=2, ep=2.
+
+Run by serve_e2e_test.sh, which makes the model and a venv with the `openai`
+package. Every check talks to a real server over HTTP with real clients
+(curl, the openai package, raw sockets) and compares greedy outputs with
+offline `deepshard generate` on one rank:
+
+  main server    curl and openai, stream and not, completions and chat;
+                 64 concurrent streaming requests of mixed lengths, then every
+                 KV block free in /metrics; clients that disconnect mid-stream
+                 free their blocks; each bad input gets its status code and the
+                 server keeps serving; garbage on the control port is dropped;
+                 `deepshard chat`; SIGTERM drains: a running stream finishes,
+                 new requests get 503, every rank exits 0
+  strict server  --api-key (401 / 200, /health exempt), a full queue (429),
+                 a drain timeout that ends a running stream with an error
+  kill server    SIGKILL one worker rank: /health 503, an error event to the
+                 in-flight stream, mpirun exits non-zero within 30 s
+  silent server  SIGSTOP one worker (alive but silent): /health 503 within 5 s,
+                 mpirun exits non-zero
+"""
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import openai
+
+ARGS = None
+FAILURES = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        FAILURES.append(what)
+    return cond
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mpirun -np 4 deepshard serve --pp 2 --ep 2 ...` in its own process group."""
+
+    def __init__(self, name, extra):
+        self.port = free_port()
+        self.log_path = os.path.join(ARGS.workdir, f"serve-{name}.log")
+        self.log = open(self.log_path, "w")
+        cmd = [ARGS.mpirun, "--oversubscribe", "--allow-run-as-root", "--mca", "pml", "ob1", "--bind-to", "none",
+               "-np", "4", ARGS.deepshard, "serve", "--model", ARGS.model, "--pp", "2", "--ep", "2",
+               "--port", str(self.port), "--kv-cache-memory", "32MiB"] + extra
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.text_log()}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server did not come up:\n{self.text_log()}")
+
+    def text_log(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def rank_pids(self):
+        """{rank: pid} from the "rank R ... pid P" lines every rank prints once ready."""
+        pids = {}
+        for m in re.finditer(r"rank (\d+) \(stage \d+, column \d+\) ready, pid (\d+)", self.text_log()):
+            pids[int(m.group(1))] = int(m.group(2))
+        return pids
+
+    def control_port(self):
+        m = re.search(r"control plane on [0-9.]+:(\d+)", self.text_log())
+        return int(m.group(1)) if m else None
+
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        h = {"Content-Type": "application/json"}
+        h.update(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        conn.request(method, path, body=body, headers=h)
+        r = conn.getresponse()
+        data = r.read()
+        conn.close()
+        return r.status, data
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body, **kw):
+        return self.request("POST", path, body, **kw)
+
+    def metrics(self):
+        status, data = self.get("/metrics", headers=getattr(self, "auth", {}))
+        out = {}
+        for line in data.decode().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    def kv_used(self):
+        m = self.metrics()
+        return sum(v for k, v in m.items() if k.startswith("deepshard_kv_blocks{") and 'state="used"' in k)
+
+    def signal_all(self, sig):
+        for pid in self.rank_pids().values():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def offline(prompts, max_new):
+    """Greedy tokens from `deepshard generate` on one rank (the reference)."""
+    spec = ";".join(",".join(map(str, p)) for p in prompts)
+    out = subprocess.run([ARGS.deepshard, "generate", "--model", ARGS.model, "--prompt-ids", spec,
+                          "--max-new-tokens", str(max_new), "--ignore-eos"],
+                         check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return [[int(t) for t in line.split(",")] for line in out.stdout.strip().splitlines()]
+
+
+def offline_chat(message, max_new):
+    out = subprocess.run([ARGS.deepshard, "generate", "--model", ARGS.model, "--chat", message, "--max-new-tokens",
+                          str(max_new), "--ignore-eos", "--print-ids"],
+                         check=True, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return [int(t) for t in out.stdout.strip().splitlines()[-1].split(",")]
+
+
+def decode(ids):
+    out = subprocess.run([ARGS.deepshard, "tokenize", "--model", ARGS.model, "--ids", ",".join(map(str, ids)),
+                          "--skip-special"], check=True, capture_output=True, text=True)
+    return out.stdout[:-1]  # the trailing newline tokenize adds
+
+
+def sse_events(resp):
+    """Yields the JSON objects of an SSE stream (http.client response), stops at [DONE]."""
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: "):]
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def stream_completion(srv, body, headers=None, stop_after=None):
+    """POSTs a streaming completion; returns (status, text, token_ids, finish_reason, error)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    conn.request("POST", "/v1/completions", body=json.dumps(dict(body, stream=True)), headers=h)
+    r = conn.getresponse()
+    if r.status != 200:
+        data = r.read()
+        conn.close()
+        return r.status, "", [], None, data.decode()
+    text, ids, finish, error, n = "", [], None, None, 0
+    for ev in sse_events(r):
+        if "error" in ev:
+            error = ev["error"]["message"]
+            continue
+        for ch in ev.get("choices", []):
+            text += ch.get("text", "")
+            ids += ch.get("token_ids") or []
+            finish = ch.get("finish_reason") or finish
+        n += 1
+        if stop_after is not None and n >= stop_after:
+            conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes away mid-stream
+            conn.close()
+            return 200, text, ids, None, None
+    conn.close()
+    return 200, text, ids, finish, error
+
+
+# ---------------------------------------------------------------------------------------------
+def test_main_server():
+    srv = Server("main", ["--drain-timeout", "60"])
+    try:
+        rng = random.Random(7)
+        V = 129280
+        prompts = [[rng.randrange(V) for _ in range(rng.randint(1, 60))] for _ in range(64)]
+        max_new = [rng.randint(1, 32) for _ in range(64)]
+        ref = offline(prompts, 32)
+        print(f"reference: {len(prompts)} prompts of 1..60 tokens, up to 32 new tokens", flush=True)
+
+        # curl, not streaming and streaming.
+        body = {"model": ARGS.name, "prompt": prompts[0], "max_tokens": 16, "temperature": 0, "ignore_eos": True,
+                "return_token_ids": True}
+        out = subprocess.run(["curl", "-sS", "-f", f"{srv.base}/v1/completions", "-H",
+                              "Content-Type: application/json", "-d", json.dumps(body)],
+                             capture_output=True, text=True)
+        r = json.loads(out.stdout)
+        check(r["choices"][0]["token_ids"] == ref[0][:16], "curl completion: greedy tokens equal offline generate")
+        check(r["choices"][0]["text"] == decode(ref[0][:16]), "curl completion: text equals decoding those tokens")
+        check(r["usage"] == {"prompt_tokens": len(prompts[0]), "completion_tokens": 16,
+                             "total_tokens": len(prompts[0]) + 16}, "curl completion: usage")
+        out = subprocess.run(["curl", "-sS", "-N", "-f", f"{srv.base}/v1/completions", "-H",
+                              "Content-Type: application/json", "-d", json.dumps(dict(body, stream=True))],
+                             capture_output=True, text=True)
+        chunks = [json.loads(l[6:]) for l in out.stdout.splitlines() if l.startswith("data: {")]
+        text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+        check(out.stdout.rstrip().endswith("data: [DONE]") and text == decode(ref[0][:16]),
+              "curl streaming completion: SSE ends in [DONE], text equals offline")
+
+        # The openai package.
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="unused")
+        models = client.models.list()
+        check([m.id for m in models.data] == [ARGS.name], "openai: models.list")
+        c = client.completions.create(model=ARGS.name, prompt=prompts[1], max_tokens=12, temperature=0,
+                                      extra_body={"ignore_eos": True, "return_token_ids": True})
+        check(c.choices[0].text == decode(ref[1][:12]) and c.choices[0].finish_reason == "length"
+              and c.usage.completion_tokens == 12, "openai completions.create (greedy) equals offline")
+        s = client.completions.create(model=ARGS.name, prompt=prompts[2], max_tokens=10, temperature=0, stream=True,
+                                      extra_body={"ignore_eos": True})
+        check("".join(ch.choices[0].text for ch in s if ch.choices) == decode(ref[2][:10]),
+              "openai completions stream equals offline")
+        chat_ref = offline_chat("Hello! Who are you?", 12)
+        cc = client.chat.completions.create(model=ARGS.name, messages=[{"role": "user", "content": "Hello! Who are you?"}],
+                                            max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+        check(cc.choices[0].message.content == decode(chat_ref) and cc.choices[0].message.role == "assistant",
+              "openai chat.completions.create equals offline generate --chat")
+        st = client.chat.completions.create(model=ARGS.name, messages=[{"role": "user", "content": "Hello! Who are you?"}],
+                                            max_tokens=12, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        parts, usage = [], None
+        for ch in st:
+            if ch.choices and ch.choices[0].delta.content:
+                parts.append(ch.choices[0].delta.content)
+            if ch.usage:
+                usage = ch.usage
+        check("".join(parts) == decode(chat_ref) and usage is not None and usage.completion_tokens == 12,
+              "openai chat stream equals offline, with usage")
+        # Stop strings, across token boundaries: stop at a piece of the reference text.
+        full = decode(ref[3][:24])
+        stop = full[5:9] if len(full) > 9 else None
+        if stop and full.find(stop) >= 1:
+            c = client.completions.create(model=ARGS.name, prompt=prompts[3], max_tokens=24, temperature=0,
+                                          stop=[stop], extra_body={"ignore_eos": True})
+            check(c.choices[0].text == full[:full.find(stop)] and c.choices[0].finish_reason == "stop",
+                  f"stop string {stop!r} cuts the text before it")
+
+        # 64 concurrent streaming requests of mixed lengths.
+        results = [None] * 64
+
+        def one(i):
+            results[i] = stream_completion(srv, {"model": ARGS.name, "prompt": prompts[i], "max_tokens": max_new[i],
+                                                 "temperature": 0, "ignore_eos": True, "return_token_ids": True})
+
+        t0 = time.time()
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        dt = time.time() - t0
+        bad = [i for i in range(64) if results[i][0] != 200 or results[i][2] != ref[i][:max_new[i]]
+               or results[i][3] != "length"]
+        check(not bad, f"64 concurrent streams: greedy tokens equal offline ({sum(max_new)} tokens in {dt:.1f} s)"
+              + (f"; wrong: {bad[:8]} e.g. {results[bad[0]]}" if bad else ""))
+        texts_ok = all(results[i][1] == decode(ref[i][:max_new[i]]) for i in range(0, 64, 8))
+        check(texts_ok, "64 concurrent streams: texts equal decoding (every 8th checked)")
+        time.sleep(0.3)
+        check(srv.kv_used() == 0, "after the burst /metrics shows every KV block free")
+
+        # Clients that disconnect mid-stream.
+        def dropper(i):
+            stream_completion(srv, {"model": ARGS.name, "prompt": prompts[i], "max_tokens": 90, "temperature": 0,
+                                    "ignore_eos": True}, stop_after=3)
+
+        threads = [threading.Thread(target=dropper, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        deadline = time.time() + 5
+        while time.time() < deadline and srv.kv_used() != 0:
+            time.sleep(0.1)
+        m = srv.metrics()
+        running = sum(v for k, v in m.items() if k.startswith("deepshard_sequences{") and 'state="running"' in k)
+        check(srv.kv_used() == 0 and running == 0, "8 clients that disconnect mid-stream free their blocks")
+
+        # Bad input: each gets its status, the server keeps serving.
+        cases = [
+            ("malformed JSON", "{\"prompt\": [1, 2", 400, None),
+            ("wrong type", {"prompt": [1, 2], "temperature": "hot"}, 400, "temperature"),
+            ("n > 1", {"prompt": [1, 2], "n": 2}, 400, "n"),
+            ("unsupported parameter", {"prompt": [1, 2], "logprobs": 3}, 400, "logprobs"),
+            ("prompt longer than the context", {"prompt": [5] * 200, "max_tokens": 4}, 400, None),
+            ("token id outside the vocabulary", {"prompt": [V + 5]}, 400, "prompt"),
+            ("body over the limit", {"prompt": "x" * (2 << 20)}, 413, None),
+            ("unknown model", {"model": "nope", "prompt": [1]}, 404, None),
+        ]
+        for what, body, code, field in cases:
+            status, data = srv.post("/v1/completions", body)
+            named = field is None or field in json.loads(data)["error"]["message"] + str(
+                json.loads(data)["error"].get("param"))
+            check(status == code and named, f"bad input: {what} -> {status} (want {code})")
+        status, data = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]})
+        check(status == 400 and "messages[0].content" in data.decode(), "bad input: chat content of the wrong type")
+        check(srv.get("/nope")[0] == 404, "unknown path -> 404")
+        check(srv.get("/health")[0] == 200, "after bad input /health is 200")
+        r = stream_completion(srv, {"prompt": prompts[0], "max_tokens": 4, "temperature": 0, "ignore_eos": True,
+                                    "return_token_ids": True})
+        check(r[2] == ref[0][:4], "after bad input the server still answers correctly")
+
+        # Garbage on the control port: dropped and logged, serving goes on.
+        cport = srv.control_port()
+        if check(cport is not None, "rank 0 logs its control-plane address"):
+            for payload in (b"GET / HTTP/1.1\r\n\r\n", b"\x00" * 64, b"DSCP" + b"\xff" * 12):
+                with socket.create_connection(("127.0.0.1", cport)) as s:
+                    s.sendall(payload)
+                    time.sleep(0.1)
+            time.sleep(0.3)
+            r = stream_completion(srv, {"prompt": prompts[1], "max_tokens": 6, "temperature": 0, "ignore_eos": True,
+                                        "return_token_ids": True})
+            check(r[2] == ref[1][:6] and srv.get("/health")[0] == 200,
+                  "raw-socket garbage on the control port is dropped; serving goes on")
+            check(srv.text_log().count("rejected") + srv.text_log().count("dropped") >= 3,
+                  "each bad control connection is logged")
+
+        # The terminal chat client.
+        out = subprocess.run([ARGS.deepshard, "chat", "--url", srv.base, "--max-tokens", "8", "--temperature", "0"],
+                             input="Hello\nAnd again\n/reset\nHi\n", capture_output=True, text=True, timeout=60)
+        check(out.returncode == 0 and len(out.stdout.strip()) > 0, "deepshard chat: three turns and /reset")
+
+        # SIGTERM drains: a running stream finishes, new requests get 503, exit 0.
+        holder = {}
+        t = threading.Thread(target=lambda: holder.setdefault("r", stream_completion(
+            srv, {"prompt": prompts[5], "max_tokens": 60, "temperature": 0, "ignore_eos": True,
+                  "return_token_ids": True})))
+        t.start()
+        time.sleep(0.3)
+        srv.signal_all(signal.SIGTERM)
+        time.sleep(0.3)
+        code = None
+        try:
+            code = srv.post("/v1/completions", {"prompt": [1, 2], "max_tokens": 2})[0]
+        except OSError:
+            pass
+        check(code == 503, f"while draining a new request gets 503 (got {code})")
+        t.join(60)
+        r = holder.get("r")
+        ref60 = offline([prompts[5]], 60)[0]
+        check(r is not None and r[2] == ref60 and r[3] == "length", "the running stream finishes during the drain")
+        rc = srv.wait(30)
+        check(rc == 0, f"SIGTERM: every rank exits 0 (mpirun rc {rc})")
+    finally:
+        srv.kill()
+
+
+def test_strict_server():
+    srv = Server("strict", ["--api-key", "sekret", "--max-num-seqs", "1", "--max-num-batched-tokens", "64",
+                            "--max-waiting", "1", "--drain-timeout", "0.5"])
+    srv.auth = {"Authorization": "Bearer sekret"}
+    try:
+        body = {"prompt": [1, 2, 3], "max_tokens": 2, "temperature": 0}
+        check(srv.post("/v1/completions", body)[0] == 401, "--api-key: no key -> 401")
+        check(srv.post("/v1/completions", body, headers={"Authorization": "Bearer wrong"})[0] == 401,
+              "--api-key: wrong key -> 401")
+        check(srv.get("/v1/models")[0] == 401, "--api-key: /v1/models needs the key")
+        check(srv.post("/v1/completions", body, headers=srv.auth)[0] == 200, "--api-key: right key -> 200")
+        check(srv.get("/health")[0] == 200, "--api-key: /health needs no key")
+        client = openai.OpenAI(base_url=srv.base + "/v1", api_key="sekret")
+        check(client.completions.create(model=ARGS.name, prompt=[1, 2], max_tokens=2).usage.completion_tokens >= 1,
+              "--api-key: the openai client with the key works")
+
+        # A full queue: one running, one waiting, the rest 429.
+        codes = []
+        lock = threading.Lock()
+
+        def one():
+            c = srv.post("/v1/completions", {"prompt": [3, 4, 5], "max_tokens": 40, "ignore_eos": True},
+                         headers=srv.auth)[0]
+            with lock:
+                codes.append(c)
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+            time.sleep(0.01)
+        for t in threads:
+            t.join()
+        check(codes.count(429) >= 1 and codes.count(200) >= 2 and set(codes) <= {200, 429},
+              f"a full queue gets 429 ({codes.count(200)} x 200, {codes.count(429)} x 429)")
+
+        # Drain timeout: a long stream is ended with an explicit error.
+        holder = {}
+        t = threading.Thread(target=lambda: holder.setdefault("r", stream_completion(
+            srv, {"prompt": [7, 8, 9], "max_tokens": 120, "ignore_eos": True}, headers=srv.auth)))
+        t.start()
+        time.sleep(0.3)
+        srv.signal_all(signal.SIGTERM)
+        t.join(60)
+        r = holder.get("r")
+        check(r is not None and r[4] is not None and "drain" in r[4],
+              f"past --drain-timeout the running stream gets an error event ({r[4] if r else None})")
+        rc = srv.wait(30)
+        check(rc == 0, f"after a drain timeout every rank still exits 0 (mpirun rc {rc})")
+    finally:
+        srv.kill()
+
+
+def test_kill_worker():
+    srv = Server("kill", ["--failure-linger", "3"])
+    try:
+        holder = {}
+        t = threading.Thread(target=lambda: holder.setdefault("r", stream_completion(
+            srv, {"prompt": [7, 8, 9], "max_tokens": 120, "ignore_eos": True})))
+        t.start()
+        time.sleep(0.5)
+        pids = srv.rank_pids()
+        check(all(r in pids for r in (0, 1, 2, 3)), f"every rank reports ready ({sorted(pids)})")
+        t0 = time.time()
+        os.kill(pids[3], signal.SIGKILL)
+        saw_503 = None
+        while time.time() - t0 < 5:
+            try:
+                if srv.get("/health", timeout=1)[0] == 503:
+                    saw_503 = time.time() - t0
+                    break
+            except OSError:
+                break
+            time.sleep(0.05)
+        check(saw_503 is not None, f"/health is 503 after a worker dies ({saw_503 and round(saw_503, 2)} s)")
+        t.join(30)
+        r = holder.get("r")
+        check(r is not None and r[4] is not None, f"the in-flight stream gets an error event ({r and r[4]})")
+        rc = srv.wait(30)
+        check(rc not in (None, 0), f"the job exits non-zero within 30 s (rc {rc}, {time.time() - t0:.1f} s)")
+    finally:
+        srv.kill()
+
+
+def test_silent_worker():
+    """A worker that stops heartbeating (SIGSTOP: alive, silent) is treated as dead."""
+    srv = Server("silent", ["--heartbeat-timeout", "1.5", "--failure-linger", "2"])
+    try:
+        pids = srv.rank_pids()
+        t0 = time.time()
+        os.kill(pids[2], signal.SIGSTOP)
+        saw_503 = None
+        while time.time() - t0 < 8:
+            try:
+                if srv.get("/health", timeout=1)[0] == 503:
+                    saw_503 = time.time() - t0
+                    break
+            except OSError:
+                break
+            time.sleep(0.05)
+        check(saw_503 is not None and saw_503 < 5,
+              f"/health is 503 within 5 s of a worker going silent ({saw_503 and round(saw_503, 2)} s)")
+        rc = srv.wait(30)
+        check(rc not in (None, 0), f"the job exits non-zero within 30 s (rc {rc}, {time.time() - t0:.1f} s)")
+    finally:
+        srv.kill()
+
+
+def main():
+    global ARGS
+    p = argparse.ArgumentParser()
+    p.add_argument("--deepshard", required=True)
+    p.add_argument("--mpirun", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--only", default="")
+    ARGS = p.parse_args()
+    ARGS.name = os.path.basename(os.path.normpath(ARGS.model))
+    for name, fn in [("main", test_main_server), ("strict", test_strict_server), ("kill", test_kill_worker),
+                     ("silent", test_silent_worker)]:
+        if ARGS.only and name not in ARGS.only.split(","):
+            continue
+        print(f"== {name}", flush=True)
+        try:
+            fn()
+        except Exception as e:  # a crash is a failure, with the server log for context
+            import traceback
+            traceback.print_exc()
+            FAILURES.append(f"{name}: {e}")
+    if FAILURES:
+        print(f"\n{len(FAILURES)} FAILED:\n  " + "\n  ".join(FAILURES))
+        for f in os.listdir(ARGS.workdir):
+            if f.startswith("serve-") and f.endswith(".log"):
+                print(f"\n--- {f} (tail)")
+                print("".join(open(os.path.join(ARGS.workdir, f)).readlines()[-40:]))
+        sys.exit(1)
+    print("\nall serve e2e checks passed")
+
+
+if __name__ == "__main__":
+    main()
