@@ -281,7 +281,7 @@ int ServeRank0(const Options& o, DeepseekModel& model, serve::StageRunner& runne
   }
   done = true;
   Log("drained; shutting down");
-  server.Stop();
+  server.Stop(/*grace_s=*/5.0);  // let the last responses finish writing
   if (control != nullptr) control->Stop(/*flush_timeout_s=*/2.0);
   kill(getpid(), SIGTERM);  // wake the signal thread (blocked in sigwait); done = true makes it return
   signals.join();

@@ -41,3 +41,41 @@ echo
 echo "== seeded sampling (temperature 0.8, top-k 40, top-p 0.95) on 4 ranks"
 "${MPIRUN[@]}" -np 4 "$BIN" generate --model "$MODEL" --pp 2 --ep 2 --prompt-ids "$PROMPTS" \
   --max-new-tokens 16 --ignore-eos --temperature 0.8 --top-k 40 --top-p 0.95 --seed 7
+
+# The main job: serve the tokenizer model over HTTP from 4 MPI ranks, talk to it
+# with curl, then drain it with SIGTERM.
+PORT="${DEEPSHARD_DEMO_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
+LOG="$ROOT/build/demo/serve.log"
+URL="http://127.0.0.1:$PORT"
+echo
+echo "== serve on 4 MPI ranks (pp 2 x ep 2): mpirun -np 4 deepshard serve --pp 2 --ep 2 --port $PORT"
+"${MPIRUN[@]}" -np 4 "$BIN" serve --model "$TOK_MODEL" --pp 2 --ep 2 --port "$PORT" \
+  --kv-cache-memory 64MiB >"$LOG" 2>&1 &
+SERVER=$!
+trap 'kill -9 $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 240); do
+  curl -sf "$URL/health" >/dev/null 2>&1 && break
+  kill -0 $SERVER 2>/dev/null || { cat "$LOG"; echo "serve exited early" >&2; exit 1; }
+  sleep 0.5
+done
+grep "listening on" "$LOG"
+echo
+echo "== curl $URL/v1/completions (greedy)"
+curl -sS "$URL/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"prompt": "The three laws of robotics are", "max_tokens": 16, "temperature": 0, "ignore_eos": true}'
+echo
+echo
+echo "== curl $URL/v1/chat/completions (streamed, server-sent events)"
+curl -sS -N "$URL/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "Hello! Who are you?"}],
+       "max_tokens": 8, "temperature": 0, "ignore_eos": true, "stream": true}'
+echo
+echo "== curl $URL/metrics (excerpt)"
+curl -sS "$URL/metrics" | grep -E '^deepshard_(kv_blocks|sequences|generation_tokens_total|step_seconds_total\{phase="(attention|dispatch_combine)",rank="0"\})'
+echo
+echo "== SIGTERM to every rank: drain, then exit 0"
+kill -TERM $(grep -o "ready, pid [0-9]*" "$LOG" | awk '{print $3}')
+wait $SERVER
+echo "serve exited with $?"
+trap - EXIT

@@ -224,6 +224,10 @@ absl::Status ServingEngine::CompletePlans() {
 absl::Status ServingEngine::ScheduleAndRun() {
   if (static_cast<int>(in_flight_.size()) >= options_.depth) return absl::OkStatus();
   StepPlan sp = scheduler_.Schedule();
+  if (!sp.preempted.empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    preemptions_ += static_cast<int64_t>(sp.preempted.size());
+  }
   if (sp.empty()) return absl::OkStatus();
   WirePlan wp;
   wp.id = sp.id;
@@ -294,6 +298,7 @@ EngineSnapshot ServingEngine::Snapshot() const {
     std::lock_guard<std::mutex> lock(mu_);
     s.slots = slot_stats_;
     s.steps = steps_done_;
+    s.preemptions = preemptions_;
     s.ranks = rank_stats_;
   }
   s.ranks[runner_.parallel().rank] = runner_.Stats();

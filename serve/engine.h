@@ -57,6 +57,7 @@ struct EngineOptions {
 struct EngineSnapshot {
   std::vector<SlotStats> slots;         // per DP slot
   int64_t steps = 0;                    // plans completed
+  int64_t preemptions = 0;              // sequences preempted (blocks freed, recomputed later)
   std::map<int, RankStats> ranks;       // latest stats of every rank (rank 0's own included)
   int64_t total_experts = 0;            // routed experts per layer
 };
@@ -138,6 +139,7 @@ class ServingEngine : public Engine {
   int64_t n_waiting_ = 0;                                // scheduler waiting + submitted_ (mu_)
   std::vector<SlotStats> slot_stats_;                    // (mu_)
   int64_t steps_done_ = 0;                               // (mu_)
+  int64_t preemptions_ = 0;                              // (mu_)
 
   std::atomic<int64_t> next_id_{1};
   std::atomic<bool> failed_{false}, draining_{false};

@@ -11,6 +11,8 @@ void DescribeEngineMetrics(Metrics& m) {
   m.Describe("deepshard_sequences", MetricType::kGauge, "Sequences per DP slot, by state (running or waiting).");
   m.Describe("deepshard_kv_blocks", MetricType::kGauge, "Paged latent-KV blocks per DP slot, by state (used or free).");
   m.Describe("deepshard_steps_total", MetricType::kCounter, "Forward steps (plans) completed.");
+  m.Describe("deepshard_preemptions_total", MetricType::kCounter,
+             "Sequences preempted for KV blocks (blocks freed, recomputed later).");
   m.Describe("deepshard_step_seconds_total", MetricType::kCounter,
              "Time each rank spent in its forward steps, by phase: attention, experts (dense MLP, routing, routed "
              "and shared experts), dispatch_combine (MoE all-to-all), pipeline_transfer (hidden states between "
@@ -31,6 +33,7 @@ void PublishEngineMetrics(Metrics& m, const EngineSnapshot& s) {
   m.SetFamily("deepshard_sequences", seqs);
   m.SetFamily("deepshard_kv_blocks", blocks);
   m.SetFamily("deepshard_steps_total", {{{}, static_cast<double>(s.steps)}});
+  m.SetFamily("deepshard_preemptions_total", {{{}, static_cast<double>(s.preemptions)}});
 
   std::vector<std::pair<Labels, double>> phases;
   std::map<std::pair<int64_t, int64_t>, int64_t> experts;  // (layer, expert) -> tokens, summed over ranks

@@ -5,6 +5,7 @@
 //   deepshard_sequences{dp_slot, state="running"|"waiting"}      gauge
 //   deepshard_kv_blocks{dp_slot, state="used"|"free"}            gauge
 //   deepshard_steps_total                                         counter
+//   deepshard_preemptions_total                                   counter
 //   deepshard_step_seconds_total{rank, phase}                     counter
 //       phase: attention | experts | dispatch_combine | pipeline_transfer | other
 //   deepshard_expert_tokens_total{layer, expert}                  counter

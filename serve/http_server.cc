@@ -122,12 +122,12 @@ class HttpServer::Impl {
                     .count()),
         lifeline(std::make_shared<Lifeline>()),
         ioc(std::max(1, opts.threads)),
-        acceptor(ioc) {
+        acceptor(net::make_strand(ioc)) {
     DescribeHttpMetrics(metrics);
   }
 
   absl::Status Start();
-  void Stop();
+  void Stop(double grace_s);
   void DoAccept();
 
   void Register(const std::shared_ptr<HttpSession>& s);
@@ -151,9 +151,10 @@ class HttpServer::Impl {
   std::unordered_map<HttpSession*, std::weak_ptr<HttpSession>> sessions;
 
   net::io_context ioc;
-  tcp::acceptor acceptor;
+  tcp::acceptor acceptor;  // on its own strand: the accept loop and Stop's close
   std::vector<std::thread> threads;
   std::atomic<int> running{0};
+  std::atomic<int> generating{0};  // sessions between Submit and the end of their response
   bool started = false;
   bool stopped = false;
 };
@@ -358,7 +359,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                          .count();
     g->ctx.model = srv_.opts.model_name;
     g->ctx.include_usage = req->stream && req->include_usage;
-    g->ctx.with_token_ids = srv_.tokenizer == nullptr;
+    g->ctx.with_token_ids = srv_.tokenizer == nullptr || req->return_token_ids;
     g->text.emplace(srv_.tokenizer, req->stop);
     g->prompt_tokens = static_cast<int64_t>(gen_req->prompt.size());
 
@@ -379,7 +380,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
     g->engine_id = *id;
     gen_ = std::move(g);
-    generating_ = true;
+    SetGenerating(true);
     srv_.metrics.Add(kInFlight, {}, 1);
     srv_.metrics.Add(kPromptTokens, {}, static_cast<double>(gen_->prompt_tokens));
     Watch();
@@ -569,7 +570,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   // The response of a request is fully written: the next request, or close.
   void AfterResponse(bool keep_alive) {
-    generating_ = false;
+    SetGenerating(false);
     gen_.reset();
     if (watching_) {
       next_ = keep_alive ? Next::kRead : Next::kClose;
@@ -635,9 +636,17 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     });
   }
 
+  // generating_ mirrored in the server's count, which a graceful Stop waits on.
+  void SetGenerating(bool on) {
+    if (on == generating_) return;
+    generating_ = on;
+    srv_.generating += on ? 1 : -1;
+  }
+
   void Close() {
     if (closed_) return;
     closed_ = true;
+    SetGenerating(false);
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.close();
@@ -732,17 +741,20 @@ void HttpServer::Impl::DoAccept() {
   });
 }
 
-void HttpServer::Impl::Stop() {
+void HttpServer::Impl::Stop(double grace_s) {
   if (!started || stopped) return;
   stopped = true;
+  net::post(acceptor.get_executor(), [this] {
+    beast::error_code ec;
+    acceptor.close(ec);
+  });
+  // Let responses whose final event was already delivered finish writing.
+  const auto grace = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(grace_s));
+  while (generating > 0 && Clock::now() < grace) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   {
     std::lock_guard<std::mutex> lock(lifeline->mu);
     lifeline->alive = false;
   }
-  net::post(ioc, [this] {
-    beast::error_code ec;
-    acceptor.close(ec);
-  });
   std::vector<std::shared_ptr<HttpSession>> live;
   {
     std::lock_guard<std::mutex> lock(sessions_mu);
@@ -765,12 +777,12 @@ void HttpServer::Impl::Stop() {
 HttpServer::HttpServer(HttpServerOptions options, const Tokenizer* tokenizer, Engine& engine, Metrics& metrics)
     : impl_(std::make_unique<Impl>(std::move(options), tokenizer, engine, metrics)) {}
 
-HttpServer::~HttpServer() { Stop(); }
+HttpServer::~HttpServer() { Stop(0); }
 
 absl::Status HttpServer::Start() { return impl_->Start(); }
 
 int HttpServer::port() const { return impl_->port; }
 
-void HttpServer::Stop() { impl_->Stop(); }
+void HttpServer::Stop(double grace_s) { impl_->Stop(grace_s); }
 
 }  // namespace deepshard::serve

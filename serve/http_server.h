@@ -86,7 +86,10 @@ class HttpServer {
   int port() const;
   // Stops accepting, cancels in-flight generations (Engine::Cancel), closes
   // the connections and joins the threads. Idempotent.
-  void Stop();
+  // With grace_s > 0, first waits up to that long for responses in progress
+  // to be written out (after an engine drain, their final events are already
+  // delivered), then stops as above.
+  void Stop(double grace_s = 0);
 
  private:
   class Impl;

@@ -236,6 +236,8 @@ absl::Status ParseCommon(const json::object& o, ApiKind kind, std::string_view s
   }
   ASSIGN_OR_RETURN(auto ignore_eos, GetBool(o, "ignore_eos"));
   r.ignore_eos = ignore_eos.value_or(false);
+  ASSIGN_OR_RETURN(auto return_token_ids, GetBool(o, "return_token_ids"));
+  r.return_token_ids = return_token_ids.value_or(false);
   return absl::OkStatus();
 }
 
@@ -488,16 +490,9 @@ absl::StatusOr<GenerationRequest> PromptBuilder::Build(const ApiRequest& r, int6
   if (chat) {
     ASSIGN_OR_RETURN(g.prompt, RenderChat(r.messages));
   } else if (r.prompt_is_ids) {
+    // Ids are checked against the model's vocabulary by the engine: the
+    // embedding can be larger than the tokenizer (V3: 129,280 vs 128,815).
     g.prompt = r.prompt_ids;
-    if (tokenizer_) {
-      for (size_t i = 0; i < g.prompt.size(); ++i) {
-        if (g.prompt[i] >= tokenizer_->vocab_size()) {
-          return InvalidParam("prompt", absl::StrCat("`prompt` token ", i, " (", g.prompt[i],
-                                                     ") is outside the vocabulary [0, ", tokenizer_->vocab_size(),
-                                                     ")"));
-        }
-      }
-    }
   } else {
     if (!tokenizer_) {
       return InvalidParam("prompt", "this server has no tokenizer; send `prompt` as an array of token ids");

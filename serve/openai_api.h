@@ -100,6 +100,7 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool ignore_eos = false;
+  bool return_token_ids = false;  // vLLM extension: choices (and stream chunks) carry "token_ids"
 };
 
 // Parse and validate a request body. `served_model` is the name in

@@ -1,0 +1,258 @@
+// ServingEngine on one rank (StageRunner with no MPI) over a tiny random
+// model: batched, chunked, preempted serving gives exactly the tokens of
+// offline Generate; cancellation, drain and a lost rank each end every request
+// with one final event; Submit rejects bad requests with the right codes.
+#include "serve/engine.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "runtime/engine/paged_kv_cache.h"
+#include "runtime/generate.h"
+#include "runtime/model/random_model.h"
+
+namespace deepshard::serve {
+namespace {
+
+const std::string& ModelDir() {
+  static const std::string dir = [] {
+    const std::string d = std::string(DS_BINARY_DIR) + "/tests/serve/engine_test_model";
+    std::filesystem::remove_all(d);
+    RandomModelOptions o;
+    o.preset = "tiny-v3";
+    o.seed = 11;
+    EXPECT_TRUE(WriteRandomModel(o, d).ok());
+    return d;
+  }();
+  return dir;
+}
+
+// What a sink saw for one request.
+struct Record {
+  std::vector<int32_t> tokens;
+  int finals = 0;
+  FinishReason reason = FinishReason::kNone;
+  std::string error;
+};
+
+class Harness {
+ public:
+  Harness(int64_t block_size, int64_t n_blocks, int64_t max_running = 8, int64_t budget = 64,
+          int64_t prefill_chunk = 16, int64_t max_waiting = 256) {
+    auto m = DeepseekModel::Load(ModelDir(), RuntimeConfig{});
+    EXPECT_TRUE(m.ok()) << m.status();
+    model = *std::move(m);
+    pool = std::make_unique<PagedKvCache>(model->config(), model->n_local_layers(), block_size, n_blocks);
+    runner = std::make_unique<StageRunner>(*model, ParallelConfig::Single(), nullptr, nullptr, nullptr, *pool);
+    EngineOptions o;
+    o.scheduler = {.dp_slots = 1, .blocks_per_slot = n_blocks, .block_size = block_size,
+                   .max_tokens_per_step = budget, .max_running_per_slot = max_running,
+                   .prefill_chunk = prefill_chunk};
+    o.depth = 1;
+    o.max_waiting = max_waiting;
+    o.vocab_size = static_cast<int32_t>(model->config().vocab_size);
+    o.max_context = model->max_context();
+    engine = std::make_unique<ServingEngine>(*runner, o, nullptr, nullptr);
+  }
+  ~Harness() { Stop(); }
+
+  void Start() {
+    thread = std::thread([this] { run_status = engine->Run(); });
+  }
+  void Stop() {
+    if (!thread.joinable()) return;
+    engine->BeginDrain(30);
+    thread.join();
+  }
+
+  absl::StatusOr<int64_t> Submit(std::vector<int32_t> prompt, int64_t max_tokens, SamplingParams sp = {},
+                                 bool ignore_eos = true) {
+    GenerationRequest r;
+    r.prompt = std::move(prompt);
+    r.max_tokens = max_tokens;
+    r.sampling = sp;
+    r.ignore_eos = ignore_eos;
+    auto slot = std::make_shared<int64_t>(-1);
+    auto id = engine->Submit(r, [this, slot](TokenEvent ev) {
+      std::lock_guard<std::mutex> lock(mu);
+      Record& rec = records[*slot];
+      rec.tokens.insert(rec.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+      if (ev.finished) {
+        ++rec.finals;
+        rec.reason = ev.reason;
+        rec.error = ev.error;
+      }
+      cv.notify_all();
+    });
+    if (id.ok()) *slot = *id;
+    return id;
+  }
+  // Waits until every id has its final event (or the timeout).
+  bool WaitAll(const std::vector<int64_t>& ids, double timeout_s = 120) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] {
+      for (int64_t id : ids)
+        if (records[id].finals == 0) return false;
+      return true;
+    });
+  }
+  bool WaitTokens(int64_t id, size_t n, double timeout_s = 60) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return records[id].tokens.size() >= n; });
+  }
+  Record Get(int64_t id) {
+    std::lock_guard<std::mutex> lock(mu);
+    return records[id];
+  }
+  int64_t BlocksUsed() {
+    // The snapshot is published by the engine thread; give it a moment to go idle.
+    for (int i = 0; i < 200; ++i) {
+      EngineSnapshot s = engine->Snapshot();
+      if (s.slots[0].blocks_used == 0) return 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return engine->Snapshot().slots[0].blocks_used;
+  }
+
+  std::unique_ptr<DeepseekModel> model;
+  std::unique_ptr<PagedKvCache> pool;
+  std::unique_ptr<StageRunner> runner;
+  std::unique_ptr<ServingEngine> engine;
+  std::thread thread;
+  absl::Status run_status;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<int64_t, Record> records;
+};
+
+std::vector<int32_t> Offline(DeepseekModel& m, const std::vector<int32_t>& prompt, int64_t n, SamplingParams sp = {}) {
+  GenerateOptions g;
+  g.max_new_tokens = n;
+  g.sampling = sp;
+  g.stop_at_eos = false;
+  auto out = Generate(m, prompt, g);
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? *out : std::vector<int32_t>{};
+}
+
+TEST(ServingEngine, BatchedChunkedPreemptedServingMatchesOfflineGenerate) {
+  // 8-token blocks, 14 of them: 20 requests of up to 70 tokens cannot all fit,
+  // so admission waits, prefills are chunked (16 tokens) and decodes preempt.
+  Harness h(/*block_size=*/8, /*n_blocks=*/14, /*max_running=*/6, /*budget=*/32, /*prefill_chunk=*/16);
+  std::mt19937 rng(5);
+  const int64_t V = h.model->config().vocab_size;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int64_t> lens, ids;
+  for (int i = 0; i < 20; ++i) {
+    std::vector<int32_t> p(std::uniform_int_distribution<int>(1, 40)(rng));
+    for (int32_t& t : p) t = std::uniform_int_distribution<int32_t>(0, static_cast<int32_t>(V) - 1)(rng);
+    prompts.push_back(p);
+    lens.push_back(std::uniform_int_distribution<int64_t>(1, 30)(rng));
+  }
+  // A seeded sampled request too: one RNG stream, as offline.
+  SamplingParams seeded{.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 1234};
+  for (int i = 0; i < 20; ++i) {
+    auto id = h.Submit(prompts[i], lens[i], i == 7 ? seeded : SamplingParams{});
+    ASSERT_TRUE(id.ok()) << id.status();
+    ids.push_back(*id);
+  }
+  h.Start();
+  ASSERT_TRUE(h.WaitAll(ids));
+  for (int i = 0; i < 20; ++i) {
+    const Record r = h.Get(ids[i]);
+    EXPECT_EQ(r.finals, 1);
+    EXPECT_EQ(r.reason, FinishReason::kLength);
+    EXPECT_EQ(r.tokens, Offline(*h.model, prompts[i], lens[i], i == 7 ? seeded : SamplingParams{})) << "request " << i;
+  }
+  EXPECT_EQ(h.BlocksUsed(), 0);
+  EXPECT_GT(h.engine->Snapshot().preemptions, 0) << "the pool is meant to be too small for all of them";
+  h.Stop();
+  EXPECT_TRUE(h.run_status.ok()) << h.run_status;
+}
+
+TEST(ServingEngine, SubmitRejectsBadRequestsWithTheirCodes) {
+  Harness h(/*block_size=*/16, /*n_blocks=*/4, 8, 64, 16, /*max_waiting=*/2);
+  const int64_t V = h.model->config().vocab_size, ctx = h.model->max_context();
+  EXPECT_EQ(h.Submit({}, 4).status().code(), absl::StatusCode::kInvalidArgument);
+  auto bad = h.Submit({1, static_cast<int32_t>(V)}, 4);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("vocabulary"), absl::string_view::npos);
+  EXPECT_EQ(h.Submit({1}, 0).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(h.Submit({1}, 4, {.temperature = -1}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(h.Submit(std::vector<int32_t>(ctx, 1), 1).status().code(), absl::StatusCode::kOutOfRange);
+  // 4 blocks of 16 = 64 tokens per slot: 60 + 10 does not fit.
+  auto kv = h.Submit(std::vector<int32_t>(60, 1), 10);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(kv.status().message().find("--kv-cache-memory"), absl::string_view::npos);
+  // The engine is not running: two requests wait, the third is refused.
+  ASSERT_TRUE(h.Submit({1, 2}, 2).ok());
+  ASSERT_TRUE(h.Submit({1, 2}, 2).ok());
+  EXPECT_EQ(h.Submit({1, 2}, 2).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(ServingEngine, CancelEndsTheRequestAndFreesItsBlocks) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/32);
+  h.Start();
+  auto a = h.Submit({5, 6, 7}, 100);
+  auto b = h.Submit({8, 9}, 5);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(h.WaitTokens(*a, 3));
+  h.engine->Cancel(*a);
+  ASSERT_TRUE(h.WaitAll({*a, *b}));
+  const Record ra = h.Get(*a);
+  EXPECT_EQ(ra.finals, 1);
+  EXPECT_EQ(ra.reason, FinishReason::kCancelled);
+  EXPECT_LT(ra.tokens.size(), 100u);
+  EXPECT_EQ(h.Get(*b).reason, FinishReason::kLength);
+  EXPECT_EQ(h.BlocksUsed(), 0);
+  h.engine->Cancel(*a);  // already finished: ignored
+  h.engine->Cancel(12345);
+}
+
+TEST(ServingEngine, DrainLetsRequestsFinishThenEndsTheRestWithAnError) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/32);
+  auto shortreq = h.Submit({1, 2, 3}, 4);
+  auto longreq = h.Submit({4, 5, 6}, 110);
+  ASSERT_TRUE(shortreq.ok() && longreq.ok());
+  h.Start();
+  ASSERT_TRUE(h.WaitTokens(*longreq, 2));
+  h.engine->BeginDrain(0.0);  // no time: what is still running gets an error
+  EXPECT_FALSE(h.engine->Health().accepting);
+  EXPECT_EQ(h.Submit({1}, 1).status().code(), absl::StatusCode::kUnavailable);
+  h.thread.join();
+  EXPECT_TRUE(h.run_status.ok()) << h.run_status;
+  const Record r = h.Get(*longreq);
+  EXPECT_EQ(r.finals, 1);
+  EXPECT_EQ(r.reason, FinishReason::kError);
+  EXPECT_NE(r.error.find("drain"), std::string::npos);
+  EXPECT_EQ(h.Get(*shortreq).finals, 1);
+}
+
+TEST(ServingEngine, ALostRankFailsEveryRequestAtOnce) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/32);
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(*h.Submit({static_cast<int32_t>(i + 1), 2, 3}, 100));
+  h.Start();
+  ASSERT_TRUE(h.WaitTokens(ids[0], 2));
+  h.engine->OnRankLost(3, "connection closed by peer");
+  ASSERT_TRUE(h.WaitAll(ids, 5));
+  for (int64_t id : ids) {
+    const Record r = h.Get(id);
+    EXPECT_EQ(r.finals, 1);
+    EXPECT_EQ(r.reason, FinishReason::kError);
+    EXPECT_NE(r.error.find("rank 3"), std::string::npos);
+  }
+  EXPECT_FALSE(h.engine->Health().healthy);
+  EXPECT_EQ(h.Submit({1}, 1).status().code(), absl::StatusCode::kUnavailable);
+  h.thread.join();
+  EXPECT_FALSE(h.run_status.ok());
+}
+
+}  // namespace
+}  // namespace deepshard::serve
