@@ -12,6 +12,8 @@
 #include <random>
 #include <thread>
 
+#include <unistd.h>
+
 #include "gtest/gtest.h"
 #include "runtime/engine/paged_kv_cache.h"
 #include "runtime/generate.h"
@@ -22,7 +24,8 @@ namespace {
 
 const std::string& ModelDir() {
   static const std::string dir = [] {
-    const std::string d = std::string(DS_BINARY_DIR) + "/tests/serve/engine_test_model";
+    // One directory per process: CTest runs the cases of this file side by side.
+    const std::string d = std::string(DS_BINARY_DIR) + "/tests/serve/engine_test_model_" + std::to_string(getpid());
     std::filesystem::remove_all(d);
     RandomModelOptions o;
     o.preset = "tiny-v3";
@@ -30,6 +33,9 @@ const std::string& ModelDir() {
     EXPECT_TRUE(WriteRandomModel(o, d).ok());
     return d;
   }();
+  static const struct Remover {
+    ~Remover() { std::filesystem::remove_all(dir); }
+  } remover;
   return dir;
 }
 
