@@ -134,12 +134,17 @@ def main():
     p.add_argument("--vocab", type=int, default=129280)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per level instead of a table")
+    p.add_argument("--print-prompts", action="store_true",
+                   help="print the prompt set as `deepshard generate --prompt-ids` text and exit")
     args = p.parse_args()
     u = urllib.parse.urlparse(args.url)
     host, port = u.hostname, u.port or 80
     lo, hi = map(int, args.prompt_len.split(","))
     rng = random.Random(args.seed)
     prompts = [[rng.randrange(1, args.vocab) for _ in range(rng.randint(lo, hi))] for _ in range(args.prompts)]
+    if args.print_prompts:
+        print(";".join(",".join(map(str, p)) for p in prompts))
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
     if not args.json:
         print(f"# {args.url}: {args.prompts} prompts of {lo}..{hi} tokens (seed {args.seed}), "
