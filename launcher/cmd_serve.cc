@@ -16,8 +16,9 @@
 //
 // Shutdown: SIGTERM/SIGINT on rank 0 drains (new requests get 503, running ones
 // finish until --drain-timeout, then get an error), then rank 0 tells every
-// rank to exit and all exit 0. Workers ignore SIGTERM and wait for rank 0, so
-// signalling the whole job (Slurm's scancel) drains too.
+// rank to exit and all exit 0. A worker that gets SIGTERM asks rank 0 to drain
+// (a kDrain frame) and waits for its shutdown, so signalling any rank, or the
+// whole job as Slurm's scancel does, drains the job.
 // Failure: a rank that dies, stops heartbeating or reports a fatal error makes
 // rank 0 fail every request with an error, answer /health with 503, and end
 // the job with a non-zero exit after --failure-linger seconds; a worker that
@@ -222,11 +223,16 @@ int ServeRank0(const Options& o, DeepseekModel& model, serve::StageRunner& runne
   serve::ServingEngine engine(runner, eo, broadcast_plan, broadcast_shutdown);
   engine.set_on_snapshot([&metrics](const serve::EngineSnapshot& s) { serve::PublishEngineMetrics(metrics, s); });
   if (control != nullptr) {
-    control->set_on_frame([&engine](int rank, serve::Frame f) {
+    control->set_on_frame([&engine, &o](int rank, serve::Frame f) {
       switch (f.type) {
         case serve::FrameType::kResults: engine.OnResults(rank, f.payload); break;
         case serve::FrameType::kHeartbeat: engine.OnStats(rank, f.payload); break;
         case serve::FrameType::kFatal: engine.OnRankLost(rank, f.payload); break;
+        case serve::FrameType::kDrain:
+          Log(absl::StrCat("rank ", rank, " got SIGTERM: draining (new requests get 503; running ones have ",
+                           o.drain_timeout, " s)"));
+          engine.BeginDrain(o.drain_timeout);
+          break;
         default: engine.OnRankLost(rank, absl::StrCat("unexpected frame ", std::string(serve::FrameTypeName(f.type)))); break;
       }
     });
@@ -289,9 +295,18 @@ int ServeRank0(const Options& o, DeepseekModel& model, serve::StageRunner& runne
   return 0;
 }
 
-// A worker: plans in, results and heartbeats out, until rank 0 says stop.
-int ServeWorker(serve::ControlClient& client, serve::StageRunner& runner) {
+// A worker: plans in, results and heartbeats out, until rank 0 says stop. A
+// SIGTERM/SIGINT here asks rank 0 to drain the job (rank 0 then shuts us down).
+int ServeWorker(serve::ControlClient& client, serve::StageRunner& runner, const sigset_t& stop_signals) {
   const ParallelConfig& pc = runner.parallel();
+  std::atomic<bool> stopping{false};
+  std::thread signals([&] {
+    int sig = 0;
+    while (sigwait(&stop_signals, &sig) == 0) {
+      if (stopping) return;
+      client.Send(serve::FrameType::kDrain, "");
+    }
+  });
   client.set_heartbeat_payload([&runner] { return serve::EncodeStats(runner.Stats()); });
   // If rank 0 goes away while this thread is inside a collective, nothing
   // would wake it: exit from here.
@@ -338,6 +353,9 @@ int ServeWorker(serve::ControlClient& client, serve::StageRunner& runner) {
   }
   done = true;
   watchdog.join();
+  stopping = true;
+  kill(getpid(), SIGTERM);  // wake the signal thread; stopping = true makes it return
+  signals.join();
   client.Stop(/*flush_timeout_s=*/1.0);
   return code;
 }
@@ -476,7 +494,7 @@ int RunDistributed(const Options& o, const sigset_t& stop_signals) {
                static_cast<int>(getpid()));
   std::fflush(stderr);
   if (rank == 0) return ServeRank0(o, **model, runner, n_blocks, stop_signals, control.get());
-  return ServeWorker(*client, runner);
+  return ServeWorker(*client, runner, stop_signals);
 }
 
 }  // namespace

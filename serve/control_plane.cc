@@ -86,7 +86,7 @@ bool ConstantTimeEquals(std::string_view got, std::string_view expected) {
   return diff == 0;
 }
 
-bool IsKnownFrameType(uint32_t t) { return t >= 1 && t <= 7; }
+bool IsKnownFrameType(uint32_t t) { return t >= 1 && t <= 8; }
 
 struct FrameHeader {
   FrameType type;
@@ -297,6 +297,7 @@ std::string_view FrameTypeName(FrameType type) {
     case FrameType::kHeartbeat: return "heartbeat";
     case FrameType::kShutdown: return "shutdown";
     case FrameType::kFatal: return "fatal";
+    case FrameType::kDrain: return "drain";
   }
   return "unknown";
 }

@@ -51,6 +51,7 @@ enum class FrameType : uint32_t {
   kHeartbeat = 5,  // both ways; a worker's carries its stats payload
   kShutdown = 6,   // 0 -> workers
   kFatal = 7,      // worker -> 0: an error it cannot recover from
+  kDrain = 8,      // worker -> 0: it got SIGTERM; please drain the job
 };
 std::string_view FrameTypeName(FrameType type);
 

@@ -19,6 +19,7 @@ offline `deepshard generate` on one rank:
                  in-flight stream, mpirun exits non-zero within 30 s
   silent server  SIGSTOP one worker (alive but silent): /health 503 within 5 s,
                  mpirun exits non-zero
+  layouts        pp x ep = 1x2, 2x1, 1x3: concurrent greedy streams equal offline
 """
 import argparse
 import http.client
@@ -55,12 +56,12 @@ def free_port():
 class Server:
     """`mpirun -np 4 deepshard serve --pp 2 --ep 2 ...` in its own process group."""
 
-    def __init__(self, name, extra):
+    def __init__(self, name, extra, pp=2, ep=2):
         self.port = free_port()
         self.log_path = os.path.join(ARGS.workdir, f"serve-{name}.log")
         self.log = open(self.log_path, "w")
         cmd = [ARGS.mpirun, "--oversubscribe", "--allow-run-as-root", "--mca", "pml", "ob1", "--bind-to", "none",
-               "-np", "4", ARGS.deepshard, "serve", "--model", ARGS.model, "--pp", "2", "--ep", "2",
+               "-np", str(pp * ep), ARGS.deepshard, "serve", "--model", ARGS.model, "--pp", str(pp), "--ep", str(ep),
                "--port", str(self.port), "--kv-cache-memory", "32MiB"] + extra
         env = dict(os.environ, OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
@@ -389,7 +390,7 @@ def test_main_server():
 
 def test_strict_server():
     srv = Server("strict", ["--api-key", "sekret", "--max-num-seqs", "1", "--max-num-batched-tokens", "64",
-                            "--max-waiting", "1", "--drain-timeout", "0.5"])
+                            "--max-waiting", "1", "--drain-timeout", "0.05"])
     srv.auth = {"Authorization": "Bearer sekret"}
     try:
         body = {"prompt": [1, 2, 3], "max_tokens": 2, "temperature": 0}
@@ -470,6 +471,40 @@ def test_kill_worker():
         srv.kill()
 
 
+def test_layouts():
+    """Other grids: 16 concurrent greedy streams equal offline, then a clean drain."""
+    rng = random.Random(11)
+    prompts = [[rng.randrange(129280) for _ in range(rng.randint(1, 40))] for _ in range(16)]
+    ref = offline(prompts, 20)
+    for pp, ep in ((1, 2), (2, 1), (1, 3)):
+        srv = Server(f"layout-{pp}x{ep}", [], pp=pp, ep=ep)
+        try:
+            results = [None] * len(prompts)
+
+            def one(i):
+                results[i] = stream_completion(srv, {"prompt": prompts[i], "max_tokens": 20, "temperature": 0,
+                                                     "ignore_eos": True, "return_token_ids": True})
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            bad = [i for i in range(len(prompts)) if results[i][2] != ref[i]]
+            check(not bad, f"pp {pp} x ep {ep}: 16 concurrent greedy streams equal offline" + (f"; wrong {bad}" if bad else ""))
+            if (pp, ep) == (2, 1):
+                # Only a worker gets the signal: it asks rank 0 to drain the job.
+                os.kill(srv.rank_pids()[1], signal.SIGTERM)
+                what = "SIGTERM to worker rank 1 alone drains the job"
+            else:
+                srv.signal_all(signal.SIGTERM)
+                what = "SIGTERM"
+            rc = srv.wait(30)
+            check(rc == 0, f"pp {pp} x ep {ep}: {what}, exit 0 (rc {rc})")
+        finally:
+            srv.kill()
+
+
 def test_silent_worker():
     """A worker that stops heartbeating (SIGSTOP: alive, silent) is treated as dead."""
     srv = Server("silent", ["--heartbeat-timeout", "1.5", "--failure-linger", "2"])
@@ -505,7 +540,7 @@ def main():
     ARGS = p.parse_args()
     ARGS.name = os.path.basename(os.path.normpath(ARGS.model))
     for name, fn in [("main", test_main_server), ("strict", test_strict_server), ("kill", test_kill_worker),
-                     ("silent", test_silent_worker)]:
+                     ("silent", test_silent_worker), ("layouts", test_layouts)]:
         if ARGS.only and name not in ARGS.only.split(","):
             continue
         print(f"== {name}", flush=True)
