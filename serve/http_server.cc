@@ -268,6 +268,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     for (std::string_view k : kKnown) {
       if (path_ == k) endpoint_ = std::string(k);
     }
+    if (absl::StartsWith(AV(path_), "/v1/models/")) endpoint_ = "/v1/models/{id}";
   }
 
   // ---- routing ----
@@ -299,6 +300,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     if (path_ == "/v1/models") {
       if (method_is(http::verb::get, "GET")) HandleModels();
+    } else if (absl::StartsWith(AV(path_), "/v1/models/")) {
+      if (method_is(http::verb::get, "GET")) HandleModel(std::string_view(path_).substr(11));
     } else if (path_ == "/metrics") {
       if (method_is(http::verb::get, "GET")) {
         SendText(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", srv_.metrics.Render());
@@ -325,14 +328,28 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     SendText(http::status::service_unavailable, "application/json", json::serialize(body));
   }
 
+  json::object ModelObject() const {
+    return json::object{{"id", srv_.opts.model_name}, {"object", "model"},       {"created", srv_.created},
+                        {"owned_by", "deepshard"},    {"root", srv_.opts.model_name}, {"max_model_len", srv_.max_context()}};
+  }
+
   void HandleModels() {
-    json::object model{{"id", srv_.opts.model_name}, {"object", "model"},       {"created", srv_.created},
-                       {"owned_by", "deepshard"},    {"root", srv_.opts.model_name}, {"max_model_len", srv_.max_context()}};
     json::object list;
     list["object"] = "list";
     list["data"] = json::array();
-    list["data"].as_array().push_back(std::move(model));
+    list["data"].as_array().push_back(ModelObject());
     SendText(http::status::ok, "application/json", json::serialize(list));
+  }
+
+  // GET /v1/models/{id} (the openai client's models.retrieve).
+  void HandleModel(std::string_view id) {
+    if (id != srv_.opts.model_name) {
+      return SendError(http::status::not_found,
+                       Err(404, absl::StrCat("the model `", AV(id), "` does not exist; this server serves `",
+                                             srv_.opts.model_name, "`"),
+                           "invalid_request_error", "model_not_found"));
+    }
+    SendText(http::status::ok, "application/json", json::serialize(ModelObject()));
   }
 
   // ---- generation ----

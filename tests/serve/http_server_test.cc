@@ -330,6 +330,12 @@ TEST_F(HttpServerTest, ModelsHealthAndRouting) {
   EXPECT_EQ(v.at("data").at(0).at("object"), "model");
   EXPECT_EQ(v.at("data").at(0).at("owned_by"), "deepshard");
   EXPECT_EQ(I(v.at("data").at(0).at("max_model_len")), 4096);
+  r = Request(http::verb::get, std::string("/v1/models/") + kModel);  // models.retrieve
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(json::parse(r.body).at("id"), kModel);
+  r = Request(http::verb::get, "/v1/models/other-model");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(json::parse(r.body).at("error").at("code"), "model_not_found");
   r = Request(http::verb::get, "/health");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, R"({"status":"ok"})");

@@ -242,6 +242,7 @@ def test_main_server():
         client = openai.OpenAI(base_url=srv.base + "/v1", api_key="unused")
         models = client.models.list()
         check([m.id for m in models.data] == [ARGS.name], "openai: models.list")
+        check(client.models.retrieve(ARGS.name).id == ARGS.name, "openai: models.retrieve")
         c = client.completions.create(model=ARGS.name, prompt=prompts[1], max_tokens=12, temperature=0,
                                       extra_body={"ignore_eos": True, "return_token_ids": True})
         check(c.choices[0].text == decode(ref[1][:12]) and c.choices[0].finish_reason == "length"
