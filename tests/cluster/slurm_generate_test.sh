@@ -4,7 +4,9 @@
 # Starts a one-machine Slurm (cluster/local_slurm.sh) in a temp dir, submits
 # cluster/slurm/deepshard.sbatch with PP=2 EP=2 on 4 tasks through `sbatch --wait`,
 # and checks that the job prints what single-rank `deepshard generate` prints for the
-# same prompts. Then checks that 3 tasks for PP*EP=4 fail with the script's message.
+# same prompts. Then checks that 3 tasks for PP*EP=4 fail with the script's message,
+# and serves over HTTP with cluster/slurm/deepshard-serve.sbatch (PP=2 EP=2): a greedy
+# request matches one rank, and `scancel --signal=TERM` drains it to exit 0.
 # Exit 77 (skipped) where the Slurm/munge daemons are not installed or not root.
 set -euo pipefail
 
@@ -100,5 +102,35 @@ echo "3-task job: exit $rc after $(echo "$(date +%s.%N) - $t1" | bc) s"
 grep -q "SLURM_NTASKS=3 tasks but PP\*EP = 2\*2 = 4" "$WORK/bad.err" \
   || fail "3-task job did not print the PP*EP mismatch message"
 [ ! -s "$WORK/bad.out" ] || fail "3-task job printed output"
+
+# 3. deepshard serve under srun (cluster/slurm/deepshard-serve.sbatch), PP=2 x EP=2:
+#    a greedy request over HTTP gives the single-rank ids; scancel --signal=TERM
+#    drains it and every task exits 0.
+SERVE_SCRIPT=$SRC/cluster/slurm/deepshard-serve.sbatch
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+t1=$(date +%s.%N)
+JOB=$(MODEL=$MODEL PP=2 EP=2 PORT=$PORT DEEPSHARD=$DEEPSHARD EXTRA_ARGS="--kv-cache-memory 32MiB" \
+  sbatch --parsable --job-name=ds-test-serve --nodes=1 --ntasks-per-node=4 --cpus-per-task=1 --time=00:03:00 \
+    --chdir="$WORK" --output="$WORK/serve.out" --error="$WORK/serve.err" "$SERVE_SCRIPT")
+up=0
+for _ in $(seq 1 240); do
+  if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then up=1; break; fi
+  sleep 0.25
+done
+[ $up -eq 1 ] || fail "serve job $JOB did not answer /health on port $PORT"
+echo "serve job up after $(echo "$(date +%s.%N) - $t1" | bc) s"
+got=$(curl -sf "http://127.0.0.1:$PORT/v1/completions" -H 'Content-Type: application/json' \
+  -d "{\"prompt\": [0,5,17], \"max_tokens\": $NEW, \"temperature\": 0, \"ignore_eos\": true, \"return_token_ids\": true}" \
+  | python3 -c 'import json,sys; print(",".join(map(str, json.load(sys.stdin)["choices"][0]["token_ids"])))')
+[ "$got" = "$(head -n 1 "$WORK/ref.txt")" ] || fail "served ids $got differ from single-rank $(head -n 1 "$WORK/ref.txt")"
+scancel --signal=TERM "$JOB"
+for _ in $(seq 1 120); do
+  squeue -h -j "$JOB" 2>/dev/null | grep -q . || break
+  sleep 0.25
+done
+squeue -h -j "$JOB" 2>/dev/null | grep -q . && fail "serve job $JOB still running 30 s after SIGTERM"
+grep -q "deepshard serve exited with 0" "$WORK/serve.err" || fail "serve job did not exit 0 after SIGTERM"
+grep -q "drained; shutting down" "$WORK/serve.err" || fail "serve job did not drain"
+echo "serve job: greedy ids match, SIGTERM drained, exit 0 after $(echo "$(date +%s.%N) - $t1" | bc) s"
 
 echo "PASS in $(echo "$(date +%s.%N) - $t0" | bc) s"
