@@ -93,6 +93,16 @@ TEST(Cli, BadInputIsAClearError) {
       {"make-model --preset tiny-v9 --out /tmp/x", 2, "unknown preset \"tiny-v9\""},
       {"make-model --preset tiny-v3 --dtype int4 --out /tmp/x", 2, "--dtype"},
       {"frobnicate", 2, "unknown command"},
+      {"serve", 2, "--model"},
+      {"serve" + m + " --port 70000", 2, "--port must be in [0, 65535]"},
+      {"serve" + m + " --kv-cache-memory 12XB", 2, "12XB"},
+      {"serve" + m + " --kv-cache-memory 1KiB", 2, "--kv-cache-memory"},
+      {"serve" + m + " --max-num-seqs 600", 2, "--max-num-seqs"},
+      {"serve" + m + " --pp 2 --ep 2", 2, "mpirun -np 4"},
+      {"serve" + m + " --host 203.0.113.7 --port 0", 1, "203.0.113.7"},
+      {"serve --model /nonexistent/dir", 1, "/nonexistent/dir"},
+      {"serve" + m + " --api-key=", 2, "--api-key"},
+      {"chat --url ftp://x", 2, "ftp://x"},
   };
   for (const Case& c : cases) {
     Result r = RunCli(c.args);
