@@ -238,12 +238,35 @@ int ServeRank0(const Options& o, DeepseekModel& model, serve::StageRunner& runne
     });
     control->set_on_rank_lost([&engine](int rank, std::string why) { engine.OnRankLost(rank, why); });
   }
+  // Warm-up: one short request through every rank before taking traffic, so
+  // that one-time costs (oneDNN kernel generation, first-touch of buffers) do
+  // not land on the first client, and a broken pipeline shows before "listening".
+  {
+    serve::GenerationRequest warm;
+    for (int32_t t = 0; t < 16; ++t) warm.prompt.push_back(t % static_cast<int32_t>(model.config().vocab_size));
+    warm.max_tokens = 2;
+    warm.ignore_eos = true;
+    std::string warm_error;
+    auto id = engine.Submit(warm, [&warm_error](serve::TokenEvent ev) {
+      if (ev.finished && ev.reason == serve::FinishReason::kError) warm_error = ev.error;
+    });
+    absl::Status st = id.ok() ? engine.Run(/*until_idle=*/true) : id.status();
+    if (st.ok() && !warm_error.empty()) st = absl::InternalError(warm_error);
+    if (!st.ok()) {
+      Log(absl::StrCat("error: the warm-up request failed: ", st.message()));
+      ExitNow(1);  // workers see rank 0's connection drop and exit too
+    }
+  }
   serve::HttpServerOptions http = o.http;
   http.max_model_len = model.max_context();
   serve::HttpServer server(http, tokenizer.get(), engine, metrics);
   if (absl::Status st = server.Start(); !st.ok()) {
     Log(absl::StrCat("error: ", st.message()));
-    return 1;
+    if (control != nullptr) {
+      control->Broadcast(serve::FrameType::kShutdown, "");  // the workers exit 0 ...
+      control->Stop(/*flush_timeout_s=*/2.0);
+    }
+    return 1;  // ... and this rank 1
   }
   Log(absl::StrCat("listening on http://", http.host, ":", server.port(), " (model \"", http.model_name, "\", ",
                    pc.world, pc.world == 1 ? " rank" : " ranks", ": pp ", pc.pp, " x ep ", pc.ep, ", ", n_blocks,

@@ -306,7 +306,7 @@ EngineSnapshot ServingEngine::Snapshot() const {
   return s;
 }
 
-absl::Status ServingEngine::Run() {
+absl::Status ServingEngine::Run(bool until_idle) {
   while (true) {
     Intake();
     if (failed_) {
@@ -314,6 +314,7 @@ absl::Status ServingEngine::Run() {
       return absl::UnavailableError(failure_);
     }
     absl::Status st = CompletePlans();
+    bool idle = false;
     if (st.ok()) {
       // Drain: past the deadline, end what is left with an error.
       std::lock_guard<std::mutex> lock(mu_);
@@ -336,6 +337,11 @@ absl::Status ServingEngine::Run() {
         if (broadcast_shutdown_) broadcast_shutdown_();
         return absl::OkStatus();
       }
+      idle = requests_.empty() && submitted_.empty() && in_flight_.empty();
+    }
+    if (until_idle && idle) {
+      PublishSnapshot();
+      return absl::OkStatus();
     }
     const size_t before = in_flight_.size();
     if (st.ok()) st = ScheduleAndRun();

@@ -78,8 +78,9 @@ class ServingEngine : public Engine {
   int64_t max_context() const override { return options_.max_context; }
 
   // The driver loop, on the calling thread. Returns OK after a drain (every
-  // rank has been told to shut down), or the error that ended serving.
-  absl::Status Run();
+  // rank has been told to shut down), or the error that ended serving. With
+  // until_idle, returns OK as soon as no request is left (start-up warm-up).
+  absl::Status Run(bool until_idle = false);
 
   // Control-plane events (any thread).
   void OnResults(int from_rank, std::string_view payload);  // a kResults frame

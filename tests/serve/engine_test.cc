@@ -262,3 +262,27 @@ TEST(ServingEngine, ALostRankFailsEveryRequestAtOnce) {
 
 }  // namespace
 }  // namespace deepshard::serve
+
+namespace deepshard::serve {
+namespace {
+
+TEST(ServingEngine, RunUntilIdleReturnsOnceEveryRequestIsDone) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/32);
+  auto a = h.Submit({1, 2, 3}, 5);
+  auto b = h.Submit({4, 5}, 3);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(h.engine->Run(/*until_idle=*/true).ok());  // on this thread (start-up warm-up)
+  EXPECT_EQ(h.Get(*a).finals, 1);
+  EXPECT_EQ(h.Get(*a).tokens.size(), 5u);
+  EXPECT_EQ(h.Get(*b).tokens.size(), 3u);
+  EXPECT_EQ(h.BlocksUsed(), 0);
+  // Serving carries on afterwards.
+  h.Start();
+  auto c = h.Submit({6}, 2);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(h.WaitAll({*c}));
+  EXPECT_EQ(h.Get(*c).tokens, Offline(*h.model, {6}, 2));
+}
+
+}  // namespace
+}  // namespace deepshard::serve
