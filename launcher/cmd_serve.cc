@@ -35,7 +35,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -139,9 +141,17 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   if (o.max_waiting < 1) return absl::InvalidArgumentError("--max-waiting must be >= 1");
   if (body < 1) return absl::InvalidArgumentError("--max-body-bytes must be >= 1");
   o.http.max_body_bytes = static_cast<size_t>(body);
-  if (!(o.drain_timeout >= 0)) return absl::InvalidArgumentError("--drain-timeout must be >= 0");
-  if (!(o.heartbeat_timeout > 0)) return absl::InvalidArgumentError("--heartbeat-timeout must be > 0");
-  if (!(o.failure_linger >= 0)) return absl::InvalidArgumentError("--failure-linger must be >= 0");
+  // Bounded (not just finite) so that seconds convert to clock durations safely.
+  if (!(o.drain_timeout >= 0 && o.drain_timeout <= 86400)) {
+    return absl::InvalidArgumentError(absl::StrCat("--drain-timeout must be in [0, 86400] seconds, got ", o.drain_timeout));
+  }
+  if (!(o.heartbeat_timeout > 0.5 && o.heartbeat_timeout <= 3600)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--heartbeat-timeout must be in (0.5, 3600] seconds (heartbeats go every 0.5 s), got ", o.heartbeat_timeout));
+  }
+  if (!(o.failure_linger >= 0 && o.failure_linger <= 3600)) {
+    return absl::InvalidArgumentError(absl::StrCat("--failure-linger must be in [0, 3600] seconds, got ", o.failure_linger));
+  }
   const std::string math = flags.String("math", "exact");
   if (math == "exact") {
     o.rt.math = MathMode::kExact;
@@ -177,22 +187,84 @@ void Log(const std::string& m) {
   std::_Exit(code);
 }
 
-// SIGTERM and SIGINT are taken by a thread (sigwait) rather than a handler, so
-// the response can lock and log. Call before any thread starts: threads
-// inherit the mask.
-sigset_t BlockStopSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return set;
+// SIGTERM and SIGINT, for the whole process: blocked in every thread (create
+// this before any thread starts; threads inherit the mask) and taken by one
+// thread with sigwait, so the response can lock and log. Until a handler is
+// installed (start-up: loading, connecting, warm-up) a signal ends the process
+// at once with 128 + signal, as an unhandled SIGTERM would.
+class StopSignals {
+ public:
+  // handler(signal, how many stop signals so far, counting this one)
+  using Handler = std::function<void(int sig, int count)>;
+
+  StopSignals() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGTERM);
+    sigaddset(&set_, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~StopSignals() {
+    stopping_ = true;
+    pthread_kill(thread_.native_handle(), SIGTERM);  // wakes sigwait; stopping_ makes it return
+    thread_.join();
+  }
+  void SetHandler(Handler h) {
+    std::lock_guard<std::mutex> lock(mu_);
+    handler_ = std::move(h);
+  }
+
+ private:
+  void Loop() {
+    int sig = 0, count = 0;
+    while (sigwait(&set_, &sig) == 0) {
+      if (stopping_) return;
+      Handler h;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        h = handler_;
+      }
+      ++count;
+      if (!h) {
+        Log(absl::StrCat(strsignal(sig), " during start-up: exiting"));
+        ExitNow(128 + sig);
+      }
+      h(sig, count);
+    }
+  }
+
+  sigset_t set_;
+  std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  Handler handler_;
+  std::thread thread_;
+};
+
+// Start-up warm-up: one short request through every rank before taking
+// traffic, so that one-time costs (oneDNN kernel generation, first touch of
+// buffers) do not land on the first client, and a broken pipeline shows
+// before "listening". Sized to fit the smallest context and KV pool.
+absl::Status WarmUp(serve::ServingEngine& engine, int64_t max_context, int64_t kv_tokens, int64_t vocab) {
+  const int64_t prompt = std::min<int64_t>({16, max_context - 2, kv_tokens - 1});
+  if (prompt < 1) return absl::OkStatus();  // too small to bother
+  serve::GenerationRequest warm;
+  for (int64_t t = 0; t < prompt; ++t) warm.prompt.push_back(static_cast<int32_t>(t % vocab));
+  warm.max_tokens = 2;
+  warm.ignore_eos = true;
+  std::string error;
+  ASSIGN_OR_RETURN(int64_t id, engine.Submit(warm, [&error](serve::TokenEvent ev) {
+    if (ev.finished && ev.reason == serve::FinishReason::kError) error = ev.error;
+  }));
+  (void)id;
+  RETURN_IF_ERROR(engine.Run(/*until_idle=*/true));
+  if (!error.empty()) return absl::InternalError(error);
+  return absl::OkStatus();
 }
 
 // Everything rank 0 runs besides its StageRunner: engine, HTTP, signals,
 // metrics, failure watchdog. Returns the process exit code.
 int ServeRank0(const Options& o, DeepseekModel& model, serve::StageRunner& runner, int64_t n_blocks,
-               const sigset_t& stop_signals, serve::ControlServer* control) {
+               StopSignals& signals, serve::ControlServer* control) {
   const ParallelConfig& pc = runner.parallel();
   std::unique_ptr<Tokenizer> tokenizer;
   if (auto tok = Tokenizer::FromDirectory(o.model_dir); tok.ok()) {
@@ -238,24 +310,53 @@ int ServeRank0(const Options& o, DeepseekModel& model, serve::StageRunner& runne
     });
     control->set_on_rank_lost([&engine](int rank, std::string why) { engine.OnRankLost(rank, why); });
   }
-  // Warm-up: one short request through every rank before taking traffic, so
-  // that one-time costs (oneDNN kernel generation, first-touch of buffers) do
-  // not land on the first client, and a broken pipeline shows before "listening".
-  {
-    serve::GenerationRequest warm;
-    for (int32_t t = 0; t < 16; ++t) warm.prompt.push_back(t % static_cast<int32_t>(model.config().vocab_size));
-    warm.max_tokens = 2;
-    warm.ignore_eos = true;
-    std::string warm_error;
-    auto id = engine.Submit(warm, [&warm_error](serve::TokenEvent ev) {
-      if (ev.finished && ev.reason == serve::FinishReason::kError) warm_error = ev.error;
-    });
-    absl::Status st = id.ok() ? engine.Run(/*until_idle=*/true) : id.status();
-    if (st.ok() && !warm_error.empty()) st = absl::InternalError(warm_error);
-    if (!st.ok()) {
-      Log(absl::StrCat("error: the warm-up request failed: ", st.message()));
-      ExitNow(1);  // workers see rank 0's connection drop and exit too
+  // From here a signal drains (a second one ends the drain now, and the
+  // process shortly after if a step never completes); a failure ends the
+  // process after --failure-linger even if this thread is stuck in a collective.
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> hard_exit_ns{0};  // steady-clock deadline for the exit after a second signal
+  signals.SetHandler([&](int sig, int count) {
+    if (count == 1) {
+      Log(absl::StrCat(strsignal(sig), ": draining (new requests get 503; running ones have ", o.drain_timeout,
+                       " s)"));
+      engine.BeginDrain(o.drain_timeout);
+    } else {
+      Log(absl::StrCat(strsignal(sig), " again: ending the drain now"));
+      engine.BeginDrain(0);
+      engine.ExpireDrain();
+      hard_exit_ns = (std::chrono::steady_clock::now() + std::chrono::seconds(5)).time_since_epoch().count();
     }
+  });
+  std::thread watchdog([&] {
+    while (!done) {
+      if (engine.failed()) {
+        Log(absl::StrCat("error: ", engine.Health().detail, "; exiting in ", o.failure_linger, " s"));
+        std::this_thread::sleep_for(std::chrono::duration<double>(o.failure_linger));
+        ExitNow(1);
+      }
+      const int64_t hard = hard_exit_ns;
+      if (hard != 0 && std::chrono::steady_clock::now().time_since_epoch().count() > hard) {
+        Log("error: the drain did not finish 5 s after the second signal (a step never completed); exiting");
+        ExitNow(1);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  auto stop_watchdog = [&] {
+    done = true;
+    if (watchdog.joinable()) watchdog.join();
+  };
+
+  if (absl::Status st = WarmUp(engine, model.max_context(), n_blocks * o.block_size, model.config().vocab_size);
+      !st.ok()) {
+    Log(absl::StrCat("error: the warm-up request failed: ", st.message()));
+    ExitNow(1);  // workers see rank 0's connection drop and exit too
+  }
+  if (engine.draining()) {  // a signal during the warm-up: nothing to drain, shut down
+    if (control != nullptr) control->Broadcast(serve::FrameType::kShutdown, "");
+    if (control != nullptr) control->Stop(/*flush_timeout_s=*/2.0);
+    stop_watchdog();
+    return 0;
   }
   serve::HttpServerOptions http = o.http;
   http.max_model_len = model.max_context();
@@ -266,70 +367,31 @@ int ServeRank0(const Options& o, DeepseekModel& model, serve::StageRunner& runne
       control->Broadcast(serve::FrameType::kShutdown, "");  // the workers exit 0 ...
       control->Stop(/*flush_timeout_s=*/2.0);
     }
+    stop_watchdog();
     return 1;  // ... and this rank 1
   }
   Log(absl::StrCat("listening on http://", http.host, ":", server.port(), " (model \"", http.model_name, "\", ",
                    pc.world, pc.world == 1 ? " rank" : " ranks", ": pp ", pc.pp, " x ep ", pc.ep, ", ", n_blocks,
                    " KV blocks of ", o.block_size, " tokens per DP slot, context ", model.max_context(), ")"));
 
-  // SIGTERM / SIGINT: drain. A second signal during the drain ends it now.
-  std::atomic<bool> done{false};
-  std::thread signals([&] {
-    int sig = 0;
-    int n = 0;
-    while (sigwait(&stop_signals, &sig) == 0) {
-      if (done) return;
-      if (++n == 1) {
-        Log(absl::StrCat(strsignal(sig), ": draining (new requests get 503; running ones have ", o.drain_timeout,
-                         " s)"));
-        engine.BeginDrain(o.drain_timeout);
-      } else {
-        Log(absl::StrCat(strsignal(sig), " again: ending the drain now"));
-        engine.BeginDrain(0);
-        engine.ExpireDrain();
-      }
-    }
-  });
-  // Failure watchdog: the engine thread may be stuck in a collective with a
-  // dead rank, so the exit cannot wait for it.
-  std::thread watchdog([&] {
-    while (!done) {
-      if (engine.failed()) {
-        Log(absl::StrCat("error: ", engine.Health().detail, "; exiting in ", o.failure_linger, " s"));
-        std::this_thread::sleep_for(std::chrono::duration<double>(o.failure_linger));
-        ExitNow(1);
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-  });
-
   const absl::Status st = engine.Run();
   if (!st.ok()) {
     // The watchdog sees engine.failed() and ends the process after the linger.
     watchdog.join();
   }
-  done = true;
+  stop_watchdog();
   Log("drained; shutting down");
   server.Stop(/*grace_s=*/5.0);  // let the last responses finish writing
   if (control != nullptr) control->Stop(/*flush_timeout_s=*/2.0);
-  kill(getpid(), SIGTERM);  // wake the signal thread (blocked in sigwait); done = true makes it return
-  signals.join();
-  watchdog.join();
+  signals.SetHandler([](int, int) {});  // already shutting down
   return 0;
 }
 
 // A worker: plans in, results and heartbeats out, until rank 0 says stop. A
 // SIGTERM/SIGINT here asks rank 0 to drain the job (rank 0 then shuts us down).
-int ServeWorker(serve::ControlClient& client, serve::StageRunner& runner, const sigset_t& stop_signals) {
+int ServeWorker(serve::ControlClient& client, serve::StageRunner& runner, StopSignals& signals) {
   const ParallelConfig& pc = runner.parallel();
-  std::atomic<bool> stopping{false};
-  std::thread signals([&] {
-    int sig = 0;
-    while (sigwait(&stop_signals, &sig) == 0) {
-      if (stopping) return;
-      client.Send(serve::FrameType::kDrain, "");
-    }
-  });
+  signals.SetHandler([&client](int, int) { client.Send(serve::FrameType::kDrain, ""); });
   client.set_heartbeat_payload([&runner] { return serve::EncodeStats(runner.Stats()); });
   // If rank 0 goes away while this thread is inside a collective, nothing
   // would wake it: exit from here.
@@ -376,9 +438,7 @@ int ServeWorker(serve::ControlClient& client, serve::StageRunner& runner, const 
   }
   done = true;
   watchdog.join();
-  stopping = true;
-  kill(getpid(), SIGTERM);  // wake the signal thread; stopping = true makes it return
-  signals.join();
+  signals.SetHandler([](int, int) {});  // already shutting down
   client.Stop(/*flush_timeout_s=*/1.0);
   return code;
 }
@@ -389,7 +449,7 @@ int64_t BlocksThatFit(const Options& o, const DeepseekModel& model) {
   return per_block > 0 ? o.kv_bytes / per_block : 0;
 }
 
-int RunSingleRank(const Options& o, const sigset_t& stop_signals) {
+int RunSingleRank(const Options& o, StopSignals& stop_signals) {
   auto model = DeepseekModel::Load(o.model_dir, o.rt);
   if (!model.ok()) {
     Log(absl::StrCat("error: ", model.status().message()));
@@ -408,7 +468,7 @@ int RunSingleRank(const Options& o, const sigset_t& stop_signals) {
   return ServeRank0(o, **model, runner, n_blocks, stop_signals, nullptr);
 }
 
-int RunDistributed(const Options& o, const sigset_t& stop_signals) {
+int RunDistributed(const Options& o, StopSignals& stop_signals) {
   MpiSession mpi(nullptr, nullptr);
   const int rank = mpi.rank();
   auto say = [rank](const std::string& m) {
@@ -456,6 +516,20 @@ int RunDistributed(const Options& o, const sigset_t& stop_signals) {
     return 2;
   }
   PagedKvCache pool((*model)->config(), (*model)->n_local_layers(), o.block_size, n_blocks);
+  // The largest plan must fit one control-plane frame: per column, every running
+  // sequence's whole block table plus the step's tokens.
+  {
+    const int64_t table = std::min<int64_t>(n_blocks, ((*model)->max_context() + o.block_size - 1) / o.block_size);
+    const int64_t worst = 64 + static_cast<int64_t>(pc->ep) *
+                                   (o.max_num_seqs * (64 + 4 * table) + 4 * o.max_batched_tokens + 16) +
+                          8 * o.max_num_seqs * pc->ep;
+    if (worst > static_cast<int64_t>(serve::ControlOptions{}.max_payload)) {
+      say(absl::StrCat("a step plan could reach ", worst >> 20, " MiB, over the control plane's ",
+                       serve::ControlOptions{}.max_payload >> 20, " MiB frame limit: raise --block-size or lower "
+                       "--max-num-seqs or --max-context"));
+      return 2;
+    }
+  }
 
   // Control plane: rank 0 listens, everyone learns host:port and the secret over MPI.
   const bool one_node = pc->n_nodes == 1;
@@ -538,7 +612,7 @@ int RunServe(const std::vector<std::string>& args) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  const sigset_t stop_signals = BlockStopSignals();
+  StopSignals stop_signals;  // before MPI and every other thread
   if (!LaunchedUnderMpi()) {
     if (o->place.pp * o->place.ep > 1) {
       Log(absl::StrCat("error: --pp ", o->place.pp, " --ep ", o->place.ep, " needs ", o->place.pp * o->place.ep,

@@ -180,10 +180,25 @@ absl::Status ServingEngine::CompletePlans() {
       return absl::InternalError(absl::StrCat("column ", r.column, " sent results for plan ", r.plan_id,
                                               ", which is not in flight or already answered"));
     }
-    if (r.results.size() != it->plan.columns[r.column].size()) {
+    const std::vector<PlanChunk>& planned = it->plan.columns[r.column];
+    if (r.results.size() != planned.size()) {
       return absl::InternalError(absl::StrCat("column ", r.column, " sent ", r.results.size(),
                                               " results for plan ", r.plan_id, ", which gave it ",
-                                              it->plan.columns[r.column].size(), " chunks"));
+                                              planned.size(), " chunks"));
+    }
+    // A result must answer its chunk exactly: a token in the vocabulary iff the
+    // chunk samples, EOS only with a token. Anything else is a broken rank.
+    for (size_t i = 0; i < planned.size(); ++i) {
+      const ChunkResult& c = r.results[i];
+      const bool token_ok = planned[i].samples ? (c.token >= 0 && c.token < options_.vocab_size) : c.token == -1;
+      if (c.seq_id != planned[i].seq_id || c.n_tokens != planned[i].n_tokens() || !token_ok ||
+          (c.eos && c.token < 0)) {
+        return absl::InternalError(absl::StrCat("column ", r.column, " sent a result {sequence ", c.seq_id, ", ",
+                                                c.n_tokens, " tokens, token ", c.token, "} that does not answer "
+                                                "chunk ", i, " of plan ", r.plan_id, " {sequence ",
+                                                planned[i].seq_id, ", ", planned[i].n_tokens(), " tokens",
+                                                planned[i].samples ? ", sampling" : "", "}"));
+      }
     }
     it->columns[r.column] = std::move(r.results);
   }
@@ -258,8 +273,11 @@ absl::Status ServingEngine::ScheduleAndRun() {
   f.plan.columns.resize(wp.columns.size());
   for (size_t s = 0; s < wp.columns.size(); ++s) {
     for (const PlanChunk& ch : wp.columns[s]) {
-      PlanChunk light;
+      PlanChunk light;  // what CompletePlans checks the results against
       light.seq_id = ch.seq_id;
+      light.samples = ch.samples;
+      light.start_pos = ch.start_pos;
+      light.tokens.resize(ch.tokens.size());
       f.plan.columns[s].push_back(std::move(light));
     }
   }
@@ -333,6 +351,7 @@ absl::Status ServingEngine::Run(bool until_idle) {
         submitted_.clear();
         cancelled_.clear();
       }
+      if (failed_) return absl::UnavailableError(failure_);  // lost a rank while draining: not a clean exit
       if (draining_ && requests_.empty() && submitted_.empty() && in_flight_.empty()) {
         if (broadcast_shutdown_) broadcast_shutdown_();
         return absl::OkStatus();

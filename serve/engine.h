@@ -98,6 +98,7 @@ class ServingEngine : public Engine {
 
   EngineSnapshot Snapshot() const;
   bool failed() const { return failed_.load(); }
+  bool draining() const { return draining_.load(); }
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -33,8 +33,10 @@ enum class FinishReason {
   kError,    // drain timeout, a rank died, an internal error: see `error`
 };
 
-// Tokens produced since the last event. Called on the engine's thread: do not
-// block in it (post the work to your own executor).
+// Tokens produced since the last event. Called on one of the engine's threads
+// (its driver, or the control plane's io thread when a rank is lost), never
+// twice at once for one request: do not block in it (post the work to your own
+// executor).
 struct TokenEvent {
   std::vector<int32_t> tokens;
   bool finished = false;

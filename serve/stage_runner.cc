@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
@@ -30,8 +31,10 @@ absl::Status StageRunner::Validate(const WirePlan& plan) const {
   }
   const int64_t bs = pool_.block_size(), nb = pool_.n_blocks(), V = model_.config().vocab_size;
   for (const PlanChunk& ch : plan.columns[pc_.ep_rank]) {
-    const int64_t end = ch.start_pos + ch.n_tokens();
-    if (ch.n_tokens() < 1 || ch.start_pos < 0 || end > model_.max_context()) {
+    // start_pos is checked before the sum so a huge one cannot overflow past the check.
+    const bool in_range = ch.start_pos >= 0 && ch.start_pos < model_.max_context() && ch.n_tokens() >= 1;
+    const int64_t end = in_range ? ch.start_pos + ch.n_tokens() : -1;
+    if (!in_range || end > model_.max_context()) {
       return absl::InvalidArgumentError(absl::StrCat("plan ", plan.id, ": sequence ", ch.seq_id, " chunk [",
                                                      ch.start_pos, ", ", end, ") is outside [0, ",
                                                      model_.max_context(), ")"));
@@ -116,7 +119,8 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
     for (size_t i = 0; i < mine.size(); ++i) {
       offset += mine[i].n_tokens();
       if (!mine[i].samples) continue;
-      std::copy(x_.begin() + (offset - 1) * H, x_.begin() + offset * H, x_.begin() + which.size() * H);
+      // Rows move down or stay (which.size() <= offset - 1): memmove, as they may coincide.
+      std::memmove(x_.data() + which.size() * H, x_.data() + (offset - 1) * H, H * sizeof(float));
       which.push_back(i);
       sampling.push_back({chunks_[i].cache, 0, nullptr, 1});
     }

@@ -27,10 +27,14 @@
 // Policy, per DP slot, each step, within max_tokens_per_step tokens:
 //   1. Decodes: every running sequence with one token left, oldest admission
 //      first, 1 token each. If AppendSlots finds no block, the most recently
-//      admitted running sequence of the slot (possibly the decode itself) is
-//      preempted: its blocks are freed, it becomes waiting at the front of the
-//      slot's queue with n_computed = 0. Then the decode retries. The step never
-//      fails; a sequence older than every other running one is never preempted.
+//      admitted running sequence of the slot that has no chunk in flight
+//      (possibly the decode itself) is preempted: its blocks are freed, it
+//      becomes waiting at the front of the slot's queue with n_computed = 0.
+//      Then the decode retries. The step never fails. With one plan in flight
+//      at a time, a sequence older than every other running one is never
+//      preempted; with several, the oldest may preempt itself when every newer
+//      one is in flight (it is recomputed later; progress is kept because the
+//      in-flight ones finish or free blocks).
 //   2. Chunked prefills in progress, oldest first: min(rest of its context,
 //      prefill_chunk, remaining budget, what the free blocks hold) tokens. A
 //      prefill never preempts; if no block is free it waits a step.

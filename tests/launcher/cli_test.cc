@@ -102,6 +102,7 @@ TEST(Cli, BadInputIsAClearError) {
       {"serve" + m + " --host 203.0.113.7 --port 0", 1, "203.0.113.7"},
       {"serve --model /nonexistent/dir", 1, "/nonexistent/dir"},
       {"serve" + m + " --api-key=", 2, "--api-key"},
+      {"serve" + m + " --drain-timeout inf", 2, "--drain-timeout must be in [0, 86400]"},
       {"chat --url ftp://x", 2, "ftp://x"},
   };
   for (const Case& c : cases) {
