@@ -20,6 +20,8 @@ offline `deepshard generate` on one rank:
   silent server  SIGSTOP one worker (alive but silent): /health 503 within 5 s,
                  mpirun exits non-zero
   layouts        pp x ep = 1x2, 2x1, 1x3: concurrent greedy streams equal offline
+  tight          a KV pool far too small: preemption + recompute across ranks
+                 still gives offline's tokens, and frees every block
 """
 import argparse
 import http.client
@@ -62,7 +64,8 @@ class Server:
         self.log = open(self.log_path, "w")
         cmd = [ARGS.mpirun, "--oversubscribe", "--allow-run-as-root", "--mca", "pml", "ob1", "--bind-to", "none",
                "-np", str(pp * ep), ARGS.deepshard, "serve", "--model", ARGS.model, "--pp", str(pp), "--ep", str(ep),
-               "--port", str(self.port), "--kv-cache-memory", "32MiB"] + extra
+               "--port", str(self.port)] + (["--kv-cache-memory", "32MiB"] if "--kv-cache-memory" not in extra
+                                             else []) + extra
         env = dict(os.environ, OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
@@ -506,6 +509,38 @@ def test_layouts():
             srv.kill()
 
 
+def test_tight_pool():
+    """A KV pool far too small for the load: preemption and recompute across ranks
+    (pp 2, so plans are in flight on both stages) still give offline's tokens."""
+    rng = random.Random(5)
+    prompts = [[rng.randrange(129280) for _ in range(rng.randint(1, 40))] for _ in range(24)]
+    max_new = [rng.randint(8, 40) for _ in range(24)]
+    ref = offline(prompts, 40)
+    # 8 blocks of 16 tokens per DP slot (10 KiB each: 2 layers x 16 x 80 floats per rank).
+    srv = Server("tight", ["--block-size", "16", "--kv-cache-memory", "80KiB", "--max-num-seqs", "8"])
+    try:
+        results = [None] * len(prompts)
+
+        def one(i):
+            results[i] = stream_completion(srv, {"prompt": prompts[i], "max_tokens": max_new[i], "temperature": 0,
+                                                 "ignore_eos": True, "return_token_ids": True})
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        bad = [i for i in range(len(prompts)) if results[i][2] != ref[i][:max_new[i]]]
+        check(not bad, "tight pool: 24 concurrent streams equal offline" + (f"; wrong {bad[:6]}" if bad else ""))
+        time.sleep(0.3)
+        m = srv.metrics()
+        pre = m.get("deepshard_preemptions_total", 0)
+        check(pre > 0, f"tight pool: sequences were preempted and recomputed ({pre:.0f} preemptions)")
+        check(srv.kv_used() == 0, "tight pool: every block free afterwards")
+    finally:
+        srv.kill()
+
+
 def test_silent_worker():
     """A worker that stops heartbeating (SIGSTOP: alive, silent) is treated as dead."""
     srv = Server("silent", ["--heartbeat-timeout", "1.5", "--failure-linger", "2"])
@@ -541,7 +576,8 @@ def main():
     ARGS = p.parse_args()
     ARGS.name = os.path.basename(os.path.normpath(ARGS.model))
     for name, fn in [("main", test_main_server), ("strict", test_strict_server), ("kill", test_kill_worker),
-                     ("silent", test_silent_worker), ("layouts", test_layouts)]:
+                     ("silent", test_silent_worker), ("layouts", test_layouts),
+                     ("tight", test_tight_pool)]:
         if ARGS.only and name not in ARGS.only.split(","):
             continue
         print(f"== {name}", flush=True)
