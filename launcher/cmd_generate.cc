@@ -15,6 +15,7 @@
 #include "launcher/flags.h"
 #include "kernels/status_macros.h"
 #include "launcher/mpi_bootstrap.h"
+#include "launcher/rank_setup.h"
 #include "runtime/generate.h"
 #include "runtime/parallel/distributed_generate.h"
 #include "runtime/parallel/placement.h"
@@ -224,46 +225,18 @@ int RunDistributed(Options o) {
   auto say = [rank](const std::string& m) {
     if (rank == 0) std::fprintf(stderr, "deepshard generate: error: %s\n", m.c_str());
   };
-  auto pc = ParallelConfig::FromMpi(MPI_COMM_WORLD, o.place.pp, o.place.ep);
-  if (!pc.ok()) {
-    say(std::string(pc.status().message()));
-    return 2;
-  }
-  // Each rank reads the config and fingerprints the files it sees.
-  auto config = LoadModelConfig(o.model_dir);
-  auto fp = ModelFilesFingerprint(o.model_dir);
-  const bool local_ok = config.ok() && fp.ok();
-  if (!AgreeNoErrors("generate", local_ok ? "" : std::string((config.ok() ? fp.status() : config.status()).message()))) {
-    return 1;
-  }
-  std::vector<uint64_t> fps(mpi.size());
-  MPI_Allgather(&*fp, 1, MPI_UINT64_T, fps.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
-  for (int r = 1; r < mpi.size(); ++r) {
-    if (fps[r] != fps[0]) {
-      say(absl::StrCat("ranks see different model files at ", o.model_dir, ": rank ", r,
-                       "'s config.json or safetensors files differ from rank 0's (fingerprints ",
-                       absl::Hex(fps[r]), " vs ", absl::Hex(fps[0]), ")"));
-      return 1;
-    }
-  }
-  // Every rank tokenizes the same text the same way.
-  auto tok = ResolvePrompts(o);
-  if (!AgreeNoErrors("generate", tok.ok() ? "" : std::string(tok.status().message()))) return 1;
-  auto plan = MakePlacementPlan(*config, o.place);
-  if (!plan.ok()) {
-    say(std::string(plan.status().message()));
-    return 2;
-  }
-  const RankPlan& mine = plan->ranks[rank];
-  RuntimeConfig rt = o.rt;
-  if (rt.threads == 0 && std::getenv("OMP_NUM_THREADS") == nullptr) {
-    // Share the node's cores among its ranks: oversubscribed OpenMP threads
-    // spin against each other and against MPI's progress polling.
-    const int cores = static_cast<int>(std::thread::hardware_concurrency());
-    rt.threads = std::max(1, cores / std::max(1, pc->local_size));
-  }
-  auto model = DeepseekModel::Load(o.model_dir, rt, mine.load);
-  if (!AgreeNoErrors("generate", model.ok() ? "" : std::string(model.status().message()))) return 1;
+  // Every rank tokenizes the same text the same way (checked before the weights load).
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok;
+  int code = 0;
+  auto share = SetUpRankShare("generate", o.model_dir, o.place, o.rt, mpi, &code, [&] {
+    tok = ResolvePrompts(o);
+    return tok.ok() ? std::string() : std::string(tok.status().message());
+  });
+  if (!share) return code;
+  const ModelConfig* config = &share->config;
+  auto& model = share->model;
+  auto* pc = &share->pc;
+  auto* plan = &share->placement;
   // Bad prompts are the same on every rank: one message, a clean exit.
   std::string prompt_error;
   for (size_t i = 0; i < o.prompts.size() && prompt_error.empty(); ++i) {
@@ -275,20 +248,17 @@ int RunDistributed(Options o) {
       }
     }
     if (prompt_error.empty() &&
-        static_cast<int64_t>(o.prompts[i].size()) > (*model)->max_context() - o.gen.max_new_tokens) {
+        static_cast<int64_t>(o.prompts[i].size()) > model->max_context() - o.gen.max_new_tokens) {
       prompt_error = absl::StrCat("prompt ", i, " (", o.prompts[i].size(), " tokens) plus --max-new-tokens ",
-                                  o.gen.max_new_tokens, " exceeds the context limit of ", (*model)->max_context());
+                                  o.gen.max_new_tokens, " exceeds the context limit of ", model->max_context());
     }
   }
   if (!prompt_error.empty()) {
     say(prompt_error);
     return 2;
   }
-  auto world = MakeMpiCommunicator(MPI_COMM_WORLD);
-  auto stage = world->Split(pc->stage, pc->ep_rank);
-  if (!stage.ok()) mpi.Abort(std::string(stage.status().message()));
   auto t0 = std::chrono::steady_clock::now();
-  auto result = DistributedGenerate(**model, *pc, *world, **stage, plan->experts, o.prompts, o.gen);
+  auto result = DistributedGenerate(*model, *pc, *share->world, *share->stage, plan->experts, o.prompts, o.gen);
   if (!result.ok()) {
     // A failure mid-run cannot be agreed on (peers may be inside a collective):
     // end the whole job now rather than leave ranks hanging.

@@ -43,17 +43,16 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "comm/mpi_communicator.h"
 #include "comm/parallel_config.h"
 #include "kernels/status_macros.h"
 #include "launcher/commands.h"
 #include "launcher/flags.h"
 #include "launcher/mpi_bootstrap.h"
+#include "launcher/rank_setup.h"
 #include "runtime/engine/paged_kv_cache.h"
 #include "runtime/model/deepseek_model.h"
 #include "runtime/parallel/placement.h"
 #include "runtime/tokenizer/tokenizer.h"
-#include "runtime/weights/safetensors.h"
 #include "serve/control_plane.h"
 #include "serve/engine.h"
 #include "serve/engine_metrics.h"
@@ -474,39 +473,11 @@ int RunDistributed(const Options& o, StopSignals& stop_signals) {
   auto say = [rank](const std::string& m) {
     if (rank == 0) Log(absl::StrCat("error: ", m));
   };
-  auto pc = ParallelConfig::FromMpi(MPI_COMM_WORLD, o.place.pp, o.place.ep);
-  if (!pc.ok()) {
-    say(std::string(pc.status().message()));
-    return 2;
-  }
-  auto config = LoadModelConfig(o.model_dir);
-  auto fp = ModelFilesFingerprint(o.model_dir);
-  const bool local_ok = config.ok() && fp.ok();
-  if (!AgreeNoErrors("serve", local_ok ? "" : std::string((config.ok() ? fp.status() : config.status()).message()))) {
-    return 1;
-  }
-  std::vector<uint64_t> fps(mpi.size());
-  MPI_Allgather(&*fp, 1, MPI_UINT64_T, fps.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD);
-  for (int r = 1; r < mpi.size(); ++r) {
-    if (fps[r] != fps[0]) {
-      say(absl::StrCat("ranks see different model files at ", o.model_dir, ": rank ", r,
-                       "'s config.json, safetensors or tokenizer files differ from rank 0's"));
-      return 1;
-    }
-  }
-  auto placement = MakePlacementPlan(*config, o.place);
-  if (!placement.ok()) {
-    say(std::string(placement.status().message()));
-    return 2;
-  }
-  RuntimeConfig rt = o.rt;
-  if (rt.threads == 0 && std::getenv("OMP_NUM_THREADS") == nullptr) {
-    const int cores = static_cast<int>(std::thread::hardware_concurrency());
-    rt.threads = std::max(1, cores / std::max(1, pc->local_size));
-  }
-  auto model = DeepseekModel::Load(o.model_dir, rt, placement->ranks[rank].load);
-  if (!AgreeNoErrors("serve", model.ok() ? "" : std::string(model.status().message()))) return 1;
-
+  int code = 0;
+  auto share = SetUpRankShare("serve", o.model_dir, o.place, o.rt, mpi, &code);
+  if (!share) return code;
+  const ParallelConfig* pc = &share->pc;
+  auto* model = &share->model;
   // One block count for the whole job: the tightest rank decides.
   long long n_blocks = BlocksThatFit(o, **model);
   MPI_Allreduce(MPI_IN_PLACE, &n_blocks, 1, MPI_LONG_LONG, MPI_MIN, MPI_COMM_WORLD);
@@ -581,10 +552,7 @@ int RunDistributed(const Options& o, StopSignals& stop_signals) {
     if (absl::Status st = control->WaitForWorkers(30); !st.ok()) mpi.Abort(std::string(st.message()));
   }
 
-  auto world = MakeMpiCommunicator(MPI_COMM_WORLD);
-  auto stage = world->Split(pc->stage, pc->ep_rank);
-  if (!stage.ok()) mpi.Abort(std::string(stage.status().message()));
-  serve::StageRunner runner(**model, *pc, world.get(), stage->get(), &placement->experts, pool);
+  serve::StageRunner runner(**model, *pc, share->world.get(), share->stage.get(), &share->placement.experts, pool);
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) Log(absl::StrCat("control plane on ", address, ":", port, " (", mpi.size() - 1, " ranks connected)"));
   std::fprintf(stderr, "deepshard serve: rank %d (stage %d, column %d) ready, pid %d\n", rank, pc->stage, pc->ep_rank,

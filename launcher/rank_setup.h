@@ -1,0 +1,44 @@
+// One rank's share of a pp × ep job, set up collectively by `generate` and
+// `serve` under mpirun/srun. Every check is agreed on by all ranks, so a
+// mistake (a world that is not pp × ep, a layout the model cannot take, ranks
+// that see different model files, a missing file) gives one message from rank
+// 0 and the same exit code on every rank instead of a hang:
+//
+//   int code = 0;
+//   auto share = SetUpRankShare("serve", dir, place, rt, mpi, &code);
+//   if (!share) return code;       // 2: bad grid or layout, 1: files or loading
+//   ... share->model, share->pc, share->placement, share->world, share->stage ...
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "comm/communicator.h"
+#include "comm/parallel_config.h"
+#include "launcher/mpi_bootstrap.h"
+#include "runtime/config/model_config.h"
+#include "runtime/model/deepseek_model.h"
+#include "runtime/parallel/placement.h"
+
+namespace deepshard {
+
+struct RankShare {
+  ParallelConfig pc;
+  ModelConfig config;
+  PlacementPlan placement;
+  std::unique_ptr<DeepseekModel> model;  // this rank's layers and experts
+  std::unique_ptr<Communicator> world;   // every rank
+  std::unique_ptr<Communicator> stage;   // this rank's stage, ordered by ep_rank
+};
+
+// Collective over MPI_COMM_WORLD. `before_load` (optional) runs on every rank
+// after the file checks and before the weights load; a non-empty result is an
+// error, agreed on like the others (exit code 1). OpenMP threads default to the
+// node's cores divided by its ranks.
+std::optional<RankShare> SetUpRankShare(const std::string& command, const std::string& model_dir,
+                                        const PlacementOptions& place, RuntimeConfig rt, MpiSession& mpi,
+                                        int* exit_code, const std::function<std::string()>& before_load = {});
+
+}  // namespace deepshard
