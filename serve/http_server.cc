@@ -512,8 +512,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void QueueEvent(const std::string& payload) { QueueSse(SseEvent(payload)); }
 
-  // One SSE event ("data: ...\n\n"), as one HTTP chunk when chunked.
+  // One SSE event ("data: ...\n\n"), as one HTTP chunk when chunked. A client
+  // that stops reading while its generation goes on would make the queue grow
+  // without bound: past max_queued_bytes it is treated as gone (cancelled).
   void QueueSse(std::string event) {
+    queued_bytes_ += event.size();
+    if (queued_bytes_ > srv_.opts.max_queued_bytes) {
+      std::fprintf(stderr, "deepshard http: a client stopped reading (%zu bytes queued); cancelling its request\n",
+                   queued_bytes_);
+      return ClientGone();
+    }
     if (chunked_) {
       char size[32];
       std::snprintf(size, sizeof size, "%zx\r\n", event.size());
@@ -539,6 +547,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     current_.clear();
     for (std::string& s : out_) current_ += s;
     out_.clear();
+    queued_bytes_ = 0;  // what is being written is the socket's now
     net::async_write(stream_, net::buffer(current_), [self = shared_from_this()](beast::error_code ec, size_t) {
       self->writing_ = false;
       if (ec) return self->OnWriteError();
@@ -694,6 +703,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool chunked_ = false;
   bool stream_done_ = false;
   std::deque<std::string> out_;
+  size_t queued_bytes_ = 0;  // in out_
   std::string current_;
 
   // Socket state.

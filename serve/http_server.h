@@ -64,6 +64,7 @@ struct HttpServerOptions {
   std::string api_key;             // "" = no authentication
   size_t max_body_bytes = 1 << 20;      // larger bodies get 413
   size_t max_header_bytes = 16 << 10;   // larger request headers get 431
+  size_t max_queued_bytes = 16 << 20;   // a stream whose client stops reading is cancelled past this
   int threads = 2;                      // io_context threads
   std::string model_name = "deepseek";  // the id in /v1/models; requests may name it
   int64_t max_model_len = 0;            // 0: Engine::max_context()

@@ -488,6 +488,27 @@ TEST_F(HttpServerTest, ClientDisconnectCancelsPromptly) {
   EXPECT_EQ(metrics_.Value("deepshard_http_requests_total", {{"endpoint", "/v1/completions"}, {"status", "499"}}), 1);
 }
 
+TEST_F(HttpServerTest, AClientThatStopsReadingIsCancelled) {
+  // As fast as the engine can: the socket buffers fill, then the server's queue.
+  engine_.SetScript({std::vector<int32_t>(400000, 19923), FinishReason::kStop, "", std::chrono::milliseconds(0)});
+  engine_.SetMaxContext(1 << 20);
+  HttpServerOptions o;
+  o.max_queued_bytes = 256 << 10;
+  StartServer(o);
+  beast::tcp_stream s(ioc_);
+  s.socket().open(tcp::v4());
+  s.socket().set_option(net::socket_base::receive_buffer_size(4096));
+  s.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), static_cast<unsigned short>(server_->port())));
+  http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
+  req.set(http::field::host, "x");
+  req.body() = R"({"prompt":"a","stream":true,"max_tokens":400000})";
+  req.prepare_payload();
+  http::write(s, req);
+  // ... and never read the response.
+  ASSERT_TRUE(engine_.WaitForCancels(1, std::chrono::seconds(60)));
+  EXPECT_EQ(Request(http::verb::get, "/health").status, 200);  // everyone else is fine
+}
+
 TEST_F(HttpServerTest, MetricsEndpoint) {
   StartServer();
   ASSERT_EQ(Post("/v1/completions", R"({"prompt":"a"})").status, 200);
