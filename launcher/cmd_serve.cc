@@ -69,7 +69,7 @@ constexpr char kUsage[] =
     "         [--max-num-seqs 64] [--max-num-batched-tokens 512] [--prefill-chunk 512]\n"
     "         [--max-waiting 256] [--max-body-bytes 1048576] [--drain-timeout 30]\n"
     "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST]\n"
-    "         [--math exact|fast] [--threads N] [--max-context N]\n"
+    "         [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
     "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n"
     "\n"
     "  --kv-cache-memory  KV pool per rank (\"4GiB\", \"512MiB\", bytes); each DP slot gets the\n"
@@ -97,7 +97,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
                                 {"model", "host", "port", "api-key", "served-model-name", "kv-cache-memory",
                                  "block-size", "max-num-seqs", "max-num-batched-tokens", "prefill-chunk",
                                  "max-waiting", "max-body-bytes", "drain-timeout", "heartbeat-timeout",
-                                 "failure-linger", "control-host", "math", "threads", "max-context", "pp", "ep",
+                                 "failure-linger", "control-host", "math", "mla", "threads", "max-context", "pp", "ep",
                                  "layer-split", "expert-map"},
                                 {"help"}));
   *help = flags.Bool("help");
@@ -158,6 +158,16 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
     o.rt.math = MathMode::kFast;
   } else {
     return absl::InvalidArgumentError("--math must be exact or fast, got \"" + math + "\"");
+  }
+  const std::string mla = flags.String("mla", "auto");
+  if (mla == "auto") {
+    o.rt.mla_mode = MlaMode::kAuto;
+  } else if (mla == "naive") {
+    o.rt.mla_mode = MlaMode::kNaive;
+  } else if (mla == "absorbed") {
+    o.rt.mla_mode = MlaMode::kAbsorbed;
+  } else {
+    return absl::InvalidArgumentError("--mla must be auto, naive or absorbed, got \"" + mla + "\"");
   }
   if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   if (o.rt.max_context < 0) return absl::InvalidArgumentError("--max-context must be >= 0");

@@ -22,21 +22,25 @@
 namespace deepshard::serve {
 namespace {
 
-const std::string& ModelDir() {
-  static const std::string dir = [] {
-    // One directory per process: CTest runs the cases of this file side by side.
-    const std::string d = std::string(DS_BINARY_DIR) + "/tests/serve/engine_test_model_" + std::to_string(getpid());
-    std::filesystem::remove_all(d);
-    RandomModelOptions o;
-    o.preset = "tiny-v3";
-    o.seed = 11;
-    EXPECT_TRUE(WriteRandomModel(o, d).ok());
-    return d;
-  }();
+// A random model of `preset`, written once per process: CTest runs the cases
+// of this file side by side, so each process has its own directories.
+const std::string& ModelDir(const std::string& preset = "tiny-v3") {
+  static std::map<std::string, std::string> dirs;
   static const struct Remover {
-    ~Remover() { std::filesystem::remove_all(dir); }
+    ~Remover() {
+      for (const auto& [p, d] : dirs) std::filesystem::remove_all(d);
+    }
   } remover;
-  return dir;
+  auto it = dirs.find(preset);
+  if (it != dirs.end()) return it->second;
+  const std::string d =
+      std::string(DS_BINARY_DIR) + "/tests/serve/engine_test_" + preset + "_" + std::to_string(getpid());
+  std::filesystem::remove_all(d);
+  RandomModelOptions o;
+  o.preset = preset;
+  o.seed = 11;
+  EXPECT_TRUE(WriteRandomModel(o, d).ok());
+  return dirs.emplace(preset, d).first->second;
 }
 
 // What a sink saw for one request.
@@ -50,8 +54,11 @@ struct Record {
 class Harness {
  public:
   Harness(int64_t block_size, int64_t n_blocks, int64_t max_running = 8, int64_t budget = 64,
-          int64_t prefill_chunk = 16, int64_t max_waiting = 256) {
-    auto m = DeepseekModel::Load(ModelDir(), RuntimeConfig{});
+          int64_t prefill_chunk = 16, int64_t max_waiting = 256, MlaMode mla = MlaMode::kAuto,
+          const std::string& preset = "tiny-v3") {
+    RuntimeConfig rt;
+    rt.mla_mode = mla;
+    auto m = DeepseekModel::Load(ModelDir(preset), rt);
     EXPECT_TRUE(m.ok()) << m.status();
     model = *std::move(m);
     pool = std::make_unique<PagedKvCache>(model->config(), model->n_local_layers(), block_size, n_blocks);
@@ -147,10 +154,19 @@ std::vector<int32_t> Offline(DeepseekModel& m, const std::vector<int32_t>& promp
   return out.ok() ? *out : std::vector<int32_t>{};
 }
 
-TEST(ServingEngine, BatchedChunkedPreemptedServingMatchesOfflineGenerate) {
+struct ModelCase {
+  std::string preset;
+  MlaMode mla;
+};
+class ServingEngineModels : public ::testing::TestWithParam<ModelCase> {};
+
+// Every MLA form (kAuto mixes naive prefill chunks and absorbed decodes in one
+// step), V2-Lite (no q_lora) and the MHA model (DeepSeekMoE 16B).
+TEST_P(ServingEngineModels, BatchedChunkedPreemptedServingMatchesOfflineGenerate) {
   // 8-token blocks, 14 of them: 20 requests of up to 70 tokens cannot all fit,
   // so admission waits, prefills are chunked (16 tokens) and decodes preempt.
-  Harness h(/*block_size=*/8, /*n_blocks=*/14, /*max_running=*/6, /*budget=*/32, /*prefill_chunk=*/16);
+  Harness h(/*block_size=*/8, /*n_blocks=*/14, /*max_running=*/6, /*budget=*/32, /*prefill_chunk=*/16,
+            /*max_waiting=*/256, GetParam().mla, GetParam().preset);
   std::mt19937 rng(5);
   const int64_t V = h.model->config().vocab_size;
   std::vector<std::vector<int32_t>> prompts;
@@ -181,6 +197,19 @@ TEST(ServingEngine, BatchedChunkedPreemptedServingMatchesOfflineGenerate) {
   h.Stop();
   EXPECT_TRUE(h.run_status.ok()) << h.run_status;
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Models, ServingEngineModels,
+    ::testing::Values(ModelCase{"tiny-v3", MlaMode::kAuto}, ModelCase{"tiny-v3", MlaMode::kNaive},
+                      ModelCase{"tiny-v3", MlaMode::kAbsorbed}, ModelCase{"tiny-v2-lite", MlaMode::kAuto},
+                      ModelCase{"tiny-moe16b", MlaMode::kAuto}),
+    [](const ::testing::TestParamInfo<ModelCase>& i) {
+      std::string name = i.param.preset + (i.param.mla == MlaMode::kAuto    ? "_auto"
+                                           : i.param.mla == MlaMode::kNaive ? "_naive"
+                                                                            : "_absorbed");
+      for (char& c : name) c = c == '-' ? '_' : c;
+      return name;
+    });
 
 TEST(ServingEngine, SubmitRejectsBadRequestsWithTheirCodes) {
   Harness h(/*block_size=*/16, /*n_blocks=*/4, 8, 64, 16, /*max_waiting=*/2);
