@@ -67,7 +67,7 @@ constexpr char kUsage[] =
     "usage: deepshard serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]\n"
     "         [--served-model-name NAME] [--kv-cache-memory 1GiB] [--block-size 64]\n"
     "         [--max-num-seqs 64] [--max-num-batched-tokens 512] [--prefill-chunk 512]\n"
-    "         [--max-waiting 256] [--max-body-bytes 1048576] [--drain-timeout 30]\n"
+    "         [--max-waiting 256] [--micro-batches N] [--max-body-bytes 1048576] [--drain-timeout 30]\n"
     "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST]\n"
     "         [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
     "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n"
@@ -77,6 +77,8 @@ constexpr char kUsage[] =
     "  --max-num-seqs     running sequences per DP slot; --max-num-batched-tokens: tokens per\n"
     "                     step per DP slot; --prefill-chunk: prompt tokens of one sequence per step\n"
     "  --max-waiting      queued requests beyond which new ones get 429\n"
+    "  --micro-batches    plans in flight, each with 1/N of the running decodes (default: --pp;\n"
+    "                     1: one plan takes every decode, so pipeline stages take turns)\n"
     "  --drain-timeout    seconds running requests may take after SIGTERM\n";
 
 struct Options {
@@ -87,6 +89,7 @@ struct Options {
   int64_t kv_bytes = 1ll << 30;
   int64_t block_size = 64;
   int64_t max_num_seqs = 64, max_batched_tokens = 512, prefill_chunk = 512, max_waiting = 256;
+  int64_t micro_batches = 0;  // 0: pp
   double drain_timeout = 30, heartbeat_timeout = 3, failure_linger = 2;
   std::string control_host;
 };
@@ -96,7 +99,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
                    Flags::Parse(args,
                                 {"model", "host", "port", "api-key", "served-model-name", "kv-cache-memory",
                                  "block-size", "max-num-seqs", "max-num-batched-tokens", "prefill-chunk",
-                                 "max-waiting", "max-body-bytes", "drain-timeout", "heartbeat-timeout",
+                                 "max-waiting", "micro-batches", "max-body-bytes", "drain-timeout", "heartbeat-timeout",
                                  "failure-linger", "control-host", "math", "mla", "threads", "max-context", "pp", "ep",
                                  "layer-split", "expert-map"},
                                 {"help"}));
@@ -119,6 +122,10 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   ASSIGN_OR_RETURN(o.max_batched_tokens, flags.Int("max-num-batched-tokens", 512));
   ASSIGN_OR_RETURN(o.prefill_chunk, flags.Int("prefill-chunk", 512));
   ASSIGN_OR_RETURN(o.max_waiting, flags.Int("max-waiting", 256));
+  ASSIGN_OR_RETURN(o.micro_batches, flags.Int("micro-batches", 0));
+  if (o.micro_batches < 0 || o.micro_batches > 64) {
+    return absl::InvalidArgumentError(absl::StrCat("--micro-batches must be in [0, 64] (0: --pp), got ", o.micro_batches));
+  }
   ASSIGN_OR_RETURN(int64_t body, flags.Int("max-body-bytes", 1 << 20));
   ASSIGN_OR_RETURN(o.drain_timeout, flags.Double("drain-timeout", 30));
   ASSIGN_OR_RETURN(o.heartbeat_timeout, flags.Double("heartbeat-timeout", 3));
@@ -289,7 +296,8 @@ int ServeRank0(const Options& o, DeepseekModel& model, serve::StageRunner& runne
   eo.scheduler.max_tokens_per_step = o.max_batched_tokens;
   eo.scheduler.max_running_per_slot = o.max_num_seqs;
   eo.scheduler.prefill_chunk = o.prefill_chunk;
-  eo.depth = pc.pp;
+  eo.scheduler.micro_batches = o.micro_batches > 0 ? o.micro_batches : pc.pp;
+  eo.depth = std::max<int>(pc.pp, static_cast<int>(eo.scheduler.micro_batches));
   eo.max_waiting = o.max_waiting;
   eo.vocab_size = static_cast<int32_t>(model.config().vocab_size);
   eo.max_context = model.max_context();

@@ -20,6 +20,7 @@ Scheduler::Scheduler(const SchedulerConfig& config) : config_(config) {
   DS_CHECK(config.dp_slots >= 1 && config.blocks_per_slot >= 1 && config.block_size >= 1);
   DS_CHECK(config.max_tokens_per_step >= 1 && config.prefill_chunk >= 1);
   DS_CHECK(config.max_running_per_slot >= 1 && config.max_running_per_slot <= config.max_tokens_per_step);
+  DS_CHECK(config.micro_batches >= 1);
   slots_.reserve(config.dp_slots);
   for (int s = 0; s < config.dp_slots; ++s) slots_.emplace_back(config);
 }
@@ -128,11 +129,16 @@ void Scheduler::ScheduleSlot(int s, StepPlan& plan) {
     budget -= n;
   };
 
-  // 1. Decodes, oldest first; preempt the newest running sequence for a block.
+  // 1. Decodes, oldest first, at most a micro-batch's share; preempt the newest
+  //    running sequence for a block.
   const std::vector<int64_t> order = slot.running;
+  const int64_t share = (static_cast<int64_t>(order.size()) + config_.micro_batches - 1) / config_.micro_batches;
+  int64_t decodes = 0;
   for (int64_t id : order) {
+    if (decodes == share) break;
     Sequence& q = seqs_.at(id);
     if (q.state != SeqState::kRunning || q.remaining() != 1 || pending_.count(id)) continue;
+    ++decodes;
     while (!slot.blocks.CanAppend(q.table, 1)) {
       const int64_t victim = Victim(slot, id);
       Preempt(s, victim, plan);
@@ -145,7 +151,8 @@ void Scheduler::ScheduleSlot(int s, StepPlan& plan) {
   for (int64_t id : order) {
     if (budget == 0) break;
     Sequence& q = seqs_.at(id);
-    if (q.state != SeqState::kRunning || pending_.count(id)) continue;
+    // remaining() == 1 is a decode: step 1 planned it or left it for another micro-batch.
+    if (q.state != SeqState::kRunning || pending_.count(id) || q.remaining() == 1) continue;
     const int64_t n = Fit(slot, q, std::min({q.remaining(), config_.prefill_chunk, budget}));
     if (n > 0) add_chunk(q, n);
   }

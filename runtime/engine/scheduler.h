@@ -12,7 +12,10 @@
 // before OnStepDone; a sequence with a chunk in flight is left out of later
 // plans (its next token is not known yet) and is never a preemption victim
 // (its blocks are being written). OnStepDone completes the oldest plan in
-// flight: plans finish in the order they were made.
+// flight: plans finish in the order they were made. With micro_batches = pp,
+// a plan takes at most 1/pp of a slot's running sequences as decodes: left
+// alone, one plan would take every decode and the next would find them all in
+// flight, so the stages would take turns instead of overlapping.
 //
 // Token accounting. A sequence's context is its prompt followed by the tokens
 // generated so far (context_len = prompt_len + generated). n_computed of them
@@ -79,6 +82,10 @@ struct SchedulerConfig {
   int64_t max_tokens_per_step = 512;   // token budget per step per slot
   int64_t max_running_per_slot = 64;   // must be <= max_tokens_per_step
   int64_t prefill_chunk = 512;         // max tokens of one sequence per step
+  // Pipeline micro-batches (pp): a plan takes at most ceil(running / micro_batches)
+  // decodes of a slot, so that pp plans in flight each carry a share of the
+  // running sequences and the stages overlap instead of taking turns.
+  int64_t micro_batches = 1;
 };
 
 // One sequence's tokens in one step: positions [start_pos, start_pos + n_tokens).

@@ -286,11 +286,49 @@ TEST(Scheduler, RandomWorkloadDrains) {
   }
 }
 
+// With micro_batches = pp, decodes split into pp plans that overlap, instead
+// of one plan taking them all and the next finding them all in flight.
+TEST(Scheduler, MicroBatchesSplitTheDecodesAcrossPlansInFlight) {
+  const SchedulerConfig config{.dp_slots = 1, .blocks_per_slot = 64, .block_size = 8, .max_tokens_per_step = 64,
+                               .max_running_per_slot = 8, .prefill_chunk = 64, .micro_batches = 2};
+  Scheduler s(config);
+  for (int64_t id = 0; id < 6; ++id) ASSERT_TRUE(s.Add(id, 4, 10).ok());
+  StepPlan prefill = s.Schedule();  // all six prefills in one plan
+  ASSERT_EQ(prefill.slots[0].size(), 6u);
+  std::vector<StepResult> r;
+  for (const ScheduledChunk& ch : prefill.slots[0]) r.push_back({ch.seq_id, ch.n_tokens, false});
+  ASSERT_TRUE(s.OnStepDone(r).ok());
+  // Steady state: two plans in flight, three decodes each, never the same sequence.
+  for (int step = 0; step < 4; ++step) {
+    StepPlan a = s.Schedule();
+    StepPlan b = s.Schedule();
+    ASSERT_EQ(a.slots[0].size(), 3u) << step;
+    ASSERT_EQ(b.slots[0].size(), 3u) << step;
+    for (const ScheduledChunk& ch : b.slots[0]) EXPECT_EQ(Find(a, ch.seq_id), nullptr);
+    for (StepPlan* p : {&a, &b}) {
+      std::vector<StepResult> res;
+      for (const ScheduledChunk& ch : p->slots[0]) res.push_back({ch.seq_id, ch.n_tokens, false});
+      ASSERT_TRUE(s.OnStepDone(res).ok());
+    }
+  }
+  // Without micro-batches one plan takes every decode and the next is empty.
+  SchedulerConfig one = config;
+  one.micro_batches = 1;
+  Scheduler t(one);
+  for (int64_t id = 0; id < 6; ++id) ASSERT_TRUE(t.Add(id, 4, 10).ok());
+  StepPlan p0 = t.Schedule();
+  r.clear();
+  for (const ScheduledChunk& ch : p0.slots[0]) r.push_back({ch.seq_id, ch.n_tokens, false});
+  ASSERT_TRUE(t.OnStepDone(r).ok());
+  EXPECT_EQ(t.Schedule().slots[0].size(), 6u);
+  EXPECT_TRUE(t.Schedule().empty());
+}
+
 // Pipelining: up to kDepth plans in flight. A sequence is never in two plans
 // in flight, and the random workload still drains with every block free.
 TEST(Scheduler, PipelinedPlansNeverShareASequence) {
   const SchedulerConfig config{.dp_slots = 2, .blocks_per_slot = 24, .block_size = 8, .max_tokens_per_step = 64,
-                               .max_running_per_slot = 8, .prefill_chunk = 32};
+                               .max_running_per_slot = 8, .prefill_chunk = 32, .micro_batches = 3};
   constexpr size_t kDepth = 3;
   Scheduler s(config);
   std::mt19937 rng(99);
