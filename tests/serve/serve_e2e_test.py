@@ -52,36 +52,33 @@ def check(cond, what):
     return cond
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`mpirun -np 4 deepshard serve --pp 2 --ep 2 ...` in its own process group."""
 
     def __init__(self, name, extra, pp=2, ep=2):
-        self.port = free_port()
         self.log_path = os.path.join(ARGS.workdir, f"serve-{name}.log")
         self.log = open(self.log_path, "w")
+        # --port 0: the server picks a free port and logs it (no race with other processes).
         cmd = [ARGS.mpirun, "--oversubscribe", "--allow-run-as-root", "--mca", "pml", "ob1", "--bind-to", "none",
                "-np", str(pp * ep), ARGS.deepshard, "serve", "--model", ARGS.model, "--pp", str(pp), "--ep", str(ep),
-               "--port", str(self.port)] + (["--kv-cache-memory", "32MiB"] if "--kv-cache-memory" not in extra
-                                             else []) + extra
+               "--port", "0"] + (["--kv-cache-memory", "32MiB"] if "--kv-cache-memory" not in extra else []) + extra
         env = dict(os.environ, OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
-        self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 120
+        self.port = None
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.text_log()}")
-            try:
-                if self.get("/health")[0] == 200:
-                    return
-            except OSError:
-                pass
+            m = re.search(r"listening on http://[0-9.]+:(\d+)", self.text_log())
+            if m:
+                self.port = int(m.group(1))
+                self.base = f"http://127.0.0.1:{self.port}"
+                try:
+                    if self.get("/health")[0] == 200:
+                        return
+                except OSError:
+                    pass
             time.sleep(0.2)
         raise RuntimeError(f"server did not come up:\n{self.text_log()}")
 
