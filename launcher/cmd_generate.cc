@@ -47,9 +47,9 @@ struct Options {
 
 absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool* help) {
   ASSIGN_OR_RETURN(Flags flags, Flags::Parse(args,
-                                             {"model", "prompt-ids", "max-new-tokens", "temperature", "top-k",
-                                              "top-p", "seed", "math", "mla", "threads", "max-context", "pp", "ep",
-                                              "layer-split", "expert-map", "prompt", "chat", "system"},
+                                             WithModelRunFlags({"model", "prompt-ids", "max-new-tokens",
+                                                                "temperature", "top-k", "top-p", "seed", "prompt",
+                                                                "chat", "system"}),
                                              {"ignore-eos", "help", "print-ids"}));
   *help = flags.Bool("help");
   Options o;
@@ -79,47 +79,13 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   ASSIGN_OR_RETURN(o.gen.sampling.top_k, flags.Int("top-k", 0));
   ASSIGN_OR_RETURN(double top_p, flags.Double("top-p", 1.0));
   ASSIGN_OR_RETURN(int64_t seed, flags.Int("seed", 0));
-  ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 0));
-  ASSIGN_OR_RETURN(o.rt.max_context, flags.Int("max-context", 0));
-  ASSIGN_OR_RETURN(int64_t pp, flags.Int("pp", 1));
-  ASSIGN_OR_RETURN(int64_t ep, flags.Int("ep", 1));
   o.gen.sampling.temperature = static_cast<float>(temperature);
   o.gen.sampling.top_p = static_cast<float>(top_p);
   o.gen.sampling.seed = static_cast<uint64_t>(seed);
   o.gen.stop_at_eos = !flags.Bool("ignore-eos");
   RETURN_IF_ERROR(o.gen.sampling.Validate());
-  const std::string math = flags.String("math", "exact");
-  if (math == "exact") {
-    o.rt.math = MathMode::kExact;
-  } else if (math == "fast") {
-    o.rt.math = MathMode::kFast;
-  } else {
-    return absl::InvalidArgumentError("--math must be exact or fast, got \"" + math + "\"");
-  }
-  const std::string mla = flags.String("mla", "auto");
-  if (mla == "auto") {
-    o.rt.mla_mode = MlaMode::kAuto;
-  } else if (mla == "naive") {
-    o.rt.mla_mode = MlaMode::kNaive;
-  } else if (mla == "absorbed") {
-    o.rt.mla_mode = MlaMode::kAbsorbed;
-  } else {
-    return absl::InvalidArgumentError("--mla must be auto, naive or absorbed, got \"" + mla + "\"");
-  }
-  if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
   if (o.gen.max_new_tokens < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
-  if (o.rt.max_context < 0) return absl::InvalidArgumentError("--max-context must be >= 0");
-  if (pp < 1 || pp > 4096) return absl::InvalidArgumentError(absl::StrCat("--pp must be in [1, 4096], got ", pp));
-  if (ep < 1 || ep > 4096) return absl::InvalidArgumentError(absl::StrCat("--ep must be in [1, 4096], got ", ep));
-  o.rt.threads = static_cast<int>(threads);
-  o.place.pp = static_cast<int>(pp);
-  o.place.ep = static_cast<int>(ep);
-  if (flags.Has("layer-split")) {
-    ASSIGN_OR_RETURN(o.place.layer_split, ParseLayerSplit(flags.String("layer-split", "")));
-  }
-  if (flags.Has("expert-map")) {
-    ASSIGN_OR_RETURN(o.place.expert_owner, ParseExpertMap(flags.String("expert-map", "")));
-  }
+  RETURN_IF_ERROR(ParseModelRunFlags(flags, &o.rt, &o.place));
   return o;
 }
 

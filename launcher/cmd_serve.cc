@@ -97,11 +97,11 @@ struct Options {
 absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool* help) {
   ASSIGN_OR_RETURN(Flags flags,
                    Flags::Parse(args,
-                                {"model", "host", "port", "api-key", "served-model-name", "kv-cache-memory",
-                                 "block-size", "max-num-seqs", "max-num-batched-tokens", "prefill-chunk",
-                                 "max-waiting", "micro-batches", "max-body-bytes", "drain-timeout", "heartbeat-timeout",
-                                 "failure-linger", "control-host", "math", "mla", "threads", "max-context", "pp", "ep",
-                                 "layer-split", "expert-map"},
+                                WithModelRunFlags({"model", "host", "port", "api-key", "served-model-name",
+                                                   "kv-cache-memory", "block-size", "max-num-seqs",
+                                                   "max-num-batched-tokens", "prefill-chunk", "max-waiting",
+                                                   "micro-batches", "max-body-bytes", "drain-timeout",
+                                                   "heartbeat-timeout", "failure-linger", "control-host"}),
                                 {"help"}));
   *help = flags.Bool("help");
   Options o;
@@ -131,10 +131,6 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   ASSIGN_OR_RETURN(o.heartbeat_timeout, flags.Double("heartbeat-timeout", 3));
   ASSIGN_OR_RETURN(o.failure_linger, flags.Double("failure-linger", 2));
   o.control_host = flags.String("control-host", "");
-  ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 0));
-  ASSIGN_OR_RETURN(o.rt.max_context, flags.Int("max-context", 0));
-  ASSIGN_OR_RETURN(int64_t pp, flags.Int("pp", 1));
-  ASSIGN_OR_RETURN(int64_t ep, flags.Int("ep", 1));
   if (o.block_size < 1 || o.block_size > 4096) {
     return absl::InvalidArgumentError(absl::StrCat("--block-size must be in [1, 4096], got ", o.block_size));
   }
@@ -158,37 +154,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   if (!(o.failure_linger >= 0 && o.failure_linger <= 3600)) {
     return absl::InvalidArgumentError(absl::StrCat("--failure-linger must be in [0, 3600] seconds, got ", o.failure_linger));
   }
-  const std::string math = flags.String("math", "exact");
-  if (math == "exact") {
-    o.rt.math = MathMode::kExact;
-  } else if (math == "fast") {
-    o.rt.math = MathMode::kFast;
-  } else {
-    return absl::InvalidArgumentError("--math must be exact or fast, got \"" + math + "\"");
-  }
-  const std::string mla = flags.String("mla", "auto");
-  if (mla == "auto") {
-    o.rt.mla_mode = MlaMode::kAuto;
-  } else if (mla == "naive") {
-    o.rt.mla_mode = MlaMode::kNaive;
-  } else if (mla == "absorbed") {
-    o.rt.mla_mode = MlaMode::kAbsorbed;
-  } else {
-    return absl::InvalidArgumentError("--mla must be auto, naive or absorbed, got \"" + mla + "\"");
-  }
-  if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
-  if (o.rt.max_context < 0) return absl::InvalidArgumentError("--max-context must be >= 0");
-  if (pp < 1 || pp > 4096) return absl::InvalidArgumentError(absl::StrCat("--pp must be in [1, 4096], got ", pp));
-  if (ep < 1 || ep > 4096) return absl::InvalidArgumentError(absl::StrCat("--ep must be in [1, 4096], got ", ep));
-  o.rt.threads = static_cast<int>(threads);
-  o.place.pp = static_cast<int>(pp);
-  o.place.ep = static_cast<int>(ep);
-  if (flags.Has("layer-split")) {
-    ASSIGN_OR_RETURN(o.place.layer_split, ParseLayerSplit(flags.String("layer-split", "")));
-  }
-  if (flags.Has("expert-map")) {
-    ASSIGN_OR_RETURN(o.place.expert_owner, ParseExpertMap(flags.String("expert-map", "")));
-  }
+  RETURN_IF_ERROR(ParseModelRunFlags(flags, &o.rt, &o.place));
   return o;
 }
 

@@ -8,9 +8,60 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/mpi_communicator.h"
+#include "kernels/status_macros.h"
 #include "runtime/weights/safetensors.h"
 
 namespace deepshard {
+
+const std::set<std::string>& ModelRunFlags() {
+  static const std::set<std::string> flags = {"math", "mla", "threads", "max-context", "pp", "ep",
+                                              "layer-split", "expert-map"};
+  return flags;
+}
+
+std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags) {
+  command_flags.insert(ModelRunFlags().begin(), ModelRunFlags().end());
+  return command_flags;
+}
+
+absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place) {
+  ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 0));
+  ASSIGN_OR_RETURN(rt->max_context, flags.Int("max-context", 0));
+  ASSIGN_OR_RETURN(int64_t pp, flags.Int("pp", 1));
+  ASSIGN_OR_RETURN(int64_t ep, flags.Int("ep", 1));
+  const std::string math = flags.String("math", "exact");
+  if (math == "exact") {
+    rt->math = MathMode::kExact;
+  } else if (math == "fast") {
+    rt->math = MathMode::kFast;
+  } else {
+    return absl::InvalidArgumentError("--math must be exact or fast, got \"" + math + "\"");
+  }
+  const std::string mla = flags.String("mla", "auto");
+  if (mla == "auto") {
+    rt->mla_mode = MlaMode::kAuto;
+  } else if (mla == "naive") {
+    rt->mla_mode = MlaMode::kNaive;
+  } else if (mla == "absorbed") {
+    rt->mla_mode = MlaMode::kAbsorbed;
+  } else {
+    return absl::InvalidArgumentError("--mla must be auto, naive or absorbed, got \"" + mla + "\"");
+  }
+  if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  if (rt->max_context < 0) return absl::InvalidArgumentError("--max-context must be >= 0");
+  if (pp < 1 || pp > 4096) return absl::InvalidArgumentError(absl::StrCat("--pp must be in [1, 4096], got ", pp));
+  if (ep < 1 || ep > 4096) return absl::InvalidArgumentError(absl::StrCat("--ep must be in [1, 4096], got ", ep));
+  rt->threads = static_cast<int>(threads);
+  place->pp = static_cast<int>(pp);
+  place->ep = static_cast<int>(ep);
+  if (flags.Has("layer-split")) {
+    ASSIGN_OR_RETURN(place->layer_split, ParseLayerSplit(flags.String("layer-split", "")));
+  }
+  if (flags.Has("expert-map")) {
+    ASSIGN_OR_RETURN(place->expert_owner, ParseExpertMap(flags.String("expert-map", "")));
+  }
+  return absl::OkStatus();
+}
 
 std::optional<RankShare> SetUpRankShare(const std::string& command, const std::string& model_dir,
                                         const PlacementOptions& place, RuntimeConfig rt, MpiSession& mpi,

@@ -13,10 +13,12 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "comm/communicator.h"
 #include "comm/parallel_config.h"
+#include "launcher/flags.h"
 #include "launcher/mpi_bootstrap.h"
 #include "runtime/config/model_config.h"
 #include "runtime/model/deepseek_model.h"
@@ -32,6 +34,15 @@ struct RankShare {
   std::unique_ptr<Communicator> world;   // every rank
   std::unique_ptr<Communicator> stage;   // this rank's stage, ordered by ep_rank
 };
+
+// The value flags every model-running command (generate, serve) shares:
+// --math exact|fast, --mla auto|naive|absorbed, --threads, --max-context,
+// --pp, --ep, --layer-split, --expert-map.
+const std::set<std::string>& ModelRunFlags();
+// `command_flags` plus ModelRunFlags(), for Flags::Parse.
+std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags);
+// Reads those flags into `rt` and `place`; errors name the flag.
+absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place);
 
 // Collective over MPI_COMM_WORLD. `before_load` (optional) runs on every rank
 // after the file checks and before the weights load; a non-empty result is an

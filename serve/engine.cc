@@ -175,12 +175,12 @@ absl::Status ServingEngine::CompletePlans() {
   }
   for (ColumnResults& r : inbox) {
     auto it = std::find_if(in_flight_.begin(), in_flight_.end(),
-                           [&](const InFlight& f) { return f.plan.id == r.plan_id; });
+                           [&](const InFlight& f) { return f.id == r.plan_id; });
     if (it == in_flight_.end() || it->columns.count(r.column)) {
       return absl::InternalError(absl::StrCat("column ", r.column, " sent results for plan ", r.plan_id,
                                               ", which is not in flight or already answered"));
     }
-    const std::vector<PlanChunk>& planned = it->plan.columns[r.column];
+    const std::vector<PlannedChunk>& planned = it->planned[r.column];
     if (r.results.size() != planned.size()) {
       return absl::InternalError(absl::StrCat("column ", r.column, " sent ", r.results.size(),
                                               " results for plan ", r.plan_id, ", which gave it ",
@@ -191,12 +191,12 @@ absl::Status ServingEngine::CompletePlans() {
     for (size_t i = 0; i < planned.size(); ++i) {
       const ChunkResult& c = r.results[i];
       const bool token_ok = planned[i].samples ? (c.token >= 0 && c.token < options_.vocab_size) : c.token == -1;
-      if (c.seq_id != planned[i].seq_id || c.n_tokens != planned[i].n_tokens() || !token_ok ||
+      if (c.seq_id != planned[i].seq_id || c.n_tokens != planned[i].n_tokens || !token_ok ||
           (c.eos && c.token < 0)) {
         return absl::InternalError(absl::StrCat("column ", r.column, " sent a result {sequence ", c.seq_id, ", ",
                                                 c.n_tokens, " tokens, token ", c.token, "} that does not answer "
                                                 "chunk ", i, " of plan ", r.plan_id, " {sequence ",
-                                                planned[i].seq_id, ", ", planned[i].n_tokens(), " tokens",
+                                                planned[i].seq_id, ", ", planned[i].n_tokens, " tokens",
                                                 planned[i].samples ? ", sampling" : "", "}"));
       }
     }
@@ -269,17 +269,10 @@ absl::Status ServingEngine::ScheduleAndRun() {
   }
   if (broadcast_plan_) broadcast_plan_(EncodePlan(wp));
   InFlight f;
-  f.plan.id = wp.id;
-  f.plan.columns.resize(wp.columns.size());
+  f.id = wp.id;
+  f.planned.resize(wp.columns.size());
   for (size_t s = 0; s < wp.columns.size(); ++s) {
-    for (const PlanChunk& ch : wp.columns[s]) {
-      PlanChunk light;  // what CompletePlans checks the results against
-      light.seq_id = ch.seq_id;
-      light.samples = ch.samples;
-      light.start_pos = ch.start_pos;
-      light.tokens.resize(ch.tokens.size());
-      f.plan.columns[s].push_back(std::move(light));
-    }
+    for (const PlanChunk& ch : wp.columns[s]) f.planned[s].push_back({ch.seq_id, ch.n_tokens(), ch.samples});
   }
   in_flight_.push_back(std::move(f));
   InFlight& mine = in_flight_.back();

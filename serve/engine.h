@@ -110,8 +110,14 @@ class ServingEngine : public Engine {
     SamplingParams sampling;
     bool ignore_eos = false;
   };
+  // What CompletePlans checks a column's results against.
+  struct PlannedChunk {
+    int64_t seq_id = 0, n_tokens = 0;
+    bool samples = false;
+  };
   struct InFlight {
-    WirePlan plan;  // tokens and tables dropped after sending; chunk ids kept
+    int64_t id = 0;
+    std::vector<std::vector<PlannedChunk>> planned;   // [column] -> chunks, in plan order
     std::map<int, std::vector<ChunkResult>> columns;  // results so far
   };
 

@@ -111,8 +111,10 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
     transfer += Since(t0);
   } else if (!chunks_.empty()) {
     // Logits only for the chunks that sample (a mid-prompt chunk needs none).
-    std::vector<SequenceChunk> sampling;
-    std::vector<size_t> which;
+    std::vector<SequenceChunk>& sampling = sampling_chunks_;
+    std::vector<size_t>& which = sampling_index_;
+    sampling.clear();
+    which.clear();
     int64_t offset = 0;
     // Head reads the last token of each chunk from x: gather those rows first
     // so the sampled chunks are contiguous one-token chunks.

@@ -66,6 +66,8 @@ class StageRunner {
   std::unordered_map<int64_t, std::unique_ptr<KvCache>> views_;  // seq id -> paged view (re-pointed each step)
   std::unordered_map<int64_t, std::unique_ptr<Sampler>> samplers_;
   std::vector<SequenceChunk> chunks_;
+  std::vector<SequenceChunk> sampling_chunks_;  // last stage: one-token chunks of the sampling chunks
+  std::vector<size_t> sampling_index_;          // their indices in the column's chunks
   std::vector<float> x_, logits_;
   StepProfile profile_;
   double transfer_s_ = 0, other_s_ = 0;

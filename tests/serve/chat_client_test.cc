@@ -11,6 +11,7 @@
 #include "runtime/tokenizer/chat_template.h"
 #include "serve/http_server.h"
 #include "tests/serve/fake_engine.h"
+#include "tests/util/tokenizers.h"
 
 namespace deepshard::serve {
 namespace {
@@ -18,14 +19,7 @@ namespace {
 namespace json = boost::json;
 using testing::FakeEngine;
 
-const Tokenizer& V3() {
-  static const Tokenizer* tok = [] {
-    auto t = Tokenizer::FromDirectory(std::string(DS_SOURCE_DIR) + "/tests/data/tokenizers/deepseek-v3");
-    EXPECT_TRUE(t.ok()) << t.status();
-    return t->release();
-  }();
-  return *tok;
-}
+const Tokenizer& V3() { return testing_util::DeepseekV3Tokenizer(); }
 
 std::vector<int32_t> ChatPrompt(const json::array& messages) {
   auto rendered = ApplyChatTemplate(V3().chat_template(), messages, true, V3().bos_token(), V3().eos_token());

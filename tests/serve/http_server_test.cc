@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "runtime/tokenizer/chat_template.h"
 #include "tests/serve/fake_engine.h"
+#include "tests/util/tokenizers.h"
 
 namespace deepshard::serve {
 namespace {
@@ -28,14 +29,7 @@ using testing::FakeEngine;
 
 constexpr char kModel[] = "deepseek-v3";
 
-const Tokenizer& V3() {
-  static const Tokenizer* tok = [] {
-    auto t = Tokenizer::FromDirectory(std::string(DS_SOURCE_DIR) + "/tests/data/tokenizers/deepseek-v3");
-    EXPECT_TRUE(t.ok()) << t.status();
-    return t->release();
-  }();
-  return *tok;
-}
+const Tokenizer& V3() { return testing_util::DeepseekV3Tokenizer(); }
 
 int64_t I(const json::value& v) { return v.to_number<int64_t>(); }
 

@@ -8,6 +8,7 @@
 #include "boost/json.hpp"
 #include "gtest/gtest.h"
 #include "runtime/tokenizer/chat_template.h"
+#include "tests/util/tokenizers.h"
 
 namespace deepshard::serve {
 namespace {
@@ -16,14 +17,7 @@ namespace json = boost::json;
 
 constexpr char kModel[] = "deepseek-v3";
 
-const Tokenizer& V3() {
-  static const Tokenizer* tok = [] {
-    auto t = Tokenizer::FromDirectory(std::string(DS_SOURCE_DIR) + "/tests/data/tokenizers/deepseek-v3");
-    EXPECT_TRUE(t.ok()) << t.status();
-    return t->release();
-  }();
-  return *tok;
-}
+const Tokenizer& V3() { return testing_util::DeepseekV3Tokenizer(); }
 
 // The OpenAI `param` of a failed parse, checking it is a 400.
 std::string BadParam(const absl::StatusOr<ApiRequest>& r, int http = 400) {

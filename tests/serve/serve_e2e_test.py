@@ -251,6 +251,26 @@ def openai_checks(srv, prompts, ref):
               f"openai: stop string {stop!r} cuts the text before it")
 
 
+def concurrent_greedy_streams(srv, prompts, max_new, model=None):
+    """Streams every prompt at once (greedy, ignore_eos, token ids back); returns
+    stream_completion's tuple per prompt."""
+    results = [None] * len(prompts)
+
+    def one(i):
+        body = {"prompt": prompts[i], "max_tokens": max_new[i], "temperature": 0, "ignore_eos": True,
+                "return_token_ids": True}
+        if model:
+            body["model"] = model
+        results[i] = stream_completion(srv, body)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 # ---------------------------------------------------------------------------------------------
 def test_main_server():
     srv = Server("main", ["--drain-timeout", "60"])
@@ -302,18 +322,8 @@ def test_main_server():
               decode(offline_chat("Hello! Who are you?", 12)), "raw HTTP chat completion equals offline generate --chat")
 
         # 64 concurrent streaming requests of mixed lengths.
-        results = [None] * 64
-
-        def one(i):
-            results[i] = stream_completion(srv, {"model": ARGS.name, "prompt": prompts[i], "max_tokens": max_new[i],
-                                                 "temperature": 0, "ignore_eos": True, "return_token_ids": True})
-
         t0 = time.time()
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = concurrent_greedy_streams(srv, prompts, max_new, model=ARGS.name)
         dt = time.time() - t0
         bad = [i for i in range(64) if results[i][0] != 200 or results[i][2] != ref[i][:max_new[i]]
                or results[i][3] != "length"]
@@ -506,17 +516,7 @@ def test_layouts():
     for pp, ep in ((1, 2), (2, 1), (1, 3)):
         srv = Server(f"layout-{pp}x{ep}", [], pp=pp, ep=ep)
         try:
-            results = [None] * len(prompts)
-
-            def one(i):
-                results[i] = stream_completion(srv, {"prompt": prompts[i], "max_tokens": 20, "temperature": 0,
-                                                     "ignore_eos": True, "return_token_ids": True})
-
-            threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            results = concurrent_greedy_streams(srv, prompts, [20] * len(prompts))
             bad = [i for i in range(len(prompts)) if results[i][2] != ref[i]]
             check(not bad, f"pp {pp} x ep {ep}: 16 concurrent greedy streams equal offline" + (f"; wrong {bad}" if bad else ""))
             if (pp, ep) == (2, 1):
@@ -542,17 +542,7 @@ def test_tight_pool():
     # 8 blocks of 16 tokens per DP slot (10 KiB each: 2 layers x 16 x 80 floats per rank).
     srv = Server("tight", ["--block-size", "16", "--kv-cache-memory", "80KiB", "--max-num-seqs", "8"])
     try:
-        results = [None] * len(prompts)
-
-        def one(i):
-            results[i] = stream_completion(srv, {"prompt": prompts[i], "max_tokens": max_new[i], "temperature": 0,
-                                                 "ignore_eos": True, "return_token_ids": True})
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = concurrent_greedy_streams(srv, prompts, max_new)
         bad = [i for i in range(len(prompts)) if results[i][2] != ref[i][:max_new[i]]]
         check(not bad, "tight pool: 24 concurrent streams equal offline" + (f"; wrong {bad[:6]}" if bad else ""))
         time.sleep(0.3)

@@ -37,14 +37,19 @@ void CheckPlan(const Scheduler& s, const StepPlan& plan) {
   }
 }
 
+// Every chunk of `plan` reported as done, no EOS.
+std::vector<StepResult> AllDone(const StepPlan& plan) {
+  std::vector<StepResult> results;
+  for (const auto& chunks : plan.slots)
+    for (const ScheduledChunk& ch : chunks) results.push_back({ch.seq_id, ch.n_tokens, false});
+  return results;
+}
+
 // One step with no EOS: every planned chunk is reported as done.
 StepPlan Step(Scheduler& s) {
   StepPlan plan = s.Schedule();
   CheckPlan(s, plan);
-  std::vector<StepResult> results;
-  for (const auto& chunks : plan.slots)
-    for (const ScheduledChunk& ch : chunks) results.push_back({ch.seq_id, ch.n_tokens, false});
-  EXPECT_TRUE(s.OnStepDone(results).ok());
+  EXPECT_TRUE(s.OnStepDone(AllDone(plan)).ok());
   return plan;
 }
 
@@ -132,9 +137,7 @@ TEST(Scheduler, AdmissionStopsWhenBlocksRunOut) {
   EXPECT_EQ(st[0].waiting, 2);
   EXPECT_EQ(st[0].blocks_used, 9);
   EXPECT_EQ(st[0].blocks_free, 1);
-  std::vector<StepResult> results;
-  for (const ScheduledChunk& ch : plan.slots[0]) results.push_back({ch.seq_id, ch.n_tokens, false});
-  ASSERT_TRUE(s.OnStepDone(results).ok());
+  ASSERT_TRUE(s.OnStepDone(AllDone(plan)).ok());
   // Decodes of 0..2 need one more block each (context 13): one gets the free block,
   // the newest running sequences are preempted for the others.
   while (s.n_active() > 0) Step(s);
@@ -250,9 +253,7 @@ TEST(Scheduler, RandomWorkloadDrains) {
     StepPlan plan = s.Schedule();
     CheckPlan(s, plan);
     preemptions += static_cast<int>(plan.preempted.size());
-    std::vector<StepResult> results;
-    for (const auto& chunks : plan.slots)
-      for (const ScheduledChunk& ch : chunks) results.push_back({ch.seq_id, ch.n_tokens, false});
+    std::vector<StepResult> results = AllDone(plan);
     // Sometimes a client disconnects while its step runs.
     if (!results.empty() && std::uniform_int_distribution<int>(0, 99)(rng) < 2) {
       const int64_t id = results[std::uniform_int_distribution<size_t>(0, results.size() - 1)(rng)].seq_id;
@@ -295,9 +296,7 @@ TEST(Scheduler, MicroBatchesSplitTheDecodesAcrossPlansInFlight) {
   for (int64_t id = 0; id < 6; ++id) ASSERT_TRUE(s.Add(id, 4, 10).ok());
   StepPlan prefill = s.Schedule();  // all six prefills in one plan
   ASSERT_EQ(prefill.slots[0].size(), 6u);
-  std::vector<StepResult> r;
-  for (const ScheduledChunk& ch : prefill.slots[0]) r.push_back({ch.seq_id, ch.n_tokens, false});
-  ASSERT_TRUE(s.OnStepDone(r).ok());
+  ASSERT_TRUE(s.OnStepDone(AllDone(prefill)).ok());
   // Steady state: two plans in flight, three decodes each, never the same sequence.
   for (int step = 0; step < 4; ++step) {
     StepPlan a = s.Schedule();
@@ -305,21 +304,15 @@ TEST(Scheduler, MicroBatchesSplitTheDecodesAcrossPlansInFlight) {
     ASSERT_EQ(a.slots[0].size(), 3u) << step;
     ASSERT_EQ(b.slots[0].size(), 3u) << step;
     for (const ScheduledChunk& ch : b.slots[0]) EXPECT_EQ(Find(a, ch.seq_id), nullptr);
-    for (StepPlan* p : {&a, &b}) {
-      std::vector<StepResult> res;
-      for (const ScheduledChunk& ch : p->slots[0]) res.push_back({ch.seq_id, ch.n_tokens, false});
-      ASSERT_TRUE(s.OnStepDone(res).ok());
-    }
+    ASSERT_TRUE(s.OnStepDone(AllDone(a)).ok());
+    ASSERT_TRUE(s.OnStepDone(AllDone(b)).ok());
   }
   // Without micro-batches one plan takes every decode and the next is empty.
   SchedulerConfig one = config;
   one.micro_batches = 1;
   Scheduler t(one);
   for (int64_t id = 0; id < 6; ++id) ASSERT_TRUE(t.Add(id, 4, 10).ok());
-  StepPlan p0 = t.Schedule();
-  r.clear();
-  for (const ScheduledChunk& ch : p0.slots[0]) r.push_back({ch.seq_id, ch.n_tokens, false});
-  ASSERT_TRUE(t.OnStepDone(r).ok());
+  ASSERT_TRUE(t.OnStepDone(AllDone(t.Schedule())).ok());
   EXPECT_EQ(t.Schedule().slots[0].size(), 6u);
   EXPECT_TRUE(t.Schedule().empty());
 }
@@ -339,10 +332,7 @@ TEST(Scheduler, PipelinedPlansNeverShareASequence) {
   int added = 0, steps = 0, preemptions = 0;
   size_t max_depth = 0;
   auto complete_oldest = [&] {
-    std::vector<StepResult> results;
-    for (const auto& chunks : flight.front().slots)
-      for (const ScheduledChunk& ch : chunks) results.push_back({ch.seq_id, ch.n_tokens, false});
-    ASSERT_TRUE(s.OnStepDone(results).ok());
+    ASSERT_TRUE(s.OnStepDone(AllDone(flight.front())).ok());
     flight.pop_front();
   };
   while ((added < kRequests || s.n_active() > 0) && steps < 200000) {
