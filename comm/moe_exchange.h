@@ -32,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "comm/communicator.h"
+#include "comm/expert_exchange.h"
 #include "comm/shared_memory.h"
 
 namespace deepshard {
@@ -51,7 +52,7 @@ struct ExpertPlacement {
   static ExpertPlacement FromOwners(std::vector<int> owner, int n_ranks);
 };
 
-class MoeExchange {
+class MoeExchange final : public ExpertExchange {
  public:
   MoeExchange(Communicator& comm, ExpertPlacement placement, int64_t hidden);
 
@@ -61,21 +62,21 @@ class MoeExchange {
   // exchange carries an error flag, so no rank is left waiting in the payload
   // exchange. A placement that does not fit the communicator fails before any
   // communication (the placement must be the same on every rank).
-  absl::Status Dispatch(const float* x, int64_t T, const int32_t* ids, int64_t k);
+  absl::Status Dispatch(const float* x, int64_t T, const int32_t* ids, int64_t k) override;
 
   // Rows this rank received, grouped by local expert (within an expert: by source
   // rank, then by the source's slot order). Valid until the next Dispatch.
-  const float* received() const;
+  const float* received() const override;
   int64_t n_received() const;
   // [n_local + 1] prefix offsets into received() per local expert.
-  std::span<const int64_t> local_expert_offsets() const;
+  std::span<const int64_t> local_expert_offsets() const override;
   // [n_received, hidden]: the caller writes each received row's expert output here.
-  float* expert_output();
+  float* expert_output() override;
 
   // Collective. out: [T * k, hidden], row s = the expert output for slot s.
   // Must follow a successful Dispatch (once per Dispatch). A null `out` with
   // slots to fill still takes part in the exchange, then returns an error.
-  absl::Status Combine(float* out);
+  absl::Status Combine(float* out) override;
 
   const ExpertPlacement& placement() const;
   int64_t hidden() const;

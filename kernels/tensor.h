@@ -56,4 +56,11 @@ inline float VectorView::At(int64_t i) const {
   return f;
 }
 
+// SwiGLU MLP: down(silu(gate(x)) * up(x)). Dense layers, routed and shared experts.
+struct MlpWeights {
+  WeightView gate_proj;  // [inter, hidden]
+  WeightView up_proj;    // [inter, hidden]
+  WeightView down_proj;  // [hidden, inter]
+};
+
 }  // namespace deepshard

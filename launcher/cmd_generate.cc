@@ -1,5 +1,7 @@
-// deepshard generate: load a model and continue prompts of token ids, on one
-// rank, or across pp × ep MPI ranks when started by mpirun/srun.
+// deepshard generate: continue prompts on one rank, or across pp × ep MPI ranks
+// when started by mpirun/srun. Either way it is a client of the serving engine
+// (serve/offline.h): every prompt is submitted, the job runs until idle, and
+// rank 0 prints the results in prompt order.
 #include <chrono>
 #include <algorithm>
 #include <cstdio>
@@ -16,9 +18,9 @@
 #include "kernels/status_macros.h"
 #include "launcher/mpi_bootstrap.h"
 #include "launcher/rank_setup.h"
-#include "runtime/generate.h"
-#include "runtime/parallel/distributed_generate.h"
 #include "runtime/parallel/placement.h"
+#include "serve/job.h"
+#include "serve/offline.h"
 #include "runtime/tokenizer/chat_template.h"
 #include "runtime/tokenizer/streaming_detokenizer.h"
 #include "runtime/tokenizer/tokenizer.h"
@@ -31,9 +33,19 @@ constexpr char kUsage[] =
     "usage: deepshard generate --model DIR (--prompt \"text\" | --chat \"message\" [--system \"...\"]\n"
     "                                      | --prompt-ids 0,5,17[;3,4,...]) [--max-new-tokens N]\n"
     "         [--temperature T] [--top-k K] [--top-p P] [--seed S] [--ignore-eos]\n"
-    "         [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
-    "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n"
     "         [--print-ids]   print token ids even for text prompts\n";
+
+void PrintUsage(FILE* f) {
+  std::fputs(kUsage, f);
+  std::fputs(kModelRunUsage, f);
+}
+
+// What to generate for every prompt (prompt i is sampled with seed + i).
+struct GenerateOptions {
+  int64_t max_new_tokens = 16;
+  SamplingParams sampling;
+  bool stop_at_eos = true;
+};
 
 struct Options {
   std::string model_dir;
@@ -43,6 +55,7 @@ struct Options {
   GenerateOptions gen;
   RuntimeConfig rt;
   PlacementOptions place;
+  serve::JobOptions job;
 };
 
 absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool* help) {
@@ -85,7 +98,10 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   o.gen.stop_at_eos = !flags.Bool("ignore-eos");
   RETURN_IF_ERROR(o.gen.sampling.Validate());
   if (o.gen.max_new_tokens < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
-  RETURN_IF_ERROR(ParseModelRunFlags(flags, &o.rt, &o.place));
+  RETURN_IF_ERROR(ParseModelRunFlags(flags, &o.rt, &o.place, &o.job));
+  o.job.command = "generate";
+  o.job.failure_linger = 0;
+  o.job.announce = false;  // no clients to tell: a failure ends the job at once
   return o;
 }
 
@@ -119,78 +135,128 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> ResolvePrompts(Options& o) {
   return tok;
 }
 
-void PrintTokens(const std::vector<int32_t>& t) {
-  std::printf("%s\n", absl::StrJoin(t, ",").c_str());
-  std::fflush(stdout);
-}
+void Log(const std::string& m) { serve::Log("generate", m); }
 
-// One rank, no MPI: prompts one after another, streaming each token.
-int RunSingle(Options o) {
-  auto tok = ResolvePrompts(o);
-  if (!tok.ok()) {
-    std::fprintf(stderr, "deepshard generate: error: %s\n", std::string(tok.status().message()).c_str());
-    return tok.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-  }
-  auto t0 = std::chrono::steady_clock::now();
-  auto model = DeepseekModel::Load(o.model_dir, o.rt);
-  if (!model.ok()) {
-    std::fprintf(stderr, "deepshard generate: error: %s\n", std::string(model.status().message()).c_str());
-    return 1;
-  }
-  auto t1 = std::chrono::steady_clock::now();
-  // Check every prompt before generating anything.
-  const int64_t V = (*model)->config().vocab_size;
+// Checks that every rank can make alike (the same prompts everywhere): one
+// message, from the caller's rank 0.
+std::string CheckPrompts(const Options& o, const DeepseekModel& model) {
+  const int64_t V = model.config().vocab_size;
   for (size_t i = 0; i < o.prompts.size(); ++i) {
     for (int32_t t : o.prompts[i]) {
       if (t < 0 || t >= V) {
-        std::fprintf(stderr, "deepshard generate: error: --prompt-ids: prompt %zu has token id %d, outside the "
-                     "vocabulary [0, %ld)\n", i, t, V);
-        return 2;
+        return absl::StrCat("--prompt-ids: prompt ", i, " has token id ", t, ", outside the vocabulary [0, ", V, ")");
       }
     }
+    if (static_cast<int64_t>(o.prompts[i].size()) > model.max_context() - o.gen.max_new_tokens) {
+      return absl::StrCat("prompt ", i, " (", o.prompts[i].size(), " tokens) plus --max-new-tokens ",
+                          o.gen.max_new_tokens, " exceeds the context limit of ", model.max_context());
+    }
   }
-  size_t n_new = 0, n_prompt = 0;
-  for (size_t i = 0; i < o.prompts.size(); ++i) {
-    GenerateOptions g = o.gen;
-    g.sampling.seed += i;  // prompt i uses seed + i, as on many ranks
-    bool first = true;
-    std::unique_ptr<StreamingDetokenizer> stream;
-    if (o.text_output && *tok) stream = std::make_unique<StreamingDetokenizer>(**tok, /*skip_special_tokens=*/true);
-    g.on_token = [&](int32_t t) {
+  return "";
+}
+
+// Rank 0: every prompt through the engine; prints one line per prompt, in
+// order, each as soon as it and those before it are done (a single prompt
+// streams token by token). Returns the exit code.
+int GenerateOnRoot(const Options& o, serve::Job& job, const Tokenizer* tok) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const size_t n = o.prompts.size();
+  std::vector<serve::GenerationRequest> requests(n);
+  for (size_t i = 0; i < n; ++i) {
+    requests[i].prompt = o.prompts[i];
+    requests[i].max_tokens = o.gen.max_new_tokens;
+    requests[i].sampling = o.gen.sampling;
+    requests[i].sampling.seed += i;  // prompt i uses seed + i
+    requests[i].ignore_eos = !o.gen.stop_at_eos;
+  }
+  const bool text = o.text_output && tok != nullptr;
+  std::unique_ptr<StreamingDetokenizer> stream;
+  if (text && n == 1) stream = std::make_unique<StreamingDetokenizer>(*tok, /*skip_special_tokens=*/true);
+  size_t streamed = 0;
+  std::function<void(size_t, int32_t)> on_token;
+  if (n == 1) {
+    on_token = [&](size_t, int32_t t) {
       if (stream) {
         std::fputs(stream->Add(t).c_str(), stdout);
       } else {
-        std::printf(first ? "%d" : ",%d", t);
+        std::printf(streamed == 0 ? "%d" : ",%d", t);
       }
+      ++streamed;
       std::fflush(stdout);
-      first = false;
     };
-    auto out = Generate(**model, o.prompts[i], g);
-    if (stream) std::fputs(stream->Flush().c_str(), stdout);
-    std::printf("\n");
-    std::fflush(stdout);  // the ids line ends before any message on stderr
-    if (!out.ok()) {
-      std::fprintf(stderr, "deepshard generate: error: %s\n", std::string(out.status().message()).c_str());
-      if (out.status().code() == absl::StatusCode::kInvalidArgument) std::fputs(kUsage, stderr);
-      return out.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-    }
-    n_new += out->size();
-    n_prompt += o.prompts[i].size();
   }
-  const double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-  std::fprintf(stderr, "deepshard generate: %zu prompt + %zu new tokens in %.3f s (load %.3f s)\n", n_prompt, n_new,
-               gen_s, std::chrono::duration<double>(t1 - t0).count());
+  absl::StatusOr<std::vector<serve::OfflineResult>> results;
+  if (o.gen.max_new_tokens == 0) {
+    results = std::vector<serve::OfflineResult>(n);  // nothing to generate: empty lines
+  } else {
+    results = serve::RunOffline(job.engine(), std::move(requests), on_token);
+  }
+  if (stream) std::fputs(stream->Flush().c_str(), stdout);
+  if (n == 1 && results.ok()) std::printf("\n");
+  std::fflush(stdout);  // the output ends before any message on stderr
+  if (!results.ok()) {
+    Log(absl::StrCat("error: ", results.status().message()));
+    return results.status().code() == absl::StatusCode::kInvalidArgument ||
+                   results.status().code() == absl::StatusCode::kOutOfRange
+               ? 2
+               : 1;
+  }
+  size_t n_new = 0, n_prompt = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const std::vector<int32_t>& t = (*results)[i].tokens;
+    n_new += t.size();
+    n_prompt += o.prompts[i].size();
+    if (n == 1) continue;  // streamed
+    if (text) {
+      std::printf("%s\n", tok->Decode(t, /*skip_special_tokens=*/true).c_str());
+    } else {
+      std::printf("%s\n", absl::StrJoin(t, ",").c_str());
+    }
+  }
+  std::fflush(stdout);
+  const ParallelConfig& pc = job.parallel();
+  std::fprintf(stderr, "deepshard generate: %zu prompts (%zu tokens), %zu new tokens in %.3f s on %d %s (pp %d x ep %d)\n",
+               n, n_prompt, n_new, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+               pc.world, pc.world == 1 ? "rank" : "ranks", pc.pp, pc.ep);
   return 0;
+}
+
+// Runs the job on this rank's share; returns the exit code.
+int Generate(Options& o, RankShare& share, const Tokenizer* tok) {
+  // Queue every prompt: offline, a full queue is not a reason to refuse one.
+  o.job.max_waiting = std::max<int64_t>(o.job.max_waiting, static_cast<int64_t>(o.prompts.size()) + 1);
+  int code = 0;
+  auto job = serve::Job::Start(JobResources(share, "generate"), o.job, &code);
+  if (!job) return code;
+  if (!job->is_root()) return job->RunWorker(nullptr);
+  code = GenerateOnRoot(o, *job, tok);
+  job->Shutdown();
+  return code;
+}
+
+// One rank, no MPI.
+int RunSingle(Options o) {
+  auto tok = ResolvePrompts(o);
+  if (!tok.ok()) {
+    Log(absl::StrCat("error: ", tok.status().message()));
+    return tok.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  auto share = SetUpSingleRank(o.model_dir, o.rt);
+  if (!share.ok()) {
+    Log(absl::StrCat("error: ", share.status().message()));
+    return 1;
+  }
+  if (std::string e = CheckPrompts(o, *share->model); !e.empty()) {
+    Log(absl::StrCat("error: ", e));
+    return 2;
+  }
+  return Generate(o, *share, tok->get());
 }
 
 // pp × ep ranks under mpirun. Checks that every rank can agree on are made
 // collectively: rank 0 prints one message and every rank returns non-zero.
 int RunDistributed(Options o) {
   MpiSession mpi(nullptr, nullptr);
-  const int rank = mpi.rank();
-  auto say = [rank](const std::string& m) {
-    if (rank == 0) std::fprintf(stderr, "deepshard generate: error: %s\n", m.c_str());
-  };
   // Every rank tokenizes the same text the same way (checked before the weights load).
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok;
   int code = 0;
@@ -199,52 +265,12 @@ int RunDistributed(Options o) {
     return tok.ok() ? std::string() : std::string(tok.status().message());
   });
   if (!share) return code;
-  const ModelConfig* config = &share->config;
-  auto& model = share->model;
-  auto* pc = &share->pc;
-  auto* plan = &share->placement;
   // Bad prompts are the same on every rank: one message, a clean exit.
-  std::string prompt_error;
-  for (size_t i = 0; i < o.prompts.size() && prompt_error.empty(); ++i) {
-    for (int32_t t : o.prompts[i]) {
-      if (t < 0 || t >= config->vocab_size) {
-        prompt_error = absl::StrCat("--prompt-ids: prompt ", i, " has token id ", t, ", outside the vocabulary [0, ",
-                                    config->vocab_size, ")");
-        break;
-      }
-    }
-    if (prompt_error.empty() &&
-        static_cast<int64_t>(o.prompts[i].size()) > model->max_context() - o.gen.max_new_tokens) {
-      prompt_error = absl::StrCat("prompt ", i, " (", o.prompts[i].size(), " tokens) plus --max-new-tokens ",
-                                  o.gen.max_new_tokens, " exceeds the context limit of ", model->max_context());
-    }
-  }
-  if (!prompt_error.empty()) {
-    say(prompt_error);
+  if (std::string e = CheckPrompts(o, *share->model); !e.empty()) {
+    if (mpi.rank() == 0) Log(absl::StrCat("error: ", e));
     return 2;
   }
-  auto t0 = std::chrono::steady_clock::now();
-  auto result = DistributedGenerate(*model, *pc, *share->world, *share->stage, plan->experts, o.prompts, o.gen);
-  if (!result.ok()) {
-    // A failure mid-run cannot be agreed on (peers may be inside a collective):
-    // end the whole job now rather than leave ranks hanging.
-    mpi.Abort(absl::StrCat("generate failed: ", result.status().message()));
-  }
-  if (rank == 0) {
-    for (const auto& t : result->tokens) {
-      if (o.text_output && *tok) {
-        std::printf("%s\n", (*tok)->Decode(t, /*skip_special_tokens=*/true).c_str());
-      } else {
-        PrintTokens(t);
-      }
-    }
-    size_t n = 0;
-    for (const auto& t : result->tokens) n += t.size();
-    std::fprintf(stderr, "deepshard generate: %zu prompts, %zu new tokens in %.3f s on %d ranks (pp %d x ep %d)\n",
-                 o.prompts.size(), n, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-                 mpi.size(), pc->pp, pc->ep);
-  }
-  return 0;
+  return Generate(o, *share, tok->get());
 }
 
 }  // namespace
@@ -252,17 +278,15 @@ int RunDistributed(Options o) {
 int RunGenerate(const std::vector<std::string>& args) {
   bool help = false;
   auto o = ParseOptions(args, &help);
-  const bool root = !LaunchedUnderMpi() || std::getenv("OMPI_COMM_WORLD_RANK") == nullptr ||
-                    std::string(std::getenv("OMPI_COMM_WORLD_RANK")) == "0";
   if (!o.ok()) {
-    if (root) {
-      std::fprintf(stderr, "deepshard generate: error: %s\n", std::string(o.status().message()).c_str());
-      std::fputs(kUsage, stderr);
+    if (IsRootProcess()) {
+      Log(absl::StrCat("error: ", o.status().message()));
+      PrintUsage(stderr);
     }
     return 2;
   }
   if (help) {
-    std::fputs(kUsage, stdout);
+    PrintUsage(stdout);
     return 0;
   }
   if (!LaunchedUnderMpi()) {

@@ -18,6 +18,16 @@ bool LaunchedUnderMpi() {
   return false;
 }
 
+int LauncherRank() {
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"}) {
+    const char* s = std::getenv(v);
+    if (s != nullptr && *s != '\0') return std::atoi(s);
+  }
+  return -1;
+}
+
+bool IsRootProcess() { return !LaunchedUnderMpi() || LauncherRank() <= 0; }
+
 MpiSession::MpiSession(int* argc, char*** argv) {
   int provided = 0;
   // OpenMP threads compute inside a rank; only the main thread calls MPI.

@@ -12,6 +12,15 @@ namespace deepshard {
 // Without one, deepshard runs as a single rank and never touches MPI.
 bool LaunchedUnderMpi();
 
+// This process's rank as its launcher announced it, before MPI starts:
+// OMPI_COMM_WORLD_RANK (Open MPI's mpirun), PMIX_RANK (srun --mpi=pmix, PRRTE),
+// PMI_RANK (MPICH's Hydra, srun --mpi=pmi2) or SLURM_PROCID (any srun); -1 when
+// none is set.
+int LauncherRank();
+// True on the process that should print a usage error: the only one, or the
+// launcher's rank 0 (one message for the whole job).
+bool IsRootProcess();
+
 class MpiSession {
  public:
   MpiSession(int* argc, char*** argv);

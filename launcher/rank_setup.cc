@@ -9,13 +9,17 @@
 #include "absl/strings/str_cat.h"
 #include "comm/mpi_communicator.h"
 #include "kernels/status_macros.h"
+#include "runtime/batching/paged_kv_cache.h"
 #include "runtime/weights/safetensors.h"
 
 namespace deepshard {
 
 const std::set<std::string>& ModelRunFlags() {
-  static const std::set<std::string> flags = {"math", "mla", "threads", "max-context", "pp", "ep",
-                                              "layer-split", "expert-map"};
+  static const std::set<std::string> flags = {
+      "device",         "math",          "mla",          "threads",        "max-context",
+      "kv-cache-dtype", "pp",            "ep",           "layer-split",    "expert-map",
+      "kv-cache-memory", "block-size",   "max-num-seqs", "max-num-batched-tokens",
+      "prefill-chunk",  "micro-batches"};
   return flags;
 }
 
@@ -24,7 +28,39 @@ std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags) {
   return command_flags;
 }
 
-absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place) {
+const char kModelRunUsage[] =
+    "         [--device cpu] [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
+    "         [--kv-cache-memory 1GiB] [--kv-cache-dtype f32|bf16] [--block-size 64] [--max-num-seqs 64]\n"
+    "         [--max-num-batched-tokens 512] [--prefill-chunk 512] [--micro-batches N]\n"
+    "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n";
+
+absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place,
+                                serve::JobOptions* job) {
+  rt->device = flags.String("device", "cpu");
+  if (rt->device != "cpu") {
+    return absl::InvalidArgumentError(absl::StrCat("--device ", rt->device, " is not available in this build "
+                                                   "(devices: cpu)"));
+  }
+  ASSIGN_OR_RETURN(rt->kv_dtype, ParseKvCacheDType(flags.String("kv-cache-dtype", "f32")));
+  ASSIGN_OR_RETURN(job->kv_bytes, ParseByteSize(flags.String("kv-cache-memory", "1GiB")));
+  ASSIGN_OR_RETURN(job->block_size, flags.Int("block-size", 64));
+  ASSIGN_OR_RETURN(job->max_num_seqs, flags.Int("max-num-seqs", 64));
+  ASSIGN_OR_RETURN(job->max_batched_tokens, flags.Int("max-num-batched-tokens", 512));
+  ASSIGN_OR_RETURN(job->prefill_chunk, flags.Int("prefill-chunk", 512));
+  ASSIGN_OR_RETURN(job->micro_batches, flags.Int("micro-batches", 0));
+  if (job->micro_batches < 0 || job->micro_batches > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--micro-batches must be in [0, 64] (0: --pp), got ", job->micro_batches));
+  }
+  if (job->block_size < 1 || job->block_size > 4096) {
+    return absl::InvalidArgumentError(absl::StrCat("--block-size must be in [1, 4096], got ", job->block_size));
+  }
+  if (job->max_batched_tokens < 1) return absl::InvalidArgumentError("--max-num-batched-tokens must be >= 1");
+  if (job->max_num_seqs < 1 || job->max_num_seqs > job->max_batched_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-num-seqs must be in [1, --max-num-batched-tokens = ",
+                                                   job->max_batched_tokens, "], got ", job->max_num_seqs));
+  }
+  if (job->prefill_chunk < 1) return absl::InvalidArgumentError("--prefill-chunk must be >= 1");
   ASSIGN_OR_RETURN(int64_t threads, flags.Int("threads", 0));
   ASSIGN_OR_RETURN(rt->max_context, flags.Int("max-context", 0));
   ASSIGN_OR_RETURN(int64_t pp, flags.Int("pp", 1));
@@ -103,7 +139,9 @@ std::optional<RankShare> SetUpRankShare(const std::string& command, const std::s
     const int cores = static_cast<int>(std::thread::hardware_concurrency());
     rt.threads = std::max(1, cores / std::max(1, share.pc.local_size));
   }
-  auto model = DeepseekModel::Load(model_dir, rt, share.placement.ranks[rank].load);
+  auto backend = MakeBackend(rt.device, rt.math, rt.threads);
+  auto model = backend.ok() ? DeepseekModel::Load(model_dir, rt, share.placement.ranks[rank].load, *std::move(backend))
+                            : absl::StatusOr<std::unique_ptr<DeepseekModel>>(backend.status());
   if (!AgreeNoErrors(command, model.ok() ? "" : std::string(model.status().message()))) return fail(1, "");
   share.model = *std::move(model);
   share.world = MakeMpiCommunicator(MPI_COMM_WORLD);
@@ -111,6 +149,26 @@ std::optional<RankShare> SetUpRankShare(const std::string& command, const std::s
   if (!stage.ok()) mpi.Abort(std::string(stage.status().message()));  // collective already entered: cannot agree
   share.stage = *std::move(stage);
   return share;
+}
+
+absl::StatusOr<RankShare> SetUpSingleRank(const std::string& model_dir, const RuntimeConfig& rt) {
+  RankShare share;
+  share.pc = ParallelConfig::Single();
+  ASSIGN_OR_RETURN(auto backend, MakeBackend(rt.device, rt.math, rt.threads));
+  ASSIGN_OR_RETURN(share.model, DeepseekModel::Load(model_dir, rt, LoadSpec{}, std::move(backend)));
+  share.config = share.model->config();
+  return share;
+}
+
+serve::RankResources JobResources(RankShare& share, const std::string& command) {
+  serve::RankResources r;
+  r.model = share.model.get();
+  r.pc = share.pc;
+  r.world = share.world.get();
+  r.stage = share.stage.get();
+  r.experts = share.world ? &share.placement.experts : nullptr;
+  if (share.world) r.agree = [command](const std::string& e) { return AgreeNoErrors(command, e); };
+  return r;
 }
 
 }  // namespace deepshard

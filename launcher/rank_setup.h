@@ -23,6 +23,7 @@
 #include "runtime/config/model_config.h"
 #include "runtime/model/deepseek_model.h"
 #include "runtime/parallel/placement.h"
+#include "serve/job.h"
 
 namespace deepshard {
 
@@ -36,13 +37,24 @@ struct RankShare {
 };
 
 // The value flags every model-running command (generate, serve) shares:
-// --math exact|fast, --mla auto|naive|absorbed, --threads, --max-context,
-// --pp, --ep, --layer-split, --expert-map.
+// --device cpu, --math exact|fast, --mla auto|naive|absorbed, --threads,
+// --max-context, --kv-cache-dtype f32|bf16, --pp, --ep, --layer-split,
+// --expert-map, and the engine's: --kv-cache-memory, --block-size,
+// --max-num-seqs, --max-num-batched-tokens, --prefill-chunk, --micro-batches.
 const std::set<std::string>& ModelRunFlags();
 // `command_flags` plus ModelRunFlags(), for Flags::Parse.
 std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags);
-// Reads those flags into `rt` and `place`; errors name the flag.
-absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place);
+// Reads those flags into `rt`, `place` and `job`; errors name the flag.
+absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place,
+                                serve::JobOptions* job);
+// The usage lines of those flags.
+extern const char kModelRunUsage[];
+
+// One rank without MPI: the model on the backend rt.device names.
+absl::StatusOr<RankShare> SetUpSingleRank(const std::string& model_dir, const RuntimeConfig& rt);
+// What serve::Job needs from a share (agreement through AgreeNoErrors when
+// under MPI).
+serve::RankResources JobResources(RankShare& share, const std::string& command);
 
 // Collective over MPI_COMM_WORLD. `before_load` (optional) runs on every rank
 // after the file checks and before the weights load; a non-empty result is an

@@ -17,7 +17,7 @@ absl::StatusOr<std::vector<int32_t>> Generate(DeepseekModel& model, const std::v
                                               model.max_context(), " tokens"));
   }
   const int64_t total = static_cast<int64_t>(prompt.size()) + opts.max_new_tokens;
-  auto cache = model.NewCache(total);
+  ASSIGN_OR_RETURN(auto cache, model.NewCache(total));
   Sampler sampler(V, opts.sampling);
   std::vector<float> logits(V);
   std::vector<int32_t> out;

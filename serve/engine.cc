@@ -7,7 +7,7 @@
 
 namespace deepshard::serve {
 
-ServingEngine::ServingEngine(StageRunner& runner, const EngineOptions& options,
+Engine::Engine(StageRunner& runner, const EngineOptions& options,
                              std::function<void(const std::string&)> broadcast_plan,
                              std::function<void()> broadcast_shutdown)
     : runner_(runner),
@@ -18,9 +18,9 @@ ServingEngine::ServingEngine(StageRunner& runner, const EngineOptions& options,
   slot_stats_ = scheduler_.Stats();
 }
 
-ServingEngine::~ServingEngine() = default;
+Engine::~Engine() = default;
 
-absl::StatusOr<int64_t> ServingEngine::Submit(GenerationRequest r, TokenSink sink) {
+absl::StatusOr<int64_t> Engine::Submit(GenerationRequest r, TokenSink sink) {
   const int64_t P = static_cast<int64_t>(r.prompt.size());
   if (P == 0) return absl::InvalidArgumentError("prompt: the prompt has no tokens");
   for (int64_t i = 0; i < P; ++i) {
@@ -59,6 +59,7 @@ absl::StatusOr<int64_t> ServingEngine::Submit(GenerationRequest r, TokenSink sin
   q.max_tokens = r.max_tokens;
   q.sampling = r.sampling;
   q.ignore_eos = r.ignore_eos;
+  q.return_logits = r.return_logits;
   requests_.emplace(id, std::move(q));
   submitted_.push_back(id);
   ++n_waiting_;
@@ -66,14 +67,14 @@ absl::StatusOr<int64_t> ServingEngine::Submit(GenerationRequest r, TokenSink sin
   return id;
 }
 
-void ServingEngine::Cancel(int64_t id) {
+void Engine::Cancel(int64_t id) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!requests_.count(id)) return;
   cancelled_.push_back(id);
   wake_.notify_all();
 }
 
-EngineHealth ServingEngine::Health() const {
+EngineHealth Engine::Health() const {
   std::lock_guard<std::mutex> lock(mu_);
   EngineHealth h;
   h.healthy = !failed_;
@@ -86,7 +87,7 @@ EngineHealth ServingEngine::Health() const {
   return h;
 }
 
-void ServingEngine::Finish(int64_t id, TokenEvent last) {
+void Engine::Finish(int64_t id, TokenEvent last) {
   auto it = requests_.find(id);
   if (it == requests_.end()) return;
   last.finished = true;
@@ -94,7 +95,7 @@ void ServingEngine::Finish(int64_t id, TokenEvent last) {
   requests_.erase(it);
 }
 
-void ServingEngine::FailAll(const std::string& why) {
+void Engine::FailAll(const std::string& why) {
   std::vector<int64_t> ids;
   for (const auto& [id, q] : requests_) ids.push_back(id);
   for (int64_t id : ids) Finish(id, {{}, true, FinishReason::kError, why});
@@ -103,16 +104,16 @@ void ServingEngine::FailAll(const std::string& why) {
   n_waiting_ = 0;
 }
 
-void ServingEngine::OnRankLost(int rank, const std::string& why) {
+void Engine::OnRankLost(int rank, const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (failed_) return;
+  if (failed_ || shut_down_) return;  // after the shutdown, ranks leaving is the plan
   failure_ = absl::StrCat("rank ", rank, " is lost (", why, "); the job is going down");
   failed_ = true;
   FailAll(failure_);
   wake_.notify_all();
 }
 
-void ServingEngine::BeginDrain(double timeout_s) {
+void Engine::BeginDrain(double timeout_s) {
   std::lock_guard<std::mutex> lock(mu_);
   if (draining_) return;
   draining_ = true;
@@ -120,13 +121,13 @@ void ServingEngine::BeginDrain(double timeout_s) {
   wake_.notify_all();
 }
 
-void ServingEngine::ExpireDrain() {
+void Engine::ExpireDrain() {
   std::lock_guard<std::mutex> lock(mu_);
   if (draining_) drain_deadline_ = Clock::now();
   wake_.notify_all();
 }
 
-void ServingEngine::OnResults(int from_rank, std::string_view payload) {
+void Engine::OnResults(int from_rank, std::string_view payload) {
   auto r = DecodeResults(payload);
   const ParallelConfig& pc = runner_.parallel();
   if (!r.ok() || r->column < 0 || r->column >= pc.ep || pc.RankOf(pc.pp - 1, r->column) != from_rank) {
@@ -139,7 +140,7 @@ void ServingEngine::OnResults(int from_rank, std::string_view payload) {
   wake_.notify_all();
 }
 
-void ServingEngine::OnStats(int rank, std::string_view payload) {
+void Engine::OnStats(int rank, std::string_view payload) {
   if (payload.empty()) return;
   auto s = DecodeStats(payload);
   if (!s.ok()) return;  // statistics only: never worth failing the job for
@@ -147,7 +148,7 @@ void ServingEngine::OnStats(int rank, std::string_view payload) {
   rank_stats_[rank] = *std::move(s);
 }
 
-void ServingEngine::Intake() {
+void Engine::Intake() {
   std::lock_guard<std::mutex> lock(mu_);
   for (int64_t id : submitted_) {
     const Request& q = requests_.at(id);
@@ -167,7 +168,7 @@ void ServingEngine::Intake() {
   cancelled_.clear();
 }
 
-absl::Status ServingEngine::CompletePlans() {
+absl::Status Engine::CompletePlans() {
   std::vector<ColumnResults> inbox;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -222,11 +223,11 @@ absl::Status ServingEngine::CompletePlans() {
         it->second.tokens.push_back(c.token);
         const Sequence* q = scheduler_.Get(c.seq_id);
         if (q != nullptr && q->state == SeqState::kFinished) {
-          Finish(c.seq_id, {{c.token}, true, c.eos ? FinishReason::kStop : FinishReason::kLength, ""});
+          Finish(c.seq_id, {{c.token}, true, c.eos ? FinishReason::kStop : FinishReason::kLength, "", c.logits});
           scheduler_.Forget(c.seq_id);
           released_.push_back(c.seq_id);
         } else {
-          it->second.sink({{c.token}, false, FinishReason::kNone, ""});
+          it->second.sink({{c.token}, false, FinishReason::kNone, "", c.logits});
         }
       }
     }
@@ -236,7 +237,7 @@ absl::Status ServingEngine::CompletePlans() {
   return absl::OkStatus();
 }
 
-absl::Status ServingEngine::ScheduleAndRun() {
+absl::Status Engine::ScheduleAndRun() {
   if (static_cast<int>(in_flight_.size()) >= options_.depth) return absl::OkStatus();
   StepPlan sp = scheduler_.Schedule();
   if (!sp.preempted.empty()) {
@@ -260,6 +261,7 @@ absl::Status ServingEngine::ScheduleAndRun() {
         pc.start_pos = ch.start_pos;
         pc.samples = ch.samples;
         pc.ignore_eos = q.ignore_eos;
+        pc.return_logits = q.return_logits;
         pc.sampling = q.sampling;
         pc.tokens.assign(q.tokens.begin() + ch.start_pos, q.tokens.begin() + ch.start_pos + ch.n_tokens);
         pc.blocks = scheduler_.Get(ch.seq_id)->table.blocks;
@@ -281,7 +283,7 @@ absl::Status ServingEngine::ScheduleAndRun() {
   return absl::OkStatus();
 }
 
-void ServingEngine::PublishSnapshot() {
+void Engine::PublishSnapshot() {
   std::vector<SlotStats> stats = scheduler_.Stats();
   int64_t steps = 0;
   {
@@ -303,7 +305,7 @@ void ServingEngine::PublishSnapshot() {
   on_snapshot_(Snapshot());
 }
 
-EngineSnapshot ServingEngine::Snapshot() const {
+EngineSnapshot Engine::Snapshot() const {
   EngineSnapshot s;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -317,7 +319,7 @@ EngineSnapshot ServingEngine::Snapshot() const {
   return s;
 }
 
-absl::Status ServingEngine::Run(bool until_idle) {
+absl::Status Engine::Run(bool until_idle) {
   while (true) {
     Intake();
     if (failed_) {
@@ -346,6 +348,7 @@ absl::Status ServingEngine::Run(bool until_idle) {
       }
       if (failed_) return absl::UnavailableError(failure_);  // lost a rank while draining: not a clean exit
       if (draining_ && requests_.empty() && submitted_.empty() && in_flight_.empty()) {
+        shut_down_ = true;
         if (broadcast_shutdown_) broadcast_shutdown_();
         return absl::OkStatus();
       }

@@ -1,5 +1,5 @@
-// ServingEngine: rank 0's side of `deepshard serve`. It owns the continuous-
-// batching Scheduler (runtime/engine/scheduler.h) and the requests, and drives
+// Engine: rank 0's side of `deepshard serve`. It owns the continuous-
+// batching Scheduler (runtime/batching/scheduler.h) and the requests, and drives
 // the job one StepPlan at a time:
 //
 //   loop (the main thread of rank 0):
@@ -38,8 +38,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "runtime/engine/scheduler.h"
-#include "serve/engine_api.h"
+#include "runtime/batching/scheduler.h"
+#include "serve/generation_api.h"
 #include "serve/stage_runner.h"
 #include "serve/step_plan.h"
 
@@ -62,14 +62,14 @@ struct EngineSnapshot {
   int64_t total_experts = 0;            // routed experts per layer
 };
 
-class ServingEngine : public Engine {
+class Engine final : public GenerationApi {
  public:
   // `runner` is rank 0's StageRunner; `broadcast` sends an encoded plan (or
   // the shutdown) to every other rank (null with one rank).
-  ServingEngine(StageRunner& runner, const EngineOptions& options,
+  Engine(StageRunner& runner, const EngineOptions& options,
                 std::function<void(const std::string& plan)> broadcast_plan,
                 std::function<void()> broadcast_shutdown);
-  ~ServingEngine() override;
+  ~Engine() override;
 
   // Engine (thread-safe).
   absl::StatusOr<int64_t> Submit(GenerationRequest request, TokenSink sink) override;
@@ -109,6 +109,7 @@ class ServingEngine : public Engine {
     int64_t max_tokens = 0;
     SamplingParams sampling;
     bool ignore_eos = false;
+    bool return_logits = false;
   };
   // What CompletePlans checks a column's results against.
   struct PlannedChunk {
@@ -151,6 +152,7 @@ class ServingEngine : public Engine {
 
   std::atomic<int64_t> next_id_{1};
   std::atomic<bool> failed_{false}, draining_{false};
+  bool shut_down_ = false;  // every rank was told to exit (mu_)
 
   // Driver-thread only.
   std::deque<InFlight> in_flight_;

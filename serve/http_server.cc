@@ -111,7 +111,7 @@ class HttpSession;
 
 class HttpServer::Impl {
  public:
-  Impl(HttpServerOptions o, const Tokenizer* tok, Engine& e, Metrics& m)
+  Impl(HttpServerOptions o, const Tokenizer* tok, GenerationApi& e, Metrics& m)
       : opts(std::move(o)),
         engine(e),
         metrics(m),
@@ -138,7 +138,7 @@ class HttpServer::Impl {
   int64_t max_context() const { return opts.max_model_len > 0 ? opts.max_model_len : engine.max_context(); }
 
   const HttpServerOptions opts;
-  Engine& engine;
+  GenerationApi& engine;
   Metrics& metrics;
   const PromptBuilder builder;
   const Tokenizer* tokenizer;
@@ -801,7 +801,7 @@ void HttpServer::Impl::Stop(double grace_s) {
 
 // ---------------------------------------------------------------------------
 
-HttpServer::HttpServer(HttpServerOptions options, const Tokenizer* tokenizer, Engine& engine, Metrics& metrics)
+HttpServer::HttpServer(HttpServerOptions options, const Tokenizer* tokenizer, GenerationApi& engine, Metrics& metrics)
     : impl_(std::make_unique<Impl>(std::move(options), tokenizer, engine, metrics)) {}
 
 HttpServer::~HttpServer() { Stop(0); }

@@ -1,5 +1,5 @@
 // HttpServer: the OpenAI-compatible HTTP front end of `deepshard serve`, on
-// Boost.Beast/Asio, in front of an Engine (serve/engine_api.h).
+// Boost.Beast/Asio, in front of an Engine (serve/generation_api.h).
 //
 // Endpoints:
 //   GET  /health               200 {"status":"ok"} when the engine is healthy and
@@ -53,7 +53,7 @@
 
 #include "absl/status/status.h"
 #include "runtime/tokenizer/tokenizer.h"
-#include "serve/engine_api.h"
+#include "serve/generation_api.h"
 #include "serve/metrics.h"
 
 namespace deepshard::serve {
@@ -75,7 +75,7 @@ class HttpServer {
  public:
   // `tokenizer` may be null (then only token-id completions work); it, `engine`
   // and `metrics` must outlive the server. Describes the HTTP metrics.
-  HttpServer(HttpServerOptions options, const Tokenizer* tokenizer, Engine& engine, Metrics& metrics);
+  HttpServer(HttpServerOptions options, const Tokenizer* tokenizer, GenerationApi& engine, Metrics& metrics);
   ~HttpServer();  // Stop()
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

@@ -43,7 +43,7 @@
 #include "runtime/tokenizer/chat_template.h"
 #include "runtime/tokenizer/streaming_detokenizer.h"
 #include "runtime/tokenizer/tokenizer.h"
-#include "serve/engine_api.h"
+#include "serve/generation_api.h"
 
 namespace deepshard::serve {
 

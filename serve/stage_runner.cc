@@ -10,7 +10,6 @@
 namespace deepshard::serve {
 namespace {
 
-constexpr int kHiddenTag = 300;  // stage s -> s+1 of a column, one message per plan
 using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -19,7 +18,7 @@ double Since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 
 StageRunner::StageRunner(DeepseekModel& model, const ParallelConfig& pc, Communicator* world,
                          Communicator* stage, const ExpertPlacement* placement, PagedKvCache& pool)
-    : model_(model), pc_(pc), world_(world), pool_(pool) {
+    : model_(model), pc_(pc), link_(world, pc), pool_(pool) {
   if (pc.ep > 1) exchange_ = std::make_unique<MoeExchange>(*stage, *placement, model.config().hidden_size);
   model_.set_profile(&profile_);
 }
@@ -92,44 +91,42 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
   }
 
   const int64_t H = model_.config().hidden_size, V = model_.config().vocab_size;
-  if (static_cast<int64_t>(x_.size()) < std::max<int64_t>(1, T * H)) x_.resize(std::max<int64_t>(1, T * H));
   if (pc_.is_first_stage()) {
-    if (T > 0) RETURN_IF_ERROR(model_.Embed(chunks_, x_.data()));
+    RETURN_IF_ERROR(model_.Embed(chunks_));
   } else {
+    if (static_cast<int64_t>(x_.size()) < std::max<int64_t>(1, T * H)) x_.resize(std::max<int64_t>(1, T * H));
     const auto t0 = Clock::now();
-    RETURN_IF_ERROR(world_->Recv(x_.data(), T * H, CommDType::kF32, pc_.RankOf(pc_.stage - 1, pc_.ep_rank),
-                                 kHiddenTag));
+    RETURN_IF_ERROR(link_.Receive(x_.data(), T, H));
     transfer += Since(t0);
+    RETURN_IF_ERROR(model_.WriteHidden(x_.data(), T));
   }
-  RETURN_IF_ERROR(model_.RunLayers(chunks_, x_.data(), exchange_.get()));
+  RETURN_IF_ERROR(model_.RunLayers(chunks_, exchange_.get()));
 
   std::vector<ChunkResult> results;
   if (!last_stage()) {
+    if (static_cast<int64_t>(x_.size()) < std::max<int64_t>(1, T * H)) x_.resize(std::max<int64_t>(1, T * H));
+    RETURN_IF_ERROR(model_.ReadHidden(x_.data(), T));
     const auto t0 = Clock::now();
-    RETURN_IF_ERROR(world_->Send(x_.data(), T * H, CommDType::kF32, pc_.RankOf(pc_.stage + 1, pc_.ep_rank),
-                                 kHiddenTag));
+    RETURN_IF_ERROR(link_.Send(x_.data(), T, H));
     transfer += Since(t0);
   } else if (!chunks_.empty()) {
-    // Logits only for the chunks that sample (a mid-prompt chunk needs none).
-    std::vector<SequenceChunk>& sampling = sampling_chunks_;
+    // Logits only for the chunks that sample (a mid-prompt chunk needs none):
+    // the last token row of each.
+    std::vector<int32_t>& rows = sampling_rows_;
     std::vector<size_t>& which = sampling_index_;
-    sampling.clear();
+    rows.clear();
     which.clear();
     int64_t offset = 0;
-    // Head reads the last token of each chunk from x: gather those rows first
-    // so the sampled chunks are contiguous one-token chunks.
     for (size_t i = 0; i < mine.size(); ++i) {
       offset += mine[i].n_tokens();
       if (!mine[i].samples) continue;
-      // Rows move down or stay (which.size() <= offset - 1): memmove, as they may coincide.
-      std::memmove(x_.data() + which.size() * H, x_.data() + (offset - 1) * H, H * sizeof(float));
+      rows.push_back(static_cast<int32_t>(offset - 1));
       which.push_back(i);
-      sampling.push_back({chunks_[i].cache, 0, nullptr, 1});
     }
     if (static_cast<int64_t>(logits_.size()) < std::max<int64_t>(1, static_cast<int64_t>(which.size()) * V)) {
       logits_.resize(std::max<int64_t>(1, static_cast<int64_t>(which.size()) * V));
     }
-    if (!which.empty()) RETURN_IF_ERROR(model_.Head(sampling, x_.data(), false, logits_.data()));
+    RETURN_IF_ERROR(model_.Head(rows, logits_.data()));
     results.reserve(mine.size());
     for (const PlanChunk& ch : mine) results.push_back({ch.seq_id, ch.n_tokens(), -1, false});
     const int32_t eos = static_cast<int32_t>(model_.config().eos_token_id);
@@ -140,6 +137,7 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
       const int32_t tok = s->Sample(logits_.data() + j * V);
       results[which[j]].token = tok;
       results[which[j]].eos = tok == eos && !ch.ignore_eos;
+      if (ch.return_logits) results[which[j]].logits.assign(logits_.data() + j * V, logits_.data() + (j + 1) * V);
     }
   }
   transfer_s_ += transfer;

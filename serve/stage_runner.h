@@ -27,7 +27,8 @@
 #include "comm/communicator.h"
 #include "comm/moe_exchange.h"
 #include "comm/parallel_config.h"
-#include "runtime/engine/paged_kv_cache.h"
+#include "comm/pipeline_link.h"
+#include "runtime/batching/paged_kv_cache.h"
 #include "runtime/model/deepseek_model.h"
 #include "runtime/sampling.h"
 #include "serve/step_plan.h"
@@ -60,15 +61,15 @@ class StageRunner {
 
   DeepseekModel& model_;
   ParallelConfig pc_;
-  Communicator* world_;
+  PipelineLink link_;
   PagedKvCache& pool_;
-  std::unique_ptr<MoeExchange> exchange_;
+  std::unique_ptr<ExpertExchange> exchange_;
   std::unordered_map<int64_t, std::unique_ptr<KvCache>> views_;  // seq id -> paged view (re-pointed each step)
   std::unordered_map<int64_t, std::unique_ptr<Sampler>> samplers_;
   std::vector<SequenceChunk> chunks_;
-  std::vector<SequenceChunk> sampling_chunks_;  // last stage: one-token chunks of the sampling chunks
-  std::vector<size_t> sampling_index_;          // their indices in the column's chunks
-  std::vector<float> x_, logits_;
+  std::vector<int32_t> sampling_rows_;  // last stage: the last token row of each sampling chunk
+  std::vector<size_t> sampling_index_;  // their indices in the column's chunks
+  std::vector<float> x_, logits_;       // host staging: hidden rows at stage boundaries, sampled logits
   StepProfile profile_;
   double transfer_s_ = 0, other_s_ = 0;
   int64_t steps_ = 0;

@@ -38,7 +38,7 @@ std::string EncodePlan(const WirePlan& p) {
     for (const PlanChunk& c : column) {
       w.PutI64(c.seq_id);
       w.PutI64(c.start_pos);
-      w.PutU8(static_cast<uint8_t>((c.samples ? 1 : 0) | (c.ignore_eos ? 2 : 0)));
+      w.PutU8(static_cast<uint8_t>((c.samples ? 1 : 0) | (c.ignore_eos ? 2 : 0) | (c.return_logits ? 4 : 0)));
       w.PutF32(c.sampling.temperature);
       w.PutI64(c.sampling.top_k);
       w.PutF32(c.sampling.top_p);
@@ -76,6 +76,7 @@ absl::StatusOr<WirePlan> DecodePlan(std::string_view bytes) {
       ASSIGN_OR_RETURN(uint8_t flags, r.U8("chunk flags"));
       c.samples = flags & 1;
       c.ignore_eos = flags & 2;
+      c.return_logits = flags & 4;
       ASSIGN_OR_RETURN(c.sampling.temperature, r.F32("chunk temperature"));
       ASSIGN_OR_RETURN(c.sampling.top_k, r.I64("chunk top_k"));
       ASSIGN_OR_RETURN(c.sampling.top_p, r.F32("chunk top_p"));
@@ -113,7 +114,11 @@ std::string EncodeResults(const ColumnResults& c) {
     w.PutI64(r.seq_id);
     w.PutI64(r.n_tokens);
     w.PutI32(r.token);
-    w.PutU8(r.eos ? 1 : 0);
+    w.PutU8(static_cast<uint8_t>((r.eos ? 1 : 0) | (r.logits.empty() ? 0 : 2)));
+    if (!r.logits.empty()) {
+      w.PutU64(r.logits.size());
+      for (float f : r.logits) w.PutF32(f);
+    }
   }
   return w.Take();
 }
@@ -130,8 +135,15 @@ absl::StatusOr<ColumnResults> DecodeResults(std::string_view bytes) {
     ASSIGN_OR_RETURN(x.seq_id, r.I64("result seq_id"));
     ASSIGN_OR_RETURN(x.n_tokens, r.I64("result n_tokens"));
     ASSIGN_OR_RETURN(x.token, r.I32("result token"));
-    ASSIGN_OR_RETURN(uint8_t eos, r.U8("result eos"));
-    x.eos = eos != 0;
+    ASSIGN_OR_RETURN(uint8_t flags, r.U8("result flags"));
+    x.eos = (flags & 1) != 0;
+    if (flags & 2) {
+      ASSIGN_OR_RETURN(uint64_t n_logits, Count(r, 4, "result logits"));
+      x.logits.resize(n_logits);
+      for (float& f : x.logits) {
+        ASSIGN_OR_RETURN(f, r.F32("result logit"));
+      }
+    }
   }
   RETURN_IF_ERROR(r.Finish());
   return c;

@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "runtime/engine/block_manager.h"
+#include "runtime/batching/block_manager.h"
 #include "runtime/sampling.h"
 
 namespace deepshard::serve {
@@ -28,6 +28,7 @@ struct PlanChunk {
   int64_t start_pos = 0;
   bool samples = false;            // the chunk ends the context: the last stage samples a token
   bool ignore_eos = false;
+  bool return_logits = false;      // the last stage sends back the logits it sampled from
   SamplingParams sampling;
   std::vector<int32_t> tokens;     // ids of positions [start_pos, start_pos + tokens.size())
   std::vector<int32_t> blocks;     // the sequence's block table, covering start_pos + tokens.size() tokens
@@ -46,6 +47,7 @@ struct ChunkResult {
   int64_t n_tokens = 0;
   int32_t token = -1;  // sampled token; -1 when the chunk samples nothing
   bool eos = false;    // token is EOS and the sequence does not ignore it
+  std::vector<float> logits;  // [vocab], when the chunk asked for them and sampled
 };
 
 struct ColumnResults {

@@ -12,7 +12,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "comm/moe_exchange.h"
+#include "comm/expert_exchange.h"
 #include "kernels/backend.h"
 #include "runtime/config/model_config.h"
 #include "runtime/model/forward_batch.h"
@@ -25,18 +25,24 @@ namespace deepshard {
 
 // Run settings (from the command line), as opposed to the checkpoint's facts.
 struct RuntimeConfig {
+  std::string device = "cpu";        // the backend (--device)
   MathMode math = MathMode::kExact;  // kFast: bf16 activations for bf16/fp8 weights on AMX
   MlaMode mla_mode = MlaMode::kAuto;
   int threads = 0;                   // OpenMP threads; 0 = default
   int64_t max_context = 0;           // longest sequence; 0 = min(max_position_embeddings, 16384)
   bool prefault = true;              // touch every weight page at load (not during the first steps)
+  DType kv_dtype = DType::kF32;      // latent KV cache values: f32 or bf16 (--kv-cache-dtype)
 };
 
 class DeepseekModel {
  public:
-  // Loads config.json and the tensors `spec` selects from `dir`.
-  static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(const std::string& dir,
-                                                             const RuntimeConfig& rt, LoadSpec spec = {});
+  // Loads config.json and the tensors `spec` selects from `dir`, and uploads
+  // them to `backend`, which the model keeps and computes with.
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(const std::string& dir, const RuntimeConfig& rt,
+                                                             LoadSpec spec, std::unique_ptr<Backend> backend);
+  // The same with the backend rt.device names (MakeBackend).
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(const std::string& dir, const RuntimeConfig& rt,
+                                                             LoadSpec spec = {});
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -47,24 +53,31 @@ class DeepseekModel {
   // Bytes of tensor data this rank asked the checkpoint for.
   uint64_t weight_bytes() const { return ckpt_->bytes_requested(); }
 
-  // A cache for one sequence of up to `capacity` tokens (0 = max_context()).
-  std::unique_ptr<KvCache> NewCache(int64_t capacity = 0) const;
+  // A contiguous cache (rt.kv_dtype, backend memory) for one sequence of up
+  // to `capacity` tokens (0 = max_context()).
+  absl::StatusOr<std::unique_ptr<KvCache>> NewCache(int64_t capacity = 0);
 
   // Runs the new tokens of `batch` through the model and appends them to each
   // chunk's cache (each chunk's start_pos must equal its cache's length).
-  // Writes logits [n_out, vocab]: n_out is the number of chunks (the last token
-  // of each) or, with all_logits, the total number of tokens.
+  // Writes logits [n_out, vocab] to host memory: n_out is the number of chunks
+  // (the last token of each) or, with all_logits, the total number of tokens.
   absl::Status Forward(std::span<const SequenceChunk> batch, bool all_logits, float* logits);
 
-  // The pieces of Forward, for pipeline stages (Forward = Embed, RunLayers, Head).
-  // x is the residual stream [T, hidden] of the batch's concatenated tokens.
-  absl::Status Embed(std::span<const SequenceChunk> batch, float* x);  // first stage
-  // Runs this rank's layers in place on x and appends to the chunks' caches.
-  // With `exchange`, MoE layers dispatch tokens to the ranks that own their
-  // experts (a collective over the stage: call it on every rank of the stage,
-  // also with an empty batch); without, all experts must be local.
-  absl::Status RunLayers(std::span<const SequenceChunk> batch, float* x, MoeExchange* exchange);
-  absl::Status Head(std::span<const SequenceChunk> batch, const float* x, bool all_logits, float* logits);
+  // The pieces of Forward, for pipeline stages: Forward = Embed, RunLayers,
+  // Head. They work on the model's residual stream [T, hidden] of the batch's
+  // concatenated tokens, which lives in backend memory; a stage boundary moves
+  // it through host memory with ReadHidden / WriteHidden.
+  absl::Status Embed(std::span<const SequenceChunk> batch);  // first stage
+  absl::Status WriteHidden(const float* host, int64_t n_tokens);  // stages after the first
+  absl::Status ReadHidden(float* host, int64_t n_tokens);         // stages before the last
+  // Runs this rank's layers on the residual stream and appends to the chunks'
+  // caches. With `exchange`, MoE layers dispatch tokens to the ranks that own
+  // their experts (a collective over the stage: call it on every rank of the
+  // stage, also with an empty batch); without, all experts must be local.
+  absl::Status RunLayers(std::span<const SequenceChunk> batch, ExpertExchange* exchange);
+  // Final norm + lm_head for the given token rows of the residual stream;
+  // logits [rows.size(), vocab] to host memory.
+  absl::Status Head(std::span<const int32_t> rows, float* logits);
 
   // Accumulate per-phase time and routed-expert counts into `profile` from now
   // on (nullptr: stop). The caller owns it.
@@ -74,15 +87,21 @@ class DeepseekModel {
   DeepseekModel() = default;
   // Validates a batch and returns its token count; the *Checked pieces assume it passed.
   absl::StatusOr<int64_t> CheckBatch(std::span<const SequenceChunk> batch, bool need_tokens) const;
-  void EmbedChecked(std::span<const SequenceChunk> batch, float* x);
-  absl::Status RunLayersChecked(std::span<const SequenceChunk> batch, int64_t T, float* x, MoeExchange* exchange);
+  absl::Status EmbedChecked(std::span<const SequenceChunk> batch, int64_t T);
+  absl::Status PrepareStep(std::span<const SequenceChunk> batch, int64_t T);
+  absl::Status RunLayersChecked(std::span<const SequenceChunk> batch, int64_t T, ExpertExchange* exchange);
+  absl::Status UploadWeights();
   ModelConfig config_;
   RuntimeConfig rt_;
+  std::unique_ptr<Backend> backend_;  // declared before every Buffer: destroyed after them
   std::unique_ptr<Checkpoint> ckpt_;
   ModelWeights weights_;
-  std::unique_ptr<Backend> backend_;
   RopeTable rope_;
+  Buffer rope_cos_, rope_sin_;          // the tables in backend memory
+  std::vector<Buffer> router_bias_;     // [local layer]: e_score_correction_bias as f32 (noaux_tc)
+  RouterParams router_;
   int64_t max_context_ = 0;
+  int64_t hidden_tokens_ = 0;           // rows of ws_.x the last Embed/WriteHidden filled
   Workspace ws_;
 };
 

@@ -1,45 +1,43 @@
 #include "runtime/model/kv_cache.h"
 
 #include <algorithm>
-#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
 
 namespace deepshard {
 
-KvCache::KvCache(const ModelConfig& config, int64_t n_layers, int64_t capacity)
-    : width_(config.kv_cache_width()),
-      block_size_(std::max<int64_t>(capacity, 1)),
-      layer_stride_(capacity * width_),
-      n_layers_(n_layers),
-      owned_(new float[n_layers * capacity * width_]()) {
-  base_ = owned_.get();
-  table_.blocks = {0};
-  table_.n_tokens = capacity;
+absl::StatusOr<DType> ParseKvCacheDType(std::string_view text) {
+  if (text == "f32" || text == "float32") return DType::kF32;
+  if (text == "bf16" || text == "bfloat16") return DType::kBF16;
+  return absl::InvalidArgumentError(absl::StrCat("--kv-cache-dtype must be f32 or bf16, got \"", std::string(text), "\""));
 }
 
-KvCache::KvCache(float* pool, int64_t n_layers, int64_t width, int64_t layer_stride, int64_t block_size)
-    : width_(width), block_size_(block_size), layer_stride_(layer_stride), n_layers_(n_layers), base_(pool) {}
+absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Contiguous(Backend& backend, const ModelConfig& config,
+                                                             int64_t n_layers, int64_t capacity, DType dtype) {
+  auto c = std::unique_ptr<KvCache>(new KvCache());
+  c->dtype_ = dtype;
+  c->width_ = config.kv_cache_width();
+  c->block_size_ = std::max<int64_t>(capacity, 1);
+  c->layer_stride_ = capacity * c->width_;
+  c->n_layers_ = n_layers;
+  auto buf = backend.Allocate(n_layers * capacity * c->width_ * DTypeSize(dtype),
+                              absl::StrCat("a KV cache of ", capacity, " tokens"));
+  if (!buf.ok()) return buf.status();
+  c->owned_ = *std::move(buf);
+  c->base_ = c->owned_.data();
+  c->table_.blocks = {0};
+  c->table_.n_tokens = capacity;
+  return c;
+}
+
+KvCache::KvCache(void* pool, DType dtype, int64_t n_layers, int64_t width, int64_t layer_stride, int64_t block_size)
+    : dtype_(dtype), width_(width), block_size_(block_size), layer_stride_(layer_stride), n_layers_(n_layers),
+      base_(pool) {}
 
 int64_t KvCache::bytes() const {
   const int64_t rows = paged() ? static_cast<int64_t>(table_.blocks.size()) * block_size_ : capacity();
-  return n_layers_ * rows * width_ * static_cast<int64_t>(sizeof(float));
-}
-
-void WriteKvRows(KvCache& cache, int64_t l, int64_t pos, int64_t n, const float* src) {
-  const int64_t W = cache.width(), bs = cache.block_size();
-  while (n > 0) {
-    const int64_t run = std::min(n, bs - pos % bs);  // rows left in this block
-    std::memcpy(cache.row(l, pos), src, run * W * sizeof(float));
-    src += run * W, pos += run, n -= run;
-  }
-}
-
-void GatherKvRows(const KvCache& cache, int64_t l, int64_t n, float* dst) {
-  const int64_t W = cache.width(), bs = cache.block_size();
-  for (int64_t pos = 0; pos < n;) {
-    const int64_t run = std::min(n - pos, bs - pos % bs);
-    std::memcpy(dst + pos * W, cache.row(l, pos), run * W * sizeof(float));
-    pos += run;
-  }
+  return n_layers_ * rows * width_ * DTypeSize(dtype_);
 }
 
 }  // namespace deepshard

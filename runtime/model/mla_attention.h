@@ -15,24 +15,32 @@
 
 #include <span>
 
+#include "absl/status/status.h"
 #include "kernels/backend.h"
 #include "runtime/config/model_config.h"
 #include "runtime/model/forward_batch.h"
 #include "runtime/model/model_weights.h"
-#include "runtime/model/rope.h"
 
 namespace deepshard {
 
-// out[T, hidden] = MLA(x_norm[T, hidden]) for the concatenated tokens of `batch`;
-// writes each chunk's new cache entries into layer `local_layer` of its cache.
-void MlaAttentionForward(const ModelConfig& c, const AttentionWeights& w, Backend& be,
-                         const RopeTable& rope, const float* x_norm, std::span<const SequenceChunk> batch,
-                         int64_t local_layer, MlaMode mode, Workspace& ws, float* out);
+// The RoPE tables [max_position, rope_dim / 2] in backend memory.
+struct RopeTables {
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+};
+
+// out[T, hidden] = MLA(x_norm[T, hidden]) for the concatenated tokens of `batch`
+// (its layout prepared in ws.step); writes each chunk's new cache entries into
+// layer `local_layer` of its cache. All chunks' attention runs in one call per
+// form: absorbed over the paged latent cache, naive over the expanded latents.
+absl::Status MlaAttentionForward(const ModelConfig& c, const AttentionWeights& w, Backend& be,
+                                 const RopeTables& rope, const float* x_norm, std::span<const SequenceChunk> batch,
+                                 int64_t local_layer, Workspace& ws, float* out);
 
 // Standard multi-head attention with LLaMA-style RoPE (DeepSeekMoE 16B). The
 // cache row holds K for every KV head, then V.
-void MhaAttentionForward(const ModelConfig& c, const AttentionWeights& w, Backend& be,
-                         const RopeTable& rope, const float* x_norm, std::span<const SequenceChunk> batch,
-                         int64_t local_layer, Workspace& ws, float* out);
+absl::Status MhaAttentionForward(const ModelConfig& c, const AttentionWeights& w, Backend& be,
+                                 const RopeTables& rope, const float* x_norm, std::span<const SequenceChunk> batch,
+                                 int64_t local_layer, Workspace& ws, float* out);
 
 }  // namespace deepshard

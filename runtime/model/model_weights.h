@@ -13,13 +13,6 @@
 
 namespace deepshard {
 
-// SwiGLU MLP: down(silu(gate(x)) * up(x)). Dense layers, routed and shared experts.
-struct MlpWeights {
-  WeightView gate_proj;  // [inter, hidden]
-  WeightView up_proj;    // [inter, hidden]
-  WeightView down_proj;  // [hidden, inter]
-};
-
 struct AttentionWeights {
   // MLA (deepseek_v2 / deepseek_v3).
   WeightView q_proj;              // [heads * qk_head_dim, hidden] when q_lora_rank is null

@@ -2,111 +2,117 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
-#include "runtime/model/moe_router.h"
 
 namespace deepshard {
 
-void MlpForward(const MlpWeights& w, Backend& be, const float* x, int64_t m, int64_t hidden,
-                int64_t inter, Workspace& ws, float* out) {
-  float* gate = Workspace::Get(ws.gate, m * inter);  // [m, inter]
-  float* up = Workspace::Get(ws.up, m * inter);      // [m, inter]
-  be.Linear(x, m, hidden, w.gate_proj, gate, inter);
-  be.Linear(x, m, hidden, w.up_proj, up, inter);
-  be.SiluMul(gate, up, m, inter, inter, gate, inter);
-  be.Linear(gate, m, inter, w.down_proj, out, hidden);
+absl::Status MlpForward(const MlpWeights& w, Backend& be, const float* x, int64_t m, int64_t hidden, int64_t inter,
+                        float* out) {
+  if (m == 0) return absl::OkStatus();
+  const int64_t offsets[2] = {0, m};
+  GroupedMlpParams p;
+  p.x = x, p.ldx = hidden, p.experts = {&w, 1}, p.offsets = offsets, p.hidden = hidden, p.inter = inter;
+  p.out = out, p.ldo = hidden;
+  be.GroupedMlp(p);
+  return absl::OkStatus();
 }
 
 namespace {
 
 // Routes T tokens: router logits in f32 whatever the math mode (the output is
-// discrete), then top-k ids and weights into ws.topk_ids / ws.topk_w ([T, k]).
-void Route(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T, Workspace& ws,
-           int32_t** ids, float** weights) {
+// discrete), then top-k ids and weights ([T, k]) in backend memory.
+absl::Status Route(const ModelConfig& c, const RouterParams& router, const MoeWeights& w, const float* bias,
+                   Backend& be, const float* x, int64_t T, Workspace& ws, int32_t** ids, float** weights) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
-  float* logits = Workspace::Get(ws.router_logits, T * E + 2 * E + c.n_group);  // [T, E] + scratch
-  be.LinearExact(x, T, H, w.gate, logits, E);
-  *ids = Workspace::Get(ws.topk_ids, T * k + 1);
-  *weights = Workspace::Get(ws.topk_w, T * k + 1);
-  RouteTokens(c, logits, w.e_score_correction_bias, T, *ids, *weights, logits + T * E);
-  if (ws.profile != nullptr) {
+  ASSIGN_OR_RETURN(float* logits, ws.router_logits.Get<float>(be, std::max<int64_t>(1, T * E), "router logits"));
+  ASSIGN_OR_RETURN(*ids, ws.topk_ids.Get<int32_t>(be, T * k + 1, "routed expert ids"));
+  ASSIGN_OR_RETURN(*weights, ws.topk_w.Get<float>(be, T * k + 1, "routing weights"));
+  if (T > 0) {
+    be.LinearExact(x, T, H, w.gate, logits, E);
+    be.RouteTopK(router, logits, bias, T, *ids, *weights);
+  }
+  if (ws.profile != nullptr && T > 0) {
+    RETURN_IF_ERROR(be.Synchronize());
+    ws.host_ids.resize(static_cast<size_t>(T * k));
+    be.CopyToHost(ws.host_ids.data(), *ids, T * k * sizeof(int32_t));
     std::vector<int64_t>& counts = ws.profile->expert_tokens;
     const size_t need = static_cast<size_t>((ws.profile_layer + 1) * E);
     if (counts.size() < need) counts.resize(need, 0);
     int64_t* layer = counts.data() + ws.profile_layer * E;
-    for (int64_t s = 0; s < T * k; ++s) ++layer[(*ids)[s]];
+    for (int32_t e : ws.host_ids) ++layer[e];
   }
+  return absl::OkStatus();
 }
 
 // out = SharedExperts(x) + routed, where `routed` [T, H] is the weighted sum of
 // the routed experts. Shared experts see every token.
-void AddSharedExperts(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
-                      const float* routed, Workspace& ws, float* out) {
+absl::Status AddSharedExperts(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
+                              const float* routed, float* out) {
   const int64_t H = c.hidden_size;
+  if (T == 0) return absl::OkStatus();
   if (w.has_shared) {
-    MlpForward(w.shared, be, x, T, H, c.moe_intermediate_size * c.n_shared_experts, ws, out);
-    for (int64_t i = 0; i < T * H; ++i) out[i] += routed[i];
+    RETURN_IF_ERROR(MlpForward(w.shared, be, x, T, H, c.moe_intermediate_size * c.n_shared_experts, out));
+    be.Add(out, routed, T * H);
   } else {
-    std::memcpy(out, routed, T * H * sizeof(float));
+    be.Copy(out, routed, T * H * sizeof(float));
   }
+  return absl::OkStatus();
 }
 
 }  // namespace
 
-void MoeForward(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
-                Workspace& ws, float* out) {
+absl::Status MoeForward(const ModelConfig& c, const RouterParams& router, const MoeWeights& w, const float* bias,
+                        Backend& be, const float* x, int64_t T, Workspace& ws, float* out) {
   const int64_t H = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
-  const int64_t inter = c.moe_intermediate_size;
+  if (static_cast<int64_t>(w.experts.size()) != E) {
+    return absl::FailedPreconditionError(absl::StrCat("this rank holds ", w.experts.size(), " of ", E,
+                                                      " routed experts: an MoE layer without an exchange needs all"));
+  }
+  if (T == 0) return absl::OkStatus();
 
   // 1. Route.
   int32_t* ids;     // [T, k]
   float* weights;   // [T, k]
-  Route(c, w, be, x, T, ws, &ids, &weights);
+  RETURN_IF_ERROR(Route(c, router, w, bias, be, x, T, ws, &ids, &weights));
 
-  // 2. Group (token, slot) pairs by expert: counting sort.
-  int32_t* count = Workspace::Get(ws.expert_count, E + 1);
-  int32_t* offset = Workspace::Get(ws.expert_offset, E + 1);
-  int32_t* rows = Workspace::Get(ws.expert_rows, T * k);  // slot index t*k+i, grouped by expert
-  std::fill(count, count + E + 1, 0);
-  for (int64_t s = 0; s < T * k; ++s) ++count[ids[s]];
-  offset[0] = 0;
-  for (int64_t e = 0; e < E; ++e) offset[e + 1] = offset[e] + count[e];
-  std::fill(count, count + E, 0);
-  for (int64_t s = 0; s < T * k; ++s) rows[offset[ids[s]] + count[ids[s]]++] = static_cast<int32_t>(s);
+  // 2. Group the (token, choice) slots by expert; the host learns the counts.
+  const int64_t n = T * k;
+  ASSIGN_OR_RETURN(int32_t* offsets, ws.expert_offsets.Get<int32_t>(be, E + 1, "expert offsets"));
+  ASSIGN_OR_RETURN(int32_t* order, ws.expert_order.Get<int32_t>(be, n, "slots by expert"));
+  be.GroupByExpert(ids, n, E, offsets, order);
+  RETURN_IF_ERROR(be.Synchronize());
+  ws.host_offsets.resize(E + 1);
+  ws.host_offsets64.resize(E + 1);
+  be.CopyToHost(ws.host_offsets.data(), offsets, (E + 1) * sizeof(int32_t));
+  std::copy(ws.host_offsets.begin(), ws.host_offsets.end(), ws.host_offsets64.begin());
 
-  // 3. Run each local expert on its tokens and accumulate with the router weights.
-  float* acc = Workspace::Get(ws.moe_out, T * H);  // [T, H]
-  std::fill(acc, acc + T * H, 0.0f);
-  float* xg = Workspace::Get(ws.gathered, T * k * H);
-  float* yg = Workspace::Get(ws.expert_out, T * k * H);
-  for (size_t li = 0; li < w.expert_ids.size(); ++li) {
-    const int64_t e = w.expert_ids[li];
-    const int64_t n = count[e];
-    if (n == 0) continue;
-    const int32_t* r = rows + offset[e];
-    for (int64_t i = 0; i < n; ++i) std::memcpy(xg + i * H, x + (r[i] / k) * H, H * sizeof(float));
-    MlpForward(w.experts[li], be, xg, n, H, inter, ws, yg);
-    for (int64_t i = 0; i < n; ++i) {
-      float* dst = acc + (r[i] / k) * H;
-      const float wt = weights[r[i]];
-      const float* src = yg + i * H;
-      for (int64_t j = 0; j < H; ++j) dst[j] += wt * src[j];
-    }
-  }
+  // 3. Every expert on its rows, then each row back to its slot.
+  ASSIGN_OR_RETURN(float* xg, ws.gathered.Get<float>(be, n * H, "rows by expert"));
+  ASSIGN_OR_RETURN(float* yg, ws.expert_out.Get<float>(be, n * H, "expert outputs"));
+  ASSIGN_OR_RETURN(float* slots, ws.slots.Get<float>(be, n * H, "expert outputs by slot"));
+  be.GatherRows(xg, H, x, H, order, n, H, static_cast<int32_t>(k));
+  GroupedMlpParams g;
+  g.x = xg, g.ldx = H, g.experts = w.experts, g.offsets = ws.host_offsets64;
+  g.hidden = H, g.inter = c.moe_intermediate_size, g.out = yg, g.ldo = H;
+  be.GroupedMlp(g);
+  be.ScatterRows(slots, H, yg, H, order, n, H);
 
-  // 4. Shared experts.
-  AddSharedExperts(c, w, be, x, T, acc, ws, out);
+  // 4. Weighted sum over each token's choices, then the shared experts.
+  ASSIGN_OR_RETURN(float* acc, ws.moe_out.Get<float>(be, T * H, "routed output"));
+  be.WeightedSumRows(acc, slots, weights, T, k, H);
+  return AddSharedExperts(c, w, be, x, T, acc, out);
 }
 
-absl::Status MoeForwardExchange(const ModelConfig& c, const MoeWeights& w, Backend& be, const float* x, int64_t T,
-                                Workspace& ws, MoeExchange& ex, float* out) {
+absl::Status MoeForwardExchange(const ModelConfig& c, const RouterParams& router, const MoeWeights& w,
+                                const float* bias, Backend& be, const float* x, int64_t T, Workspace& ws,
+                                ExpertExchange& ex, float* out) {
   const int64_t H = c.hidden_size, k = c.num_experts_per_tok;
   int32_t* ids;
   float* weights;
-  Route(c, w, be, x, T, ws, &ids, &weights);
+  RETURN_IF_ERROR(Route(c, router, w, bias, be, x, T, ws, &ids, &weights));
+  RETURN_IF_ERROR(be.Synchronize());  // the exchange reads ids and x
 
   using Clock = std::chrono::steady_clock;
   auto t0 = Clock::now();
@@ -117,30 +123,20 @@ absl::Status MoeForwardExchange(const ModelConfig& c, const MoeWeights& w, Backe
     return absl::InternalError(absl::StrCat("expert placement gives this rank ", off.size() - 1,
                                             " experts but it loaded ", w.experts.size()));
   }
-  for (size_t li = 0; li < w.experts.size(); ++li) {
-    const int64_t n = off[li + 1] - off[li];
-    if (n == 0) continue;
-    MlpForward(w.experts[li], be, ex.received() + off[li] * H, n, H, c.moe_intermediate_size, ws,
-               ex.expert_output() + off[li] * H);
-  }
-  float* slots = Workspace::Get(ws.expert_out, T * k * H + 1);  // [T * k, H]
+  GroupedMlpParams g;
+  g.x = ex.received(), g.ldx = H, g.experts = w.experts, g.offsets = off;
+  g.hidden = H, g.inter = c.moe_intermediate_size, g.out = ex.expert_output(), g.ldo = H;
+  be.GroupedMlp(g);
+  RETURN_IF_ERROR(be.Synchronize());  // the combine reads the expert outputs
+  ASSIGN_OR_RETURN(float* slots, ws.slots.Get<float>(be, T * k * H + 1, "expert outputs by slot"));  // [T * k, H]
   t0 = Clock::now();
   RETURN_IF_ERROR(ex.Combine(slots));
   comm_s += std::chrono::duration<double>(Clock::now() - t0).count();
   if (ws.profile != nullptr) ws.profile->dispatch_combine_s += comm_s;
 
-  float* acc = Workspace::Get(ws.moe_out, T * H + 1);
-  std::fill(acc, acc + T * H, 0.0f);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t i = 0; i < k; ++i) {
-      const float wt = weights[t * k + i];
-      const float* src = slots + (t * k + i) * H;
-      float* dst = acc + t * H;
-      for (int64_t j = 0; j < H; ++j) dst[j] += wt * src[j];
-    }
-  }
-  AddSharedExperts(c, w, be, x, T, acc, ws, out);
-  return absl::OkStatus();
+  ASSIGN_OR_RETURN(float* acc, ws.moe_out.Get<float>(be, T * H + 1, "routed output"));
+  if (T > 0) be.WeightedSumRows(acc, slots, weights, T, k, H);
+  return AddSharedExperts(c, w, be, x, T, acc, out);
 }
 
 }  // namespace deepshard

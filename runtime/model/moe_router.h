@@ -10,18 +10,23 @@
 //   normalise: sigmoid always (DeepSeek-V3 inference); softmax only if norm_topk_prob
 //   scale    : × routed_scaling_factor (V3 always; V2 only when not normalised, as
 //              the published V2 modeling code does)
+//
+// The rule runs as a backend op (Backend::RouteTopK); this file turns a config
+// into its parameters.
 #pragma once
 
 #include <cstdint>
 
-#include "kernels/tensor.h"
+#include "kernels/backend.h"
 #include "runtime/config/model_config.h"
 
 namespace deepshard {
 
-// logits [T, n_routed_experts] (f32) → ids [T, k], weights [T, k].
-// `scratch` holds at least 2 * n_routed_experts + n_group floats.
-void RouteTokens(const ModelConfig& c, const float* logits, const VectorView& bias, int64_t T,
-                 int32_t* ids, float* weights, float* scratch);
+RouterParams MakeRouterParams(const ModelConfig& c);
+
+// Host reference (the CPU op): logits [T, n_routed_experts] (f32) → ids [T, k],
+// weights [T, k]. `bias` is used under noaux_tc only.
+void RouteTokens(const ModelConfig& c, const float* logits, const VectorView& bias, int64_t T, int32_t* ids,
+                 float* weights);
 
 }  // namespace deepshard

@@ -207,7 +207,7 @@ int main(int argc, char** argv) {
   int64_t wrong = 0;
   std::unique_ptr<ds::KvCache> cache;
   for (int r = 0; r < 3; ++r) {
-    cache = m.NewCache(prompt_len + decode_steps + 8);
+    cache = m.NewCache(prompt_len + decode_steps + 8).value();
     ds::SequenceChunk ch{cache.get(), 0, prompt.data(), prompt_len};
     auto t0 = Clock::now();
     if (!m.Forward({&ch, 1}, false, logits.data()).ok()) return 1;

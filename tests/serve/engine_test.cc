@@ -1,4 +1,4 @@
-// ServingEngine on one rank (StageRunner with no MPI) over a tiny random
+// Engine on one rank (StageRunner with no MPI) over a tiny random
 // model: batched, chunked, preempted serving gives exactly the tokens of
 // offline Generate; cancellation, drain and a lost rank each end every request
 // with one final event; Submit rejects bad requests with the right codes.
@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "gtest/gtest.h"
-#include "runtime/engine/paged_kv_cache.h"
+#include "runtime/batching/paged_kv_cache.h"
 #include "runtime/generate.h"
 #include "runtime/model/random_model.h"
 
@@ -61,7 +61,8 @@ class Harness {
     auto m = DeepseekModel::Load(ModelDir(preset), rt);
     EXPECT_TRUE(m.ok()) << m.status();
     model = *std::move(m);
-    pool = std::make_unique<PagedKvCache>(model->config(), model->n_local_layers(), block_size, n_blocks);
+    pool = PagedKvCache::Create(model->backend(), model->config(), model->n_local_layers(), block_size, n_blocks,
+                                model->runtime().kv_dtype).value();
     runner = std::make_unique<StageRunner>(*model, ParallelConfig::Single(), nullptr, nullptr, nullptr, *pool);
     EngineOptions o;
     o.scheduler = {.dp_slots = 1, .blocks_per_slot = n_blocks, .block_size = block_size,
@@ -71,7 +72,7 @@ class Harness {
     o.max_waiting = max_waiting;
     o.vocab_size = static_cast<int32_t>(model->config().vocab_size);
     o.max_context = model->max_context();
-    engine = std::make_unique<ServingEngine>(*runner, o, nullptr, nullptr);
+    engine = std::make_unique<Engine>(*runner, o, nullptr, nullptr);
   }
   ~Harness() { Stop(); }
 
@@ -136,7 +137,7 @@ class Harness {
   std::unique_ptr<DeepseekModel> model;
   std::unique_ptr<PagedKvCache> pool;
   std::unique_ptr<StageRunner> runner;
-  std::unique_ptr<ServingEngine> engine;
+  std::unique_ptr<Engine> engine;
   std::thread thread;
   absl::Status run_status;
   std::mutex mu;
@@ -158,11 +159,11 @@ struct ModelCase {
   std::string preset;
   MlaMode mla;
 };
-class ServingEngineModels : public ::testing::TestWithParam<ModelCase> {};
+class EngineModels : public ::testing::TestWithParam<ModelCase> {};
 
 // Every MLA form (kAuto mixes naive prefill chunks and absorbed decodes in one
 // step), V2-Lite (no q_lora) and the MHA model (DeepSeekMoE 16B).
-TEST_P(ServingEngineModels, BatchedChunkedPreemptedServingMatchesOfflineGenerate) {
+TEST_P(EngineModels, BatchedChunkedPreemptedServingMatchesOfflineGenerate) {
   // 8-token blocks, 14 of them: 20 requests of up to 70 tokens cannot all fit,
   // so admission waits, prefills are chunked (16 tokens) and decodes preempt.
   Harness h(/*block_size=*/8, /*n_blocks=*/14, /*max_running=*/6, /*budget=*/32, /*prefill_chunk=*/16,
@@ -199,7 +200,7 @@ TEST_P(ServingEngineModels, BatchedChunkedPreemptedServingMatchesOfflineGenerate
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Models, ServingEngineModels,
+    Models, EngineModels,
     ::testing::Values(ModelCase{"tiny-v3", MlaMode::kAuto}, ModelCase{"tiny-v3", MlaMode::kNaive},
                       ModelCase{"tiny-v3", MlaMode::kAbsorbed}, ModelCase{"tiny-v2-lite", MlaMode::kAuto},
                       ModelCase{"tiny-moe16b", MlaMode::kAuto}),
@@ -211,7 +212,7 @@ INSTANTIATE_TEST_SUITE_P(
       return name;
     });
 
-TEST(ServingEngine, SubmitRejectsBadRequestsWithTheirCodes) {
+TEST(Engine, SubmitRejectsBadRequestsWithTheirCodes) {
   Harness h(/*block_size=*/16, /*n_blocks=*/4, 8, 64, 16, /*max_waiting=*/2);
   const int64_t V = h.model->config().vocab_size, ctx = h.model->max_context();
   EXPECT_EQ(h.Submit({}, 4).status().code(), absl::StatusCode::kInvalidArgument);
@@ -231,7 +232,7 @@ TEST(ServingEngine, SubmitRejectsBadRequestsWithTheirCodes) {
   EXPECT_EQ(h.Submit({1, 2}, 2).status().code(), absl::StatusCode::kResourceExhausted);
 }
 
-TEST(ServingEngine, CancelEndsTheRequestAndFreesItsBlocks) {
+TEST(Engine, CancelEndsTheRequestAndFreesItsBlocks) {
   Harness h(/*block_size=*/8, /*n_blocks=*/32);
   h.Start();
   auto a = h.Submit({5, 6, 7}, 100);
@@ -250,7 +251,7 @@ TEST(ServingEngine, CancelEndsTheRequestAndFreesItsBlocks) {
   h.engine->Cancel(12345);
 }
 
-TEST(ServingEngine, DrainLetsRequestsFinishThenEndsTheRestWithAnError) {
+TEST(Engine, DrainLetsRequestsFinishThenEndsTheRestWithAnError) {
   Harness h(/*block_size=*/8, /*n_blocks=*/32);
   auto shortreq = h.Submit({1, 2, 3}, 4);
   auto longreq = h.Submit({4, 5, 6}, 110);
@@ -269,7 +270,7 @@ TEST(ServingEngine, DrainLetsRequestsFinishThenEndsTheRestWithAnError) {
   EXPECT_EQ(h.Get(*shortreq).finals, 1);
 }
 
-TEST(ServingEngine, ALostRankFailsEveryRequestAtOnce) {
+TEST(Engine, ALostRankFailsEveryRequestAtOnce) {
   Harness h(/*block_size=*/8, /*n_blocks=*/32);
   std::vector<int64_t> ids;
   for (int i = 0; i < 4; ++i) ids.push_back(*h.Submit({static_cast<int32_t>(i + 1), 2, 3}, 100));
@@ -295,7 +296,7 @@ TEST(ServingEngine, ALostRankFailsEveryRequestAtOnce) {
 namespace deepshard::serve {
 namespace {
 
-TEST(ServingEngine, RunUntilIdleReturnsOnceEveryRequestIsDone) {
+TEST(Engine, RunUntilIdleReturnsOnceEveryRequestIsDone) {
   Harness h(/*block_size=*/8, /*n_blocks=*/32);
   auto a = h.Submit({1, 2, 3}, 5);
   auto b = h.Submit({4, 5}, 3);

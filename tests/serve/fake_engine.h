@@ -1,4 +1,4 @@
-// FakeEngine: an Engine (serve/engine_api.h) for front-end tests. Each
+// FakeEngine: an Engine (serve/generation_api.h) for front-end tests. Each
 // submitted request plays a scripted token sequence on its own thread, one
 // event every `interval`, stops at max_tokens (kLength), honours Cancel
 // (final kCancelled event), and ends with the scripted reason. Health and
@@ -13,11 +13,11 @@
 #include <thread>
 #include <vector>
 
-#include "serve/engine_api.h"
+#include "serve/generation_api.h"
 
 namespace deepshard::serve::testing {
 
-class FakeEngine : public Engine {
+class FakeEngine : public GenerationApi {
  public:
   struct Script {
     Script() = default;

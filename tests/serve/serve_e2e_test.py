@@ -182,8 +182,9 @@ def sse_events(resp):
         yield json.loads(data)
 
 
-def stream_completion(srv, body, headers=None, stop_after=None):
-    """POSTs a streaming completion; returns (status, text, token_ids, finish_reason, error)."""
+def stream_completion(srv, body, headers=None, stop_after=None, started=None):
+    """POSTs a streaming completion; returns (status, text, token_ids, finish_reason, error).
+    `started` (a threading.Event) is set when the first event arrives."""
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
     h = {"Content-Type": "application/json"}
     h.update(headers or {})
@@ -195,6 +196,8 @@ def stream_completion(srv, body, headers=None, stop_after=None):
         return r.status, "", [], None, data.decode()
     text, ids, finish, error, n = "", [], None, None, 0
     for ev in sse_events(r):
+        if started is not None:
+            started.set()
         if "error" in ev:
             error = ev["error"]["message"]
             continue
@@ -399,13 +402,19 @@ def test_main_server():
         drain_prompt = prompts[5][:8]
         ref_drain = offline([drain_prompt], 110)[0]
         holder = {}
+        started = threading.Event()
         t = threading.Thread(target=lambda: holder.setdefault("r", stream_completion(
             srv, {"prompt": drain_prompt, "max_tokens": 110, "temperature": 0, "ignore_eos": True,
-                  "return_token_ids": True})))
+                  "return_token_ids": True}, started=started)))
         t.start()
-        time.sleep(0.3)
+        started.wait(30)
         srv.signal_all(signal.SIGTERM)
-        time.sleep(0.3)
+        # Ask as soon as rank 0 says it is draining: on a fast machine the
+        # 110-token stream (and with it the drain) ends within a few tenths of
+        # a second, and a fixed sleep could land after it.
+        deadline = time.time() + 5
+        while ": draining" not in srv.text_log() and time.time() < deadline:
+            time.sleep(0.01)
         code = None
         try:
             code = srv.post("/v1/completions", {"prompt": [1, 2], "max_tokens": 2})[0]
@@ -462,10 +471,11 @@ def test_strict_server():
 
         # Drain timeout: a long stream is ended with an explicit error.
         holder = {}
+        started = threading.Event()
         t = threading.Thread(target=lambda: holder.setdefault("r", stream_completion(
-            srv, {"prompt": [7, 8, 9], "max_tokens": 120, "ignore_eos": True}, headers=srv.auth)))
+            srv, {"prompt": [7, 8, 9], "max_tokens": 120, "ignore_eos": True}, headers=srv.auth, started=started)))
         t.start()
-        time.sleep(0.3)
+        started.wait(30)
         srv.signal_all(signal.SIGTERM)
         t.join(60)
         r = holder.get("r")
@@ -481,10 +491,13 @@ def test_kill_worker():
     srv = Server("kill", ["--failure-linger", "3"])
     try:
         holder = {}
+        started = threading.Event()
         t = threading.Thread(target=lambda: holder.setdefault("r", stream_completion(
-            srv, {"prompt": [7, 8, 9], "max_tokens": 120, "ignore_eos": True})))
+            srv, {"prompt": [7, 8, 9], "max_tokens": 120, "ignore_eos": True}, started=started)))
         t.start()
-        time.sleep(0.5)
+        # Kill as soon as the stream runs: on a fast machine all 120 tokens take
+        # well under a second, so a fixed sleep could land after the end.
+        started.wait(30)
         pids = srv.rank_pids()
         check(all(r in pids for r in (0, 1, 2, 3)), f"every rank reports ready ({sorted(pids)})")
         t0 = time.time()

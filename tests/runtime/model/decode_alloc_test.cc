@@ -40,7 +40,7 @@ TEST_P(DecodeAllocTest, SteadyStateDecodeDoesNotAllocate) {
   SamplingParams sp;
   sp.temperature = 0.8f, sp.top_k = 40, sp.top_p = 0.9f, sp.seed = 3;
   Sampler sampled(V, sp);
-  auto cache = model.NewCache(64);
+  auto cache = model.NewCache(64).value();
   std::vector<int32_t> prompt = {5, 9, 200, 17, 3, 44, 81, 6};
   SequenceChunk ch{cache.get(), 0, prompt.data(), static_cast<int64_t>(prompt.size())};
   ASSERT_TRUE(model.Forward({&ch, 1}, false, logits.data()).ok());

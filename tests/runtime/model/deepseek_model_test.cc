@@ -44,7 +44,7 @@ std::unique_ptr<DeepseekModel> Load(const std::string& dir, MlaMode mode = MlaMo
 // Prompt logits (all positions) then `steps` greedy decode steps, concatenated.
 std::vector<float> RunSequence(DeepseekModel& m, const std::vector<int32_t>& prompt, int steps) {
   const int64_t V = m.config().vocab_size;
-  auto cache = m.NewCache();
+  auto cache = m.NewCache().value();
   std::vector<float> out(prompt.size() * V);
   SequenceChunk ch{cache.get(), 0, prompt.data(), static_cast<int64_t>(prompt.size())};
   EXPECT_TRUE(m.Forward({&ch, 1}, true, out.data()).ok());
@@ -83,10 +83,10 @@ TEST(DeepseekModel, ChunkedPrefillMatchesOneChunk) {
     const int64_t V = m->config().vocab_size;
     const auto prompt = Prompt(30, V, 2);
     std::vector<float> whole(V), chunked(V);
-    auto c1 = m->NewCache();
+    auto c1 = m->NewCache().value();
     SequenceChunk ch{c1.get(), 0, prompt.data(), 30};
     ASSERT_TRUE(m->Forward({&ch, 1}, false, whole.data()).ok());
-    auto c2 = m->NewCache();
+    auto c2 = m->NewCache().value();
     for (int64_t s = 0; s < 30; s += 10) {
       ch = SequenceChunk{c2.get(), s, prompt.data() + s, 10};
       ASSERT_TRUE(m->Forward({&ch, 1}, false, chunked.data()).ok());
@@ -101,11 +101,11 @@ TEST(DeepseekModel, BatchedSequencesMatchSeparateRuns) {
     const int64_t V = m->config().vocab_size;
     const auto p1 = Prompt(9, V, 3), p2 = Prompt(23, V, 4);
     std::vector<float> sep1(V), sep2(V), both(2 * V);
-    auto a = m->NewCache(), b = m->NewCache();
+    auto a = m->NewCache().value(), b = m->NewCache().value();
     SequenceChunk c1{a.get(), 0, p1.data(), 9}, c2{b.get(), 0, p2.data(), 23};
     ASSERT_TRUE(m->Forward({&c1, 1}, false, sep1.data()).ok());
     ASSERT_TRUE(m->Forward({&c2, 1}, false, sep2.data()).ok());
-    auto a2 = m->NewCache(), b2 = m->NewCache();
+    auto a2 = m->NewCache().value(), b2 = m->NewCache().value();
     SequenceChunk batch[2] = {{a2.get(), 0, p1.data(), 9}, {b2.get(), 0, p2.data(), 23}};
     ASSERT_TRUE(m->Forward(batch, false, both.data()).ok());
     EXPECT_LE(MaxRelErr(both.data(), sep1.data(), V), 1e-5) << preset;
@@ -125,11 +125,11 @@ TEST(DeepseekModel, BatchedSequencesMatchSeparateRuns) {
 TEST(DeepseekModel, KvCacheHoldsOnlyTheLatent) {
   auto m = Load(TinyModel("tiny-v3"));
   const ModelConfig& c = m->config();
-  auto cache = m->NewCache(10);
+  auto cache = m->NewCache(10).value();
   EXPECT_EQ(cache->width(), c.kv_lora_rank + c.qk_rope_head_dim);
   EXPECT_EQ(cache->bytes(), c.num_hidden_layers * 10 * (c.kv_lora_rank + c.qk_rope_head_dim) * 4);
   auto mha = Load(TinyModel("tiny-moe16b"));
-  EXPECT_EQ(mha->NewCache(10)->width(), 2 * mha->config().num_key_value_heads * mha->config().head_dim);
+  EXPECT_EQ(mha->NewCache(10).value()->width(), 2 * mha->config().num_key_value_heads * mha->config().head_dim);
 }
 
 TEST(DeepseekModel, MtpLayerIsSkippedAndNeverRead) {
@@ -198,7 +198,7 @@ TEST(DeepseekModel, ConfigAndWeightsThatDisagreeNameTheTensor) {
 TEST(DeepseekModel, BadInputsAreErrorsNotCrashes) {
   auto m = Load(TinyModel("tiny-v3"));
   std::vector<float> logits(m->config().vocab_size);
-  auto cache = m->NewCache(8);
+  auto cache = m->NewCache(8).value();
   const int32_t bad[2] = {3, 100000};
   SequenceChunk ch{cache.get(), 0, bad, 2};
   auto st = m->Forward({&ch, 1}, false, logits.data());

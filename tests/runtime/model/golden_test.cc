@@ -88,10 +88,11 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
            "tools/reference/make_fixtures.py (see tools/reference/README.md)";
   }
 
-  void CheckForm(MlaMode mode, MathMode math, double tol) {
+  void CheckForm(MlaMode mode, MathMode math, double tol, DType kv_dtype = DType::kF32) {
     RuntimeConfig rt;
     rt.mla_mode = mode;
     rt.math = math;
+    rt.kv_dtype = kv_dtype;
     auto m = DeepseekModel::Load(dir_, rt);
     ASSERT_TRUE(m.ok()) << m.status();
     const int64_t V = (*m)->config().vocab_size;
@@ -101,7 +102,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
       const auto ids = fx_.Get<int32_t>(key + ".ids");
       const auto ref = fx_.Get<float>(key + ".logits");
       std::vector<float> ours(ids.size() * V);
-      auto cache = (*m)->NewCache();
+      auto cache = (*m)->NewCache().value();
       SequenceChunk ch{cache.get(), 0, ids.data(), static_cast<int64_t>(ids.size())};
       ASSERT_TRUE((*m)->Forward({&ch, 1}, true, ours.data()).ok());
       const double err = testing_util::RowRelErr(ours, ref, V);
@@ -132,6 +133,74 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(GoldenTest, DefaultFormsMatchReference) { CheckForm(MlaMode::kAuto, MathMode::kExact, kExactTol); }
+
+// A bf16 KV cache (--kv-cache-dtype bf16, what GPU MLA kernels read) rounds
+// every cached value to 8 significant bits (relative 2^-9 ≈ 2e-3); measured
+// logit errors are 1.5e-3 .. 3.5e-3, bounded here by 1e-2. A perturbation that
+// small can still move one token's MoE routing across a near-tie (a discrete
+// change, seen on about one random model in ten): such a step is detected by
+// comparing the routed-expert counts of a bf16 and an f32 run in lockstep,
+// reported, and its logits are not held to the bf16 bound. Greedy tokens must
+// match the reference either way.
+constexpr double kBf16KvTol = 1e-2;
+
+TEST_P(GoldenTest, Bf16KvCacheMatchesReference) {
+  RuntimeConfig f32_rt, bf16_rt;
+  bf16_rt.kv_dtype = DType::kBF16;
+  auto a = DeepseekModel::Load(dir_, f32_rt), b = DeepseekModel::Load(dir_, bf16_rt);
+  ASSERT_TRUE(a.ok() && b.ok());
+  StepProfile pa, pb;
+  (*a)->set_profile(&pa);
+  (*b)->set_profile(&pb);
+  const int64_t V = (*a)->config().vocab_size;
+  int flips = 0;
+  // Runs one step on both; true when the routing was the same.
+  auto step = [&](KvCache& ca, KvCache& cb, const int32_t* ids, int64_t n, bool all, float* la, float* lb) {
+    const std::vector<int64_t> ra = pa.expert_tokens, rb = pb.expert_tokens;
+    SequenceChunk x{&ca, ca.length(), ids, n}, y{&cb, cb.length(), ids, n};
+    EXPECT_TRUE((*a)->Forward({&x, 1}, all, la).ok());
+    EXPECT_TRUE((*b)->Forward({&y, 1}, all, lb).ok());
+    bool same = pa.expert_tokens.size() == pb.expert_tokens.size();
+    for (size_t i = 0; same && i < pa.expert_tokens.size(); ++i) {
+      same = pa.expert_tokens[i] - (i < ra.size() ? ra[i] : 0) == pb.expert_tokens[i] - (i < rb.size() ? rb[i] : 0);
+    }
+    if (!same) ++flips;
+    return same;
+  };
+  for (int i = 0;; ++i) {
+    const std::string key = "prompt" + std::to_string(i);
+    if (fx_.file->Find(key + ".ids") == nullptr) break;
+    const auto ids = fx_.Get<int32_t>(key + ".ids");
+    const auto ref = fx_.Get<float>(key + ".logits");
+    std::vector<float> la(ids.size() * V), lb(ids.size() * V);
+    auto ca = (*a)->NewCache().value(), cb = (*b)->NewCache().value();
+    const bool same = step(*ca, *cb, ids.data(), static_cast<int64_t>(ids.size()), true, la.data(), lb.data());
+    const double err = testing_util::RowRelErr(lb, ref, V);
+    std::printf("[ %s ] bf16 KV prompt%d (%zu tokens): max rel logit err %.3g%s\n", GetParam().c_str(), i, ids.size(),
+                err, same ? "" : " (routing differs from the f32 run: not compared)");
+    if (same) EXPECT_LE(err, kBf16KvTol) << key;
+  }
+  const auto prompt = fx_.Get<int32_t>("decode.prompt_ids");
+  const auto ref_tokens = fx_.Get<int32_t>("decode.tokens");
+  const auto ref_logits = fx_.Get<float>("decode.logits");
+  auto ca = (*a)->NewCache().value(), cb = (*b)->NewCache().value();
+  std::vector<float> la(V), lb(V);
+  std::vector<int32_t> tokens;
+  double worst = 0;
+  bool same = step(*ca, *cb, prompt.data(), static_cast<int64_t>(prompt.size()), false, la.data(), lb.data());
+  for (size_t s = 0; s < ref_tokens.size(); ++s) {
+    if (s > 0) same = step(*ca, *cb, &tokens.back(), 1, false, la.data(), lb.data());
+    const std::vector<float> want(ref_logits.begin() + s * V, ref_logits.begin() + (s + 1) * V);
+    const double err = testing_util::RowRelErr(lb, want, V);
+    if (same) worst = std::max(worst, err);
+    tokens.push_back(static_cast<int32_t>(std::max_element(lb.begin(), lb.end()) - lb.begin()));
+  }
+  std::printf("[ %s ] bf16 KV decode %zu greedy steps: max rel logit err %.3g, tokens %s, %d step(s) with "
+              "different routing\n", GetParam().c_str(), ref_tokens.size(), worst,
+              tokens == ref_tokens ? "identical" : "DIFFER", flips);
+  EXPECT_LE(worst, kBf16KvTol);
+  EXPECT_EQ(tokens, ref_tokens);
+}
 
 TEST_P(GoldenTest, NaiveOnlyMatchesReference) {
   if (fx_.meta("model_type") == "deepseek") GTEST_SKIP() << "MHA model: no MLA forms";

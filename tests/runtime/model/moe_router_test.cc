@@ -34,9 +34,8 @@ struct Routed {
 Routed RouteAll(const ModelConfig& c, const std::vector<float>& logits, const std::vector<float>& bias = {}) {
   const int64_t T = static_cast<int64_t>(logits.size()) / c.n_routed_experts;
   Routed r{std::vector<int32_t>(T * c.num_experts_per_tok), std::vector<float>(T * c.num_experts_per_tok)};
-  std::vector<float> scratch(2 * c.n_routed_experts + c.n_group);
   VectorView b{DType::kF32, bias.empty() ? nullptr : bias.data(), static_cast<int64_t>(bias.size())};
-  RouteTokens(c, logits.data(), b, T, r.ids.data(), r.w.data(), scratch.data());
+  RouteTokens(c, logits.data(), b, T, r.ids.data(), r.w.data());
   return r;
 }
 

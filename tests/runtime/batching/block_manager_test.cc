@@ -1,6 +1,6 @@
 // BlockManager: allocation, growth, sharing, copy-on-write, exhaustion, and a
 // long random workload after which every block must be free again.
-#include "runtime/engine/block_manager.h"
+#include "runtime/batching/block_manager.h"
 
 #include <map>
 #include <random>

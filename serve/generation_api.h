@@ -23,6 +23,7 @@ struct GenerationRequest {
   int64_t max_tokens = 16;      // new tokens at most (>= 1)
   SamplingParams sampling;      // temperature 0 = greedy
   bool ignore_eos = false;      // keep going past the model's EOS token
+  bool return_logits = false;   // each token's event carries the logits it was sampled from
 };
 
 enum class FinishReason {
@@ -42,6 +43,7 @@ struct TokenEvent {
   bool finished = false;
   FinishReason reason = FinishReason::kNone;
   std::string error;  // set when reason == kError
+  std::vector<float> logits;  // [tokens.size(), vocab] when the request asked for them
 };
 using TokenSink = std::function<void(TokenEvent)>;
 
@@ -51,9 +53,9 @@ struct EngineHealth {
   std::string detail;     // why not, for the /health body
 };
 
-class Engine {
+class GenerationApi {
  public:
-  virtual ~Engine() = default;
+  virtual ~GenerationApi() = default;
   // Thread-safe. Returns the request id. Errors (nothing queued, the sink is
   // never called):
   //   InvalidArgument    bad prompt / max_tokens / sampling (message names the field)

@@ -70,8 +70,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "runtime/engine/block_manager.h"
-#include "runtime/engine/sequence.h"
+#include "runtime/batching/block_manager.h"
+#include "runtime/batching/sequence.h"
 
 namespace deepshard {
 

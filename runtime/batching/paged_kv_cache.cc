@@ -1,4 +1,4 @@
-#include "runtime/engine/paged_kv_cache.h"
+#include "runtime/batching/paged_kv_cache.h"
 
 #include <cctype>
 #include <cstring>
@@ -48,27 +48,49 @@ absl::StatusOr<int64_t> ParseByteSize(std::string_view text) {
   return static_cast<int64_t>(value * u->bytes);
 }
 
-PagedKvCache::PagedKvCache(const ModelConfig& config, int64_t n_layers, int64_t block_size, int64_t n_blocks)
-    : n_layers_(n_layers),
+PagedKvCache::PagedKvCache(Backend& backend, const ModelConfig& config, int64_t n_layers, int64_t block_size,
+                           int64_t n_blocks, DType dtype)
+    : backend_(backend),
+      n_layers_(n_layers),
       width_(config.kv_cache_width()),
-      blocks_(n_blocks, block_size),
-      pool_(new float[n_layers * n_blocks * block_size * width_]) {}
+      dtype_(dtype),
+      blocks_(n_blocks, block_size) {}
 
-absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::FromBudget(const ModelConfig& config, int64_t n_layers,
-                                                                       int64_t block_size, int64_t budget_bytes) {
+absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(Backend& backend, const ModelConfig& config,
+                                                                   int64_t n_layers, int64_t block_size,
+                                                                   int64_t n_blocks, DType dtype) {
+  if (block_size <= 0 || n_blocks <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("a KV pool needs blocks: got ", n_blocks, " blocks of ",
+                                                   block_size, " tokens"));
+  }
+  if (dtype != DType::kF32 && dtype != DType::kBF16) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache dtype ", DTypeName(dtype), " is not f32 or bf16"));
+  }
+  auto pool = std::unique_ptr<PagedKvCache>(new PagedKvCache(backend, config, n_layers, block_size, n_blocks, dtype));
+  ASSIGN_OR_RETURN(pool->pool_, backend.Allocate(BytesPerBlock(config, n_layers, block_size, dtype) * n_blocks,
+                                                 absl::StrCat("the KV pool (", n_blocks, " blocks of ", block_size,
+                                                              " tokens)")));
+  return pool;
+}
+
+absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::FromBudget(Backend& backend, const ModelConfig& config,
+                                                                       int64_t n_layers, int64_t block_size,
+                                                                       int64_t budget_bytes, DType dtype) {
   if (block_size <= 0) return absl::InvalidArgumentError(absl::StrCat("KV block size ", block_size, " must be > 0"));
-  const int64_t per_block = BytesPerBlock(config, n_layers, block_size);
+  const int64_t per_block = BytesPerBlock(config, n_layers, block_size, dtype);
   const int64_t n_blocks = per_block > 0 ? budget_bytes / per_block : 0;
   if (n_blocks < 1) {
     return absl::InvalidArgumentError(absl::StrCat("--kv-cache-memory ", budget_bytes, " bytes holds no KV block (",
                                                    per_block, " bytes each: ", n_layers, " layers x ", block_size,
-                                                   " tokens x ", config.kv_cache_width(), " floats)"));
+                                                   " tokens x ", config.kv_cache_width(), " ", DTypeName(dtype),
+                                                   " values)"));
   }
-  return std::make_unique<PagedKvCache>(config, n_layers, block_size, n_blocks);
+  return Create(backend, config, n_layers, block_size, n_blocks, dtype);
 }
 
 std::unique_ptr<KvCache> PagedKvCache::NewSequence() {
-  return std::make_unique<KvCache>(pool_.get(), n_layers_, width_, n_blocks() * block_size() * width_, block_size());
+  return std::make_unique<KvCache>(pool_.data(), dtype_, n_layers_, width_, n_blocks() * block_size() * width_,
+                                   block_size());
 }
 
 absl::Status PagedKvCache::Reserve(KvCache& seq, int64_t n) {
@@ -93,10 +115,9 @@ void PagedKvCache::Free(KvCache& seq) {
 }
 
 void PagedKvCache::CopyBlock(int32_t src, int32_t dst) {
-  const int64_t block = block_size() * width_, layer = n_blocks() * block;
-  for (int64_t l = 0; l < n_layers_; ++l) {
-    std::memcpy(pool_.get() + l * layer + dst * block, pool_.get() + l * layer + src * block, block * sizeof(float));
-  }
+  const int64_t block = block_size() * width_ * DTypeSize(dtype_), layer = n_blocks() * block;
+  uint8_t* base = pool_.as<uint8_t>();
+  for (int64_t l = 0; l < n_layers_; ++l) backend_.Copy(base + l * layer + dst * block, base + l * layer + src * block, block);
 }
 
 }  // namespace deepshard

@@ -1,4 +1,4 @@
-#include "runtime/engine/scheduler.h"
+#include "runtime/batching/scheduler.h"
 
 #include <algorithm>
 #include <limits>

@@ -1,7 +1,7 @@
 // Scheduler: slot assignment, token budget, chunked prefill beside decodes,
 // admission control, preemption + recompute, cancellation, and a randomized
 // run of 1,000 requests on a small pool that must drain completely.
-#include "runtime/engine/scheduler.h"
+#include "runtime/batching/scheduler.h"
 
 #include <deque>
 #include <map>

@@ -1,6 +1,7 @@
 // PagedKvCache: one DP slot's KV pool and the per-sequence views into it.
 //
-// Memory is [layers][n_blocks][block_size][width] f32, width =
+// Memory is [layers][n_blocks][block_size][width] values (f32 or bf16, in the
+// backend's memory), width =
 // ModelConfig::kv_cache_width() (the 576-float latent c_kv | k_pe of MLA, or
 // K | V for the MHA model). Layer-major because a forward step walks the layers
 // one at a time: layer l of every sequence in the batch lies in one region of
@@ -9,7 +10,7 @@
 // included) take with a block table. Within a block a sequence's rows are
 // contiguous, so decode reads block_size * width floats per block in one run.
 //
-//   ASSIGN_OR_RETURN(auto pool, PagedKvCache::FromBudget(config, n_layers, 64, bytes));
+//   ASSIGN_OR_RETURN(auto pool, PagedKvCache::FromBudget(backend, config, n_layers, 64, bytes, DType::kBF16));
 //   auto seq = pool->NewSequence();
 //   RETURN_IF_ERROR(pool->Reserve(*seq, prompt_len));  // ResourceExhausted: preempt
 //   SequenceChunk ch{seq.get(), 0, prompt, prompt_len};
@@ -24,7 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "runtime/config/model_config.h"
-#include "runtime/engine/block_manager.h"
+#include "runtime/batching/block_manager.h"
 #include "runtime/model/kv_cache.h"
 
 namespace deepshard {
@@ -34,21 +35,25 @@ absl::StatusOr<int64_t> ParseByteSize(std::string_view text);
 
 class PagedKvCache {
  public:
-  // A pool of n_blocks blocks for `n_layers` (local) layers.
-  PagedKvCache(const ModelConfig& config, int64_t n_layers, int64_t block_size, int64_t n_blocks);
+  // A pool of n_blocks blocks for `n_layers` (local) layers, allocated from `backend`.
+  static absl::StatusOr<std::unique_ptr<PagedKvCache>> Create(Backend& backend, const ModelConfig& config,
+                                                              int64_t n_layers, int64_t block_size, int64_t n_blocks,
+                                                              DType dtype);
   // As many blocks as fit in `budget_bytes` (--kv-cache-memory); InvalidArgument
   // if not even one does.
-  static absl::StatusOr<std::unique_ptr<PagedKvCache>> FromBudget(const ModelConfig& config, int64_t n_layers,
-                                                                  int64_t block_size, int64_t budget_bytes);
-  static int64_t BytesPerBlock(const ModelConfig& config, int64_t n_layers, int64_t block_size) {
-    return n_layers * block_size * config.kv_cache_width() * static_cast<int64_t>(sizeof(float));
+  static absl::StatusOr<std::unique_ptr<PagedKvCache>> FromBudget(Backend& backend, const ModelConfig& config,
+                                                                  int64_t n_layers, int64_t block_size,
+                                                                  int64_t budget_bytes, DType dtype);
+  static int64_t BytesPerBlock(const ModelConfig& config, int64_t n_layers, int64_t block_size, DType dtype) {
+    return n_layers * block_size * config.kv_cache_width() * DTypeSize(dtype);
   }
 
   int64_t n_layers() const { return n_layers_; }
   int64_t width() const { return width_; }
   int64_t block_size() const { return blocks_.block_size(); }
   int64_t n_blocks() const { return blocks_.n_blocks(); }
-  int64_t bytes() const { return n_layers_ * n_blocks() * block_size() * width_ * static_cast<int64_t>(sizeof(float)); }
+  DType dtype() const { return dtype_; }
+  int64_t bytes() const { return n_layers_ * n_blocks() * block_size() * width_ * DTypeSize(dtype_); }
   const BlockManager& blocks() const { return blocks_; }
 
   // An empty sequence (no blocks) viewing this pool.
@@ -70,11 +75,15 @@ class PagedKvCache {
   }
 
  private:
+  PagedKvCache(Backend& backend, const ModelConfig& config, int64_t n_layers, int64_t block_size, int64_t n_blocks,
+               DType dtype);
   void CopyBlock(int32_t src, int32_t dst);
 
+  Backend& backend_;
   int64_t n_layers_, width_;
+  DType dtype_;
   BlockManager blocks_;
-  std::unique_ptr<float[]> pool_;  // not zeroed: rows are read only after they are written
+  Buffer pool_;  // backend memory, not zeroed: rows are read only after they are written
   std::vector<BlockCopy> copies_;  // scratch for Reserve
 };
 

@@ -1,6 +1,6 @@
 // PagedKvCache: the model reads and writes KV through block tables and gets
 // exactly the logits of the contiguous cache, in every attention form.
-#include "runtime/engine/paged_kv_cache.h"
+#include "runtime/batching/paged_kv_cache.h"
 
 #include <cmath>
 
@@ -39,20 +39,21 @@ std::unique_ptr<DeepseekModel> Load(const std::string& preset, MlaMode mode) {
 TEST(PagedKvCache, PoolSizeComesFromTheByteBudget) {
   auto m = Load("tiny-v3", MlaMode::kAuto);
   const ModelConfig& c = m->config();
-  const int64_t per_block = PagedKvCache::BytesPerBlock(c, m->n_local_layers(), 64);
+  const int64_t per_block = PagedKvCache::BytesPerBlock(c, m->n_local_layers(), 64, DType::kF32);
   EXPECT_EQ(per_block, m->n_local_layers() * 64 * (c.kv_lora_rank + c.qk_rope_head_dim) * 4);
-  auto pool = PagedKvCache::FromBudget(c, m->n_local_layers(), 64, 10 * per_block + per_block / 2);
+  auto pool = PagedKvCache::FromBudget(m->backend(), c, m->n_local_layers(), 64, 10 * per_block + per_block / 2, DType::kF32);
   ASSERT_TRUE(pool.ok()) << pool.status();
   EXPECT_EQ((*pool)->n_blocks(), 10);
   EXPECT_EQ((*pool)->bytes(), 10 * per_block);
-  const auto tiny = PagedKvCache::FromBudget(c, m->n_local_layers(), 64, per_block - 1);
+  const auto tiny = PagedKvCache::FromBudget(m->backend(), c, m->n_local_layers(), 64, per_block - 1, DType::kF32);
   EXPECT_EQ(tiny.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(tiny.status().message()).find("--kv-cache-memory"), std::string::npos);
 }
 
 TEST(PagedKvCache, OutOfBlocksIsResourceExhaustedAndUnreservedSlotsAreRefused) {
   auto m = Load("tiny-v2-lite", MlaMode::kAuto);
-  PagedKvCache pool(m->config(), m->n_local_layers(), 4, 3);
+  auto owned = PagedKvCache::Create(m->backend(), m->config(), m->n_local_layers(), 4, 3, DType::kF32).value();
+  PagedKvCache& pool = *owned;
   auto a = pool.NewSequence(), b = pool.NewSequence();
   ASSERT_TRUE(pool.Reserve(*a, 10).ok());
   const auto st = pool.Reserve(*b, 5);
@@ -82,7 +83,7 @@ std::vector<float> RunSchedule(DeepseekModel& m, PagedKvCache* pool) {
   for (int64_t i = 0; i < 37; ++i) pa[i] = tok(i, 1);
   for (int64_t i = 0; i < 70; ++i) pb[i] = tok(i, 2);
   for (int64_t i = 0; i < 23; ++i) pc[i] = tok(i, 3);
-  auto make = [&] { return pool != nullptr ? pool->NewSequence() : m.NewCache(); };
+  auto make = [&] { return pool != nullptr ? pool->NewSequence() : m.NewCache().value(); };
   auto a = make(), b = make(), c = make();
   std::vector<float> out;
   auto step = [&](std::vector<SequenceChunk> batch) {
@@ -111,11 +112,13 @@ std::vector<float> RunSchedule(DeepseekModel& m, PagedKvCache* pool) {
   if (pool != nullptr) {
     d = pool->Fork(*a);
   } else {
-    d = m.NewCache();
+    d = m.NewCache().value();
     std::vector<float> rows(a->length() * a->width());
-    for (int64_t l = 0; l < m.n_local_layers(); ++l) {
-      GatherKvRows(*a, l, a->length(), rows.data());
-      WriteKvRows(*d, l, 0, a->length(), rows.data());
+    std::vector<int32_t> slots(a->length());
+    for (int64_t j = 0; j < a->length(); ++j) slots[j] = static_cast<int32_t>(a->slot(j));
+    for (int64_t l = 0; l < m.n_local_layers(); ++l) {  // contiguous caches: slot j is row j
+      m.backend().KvGather(a->layer(l), slots.data(), a->length(), rows.data(), a->width());
+      m.backend().KvWrite(d->layer(l), slots.data(), a->length(), rows.data(), a->width());
     }
     d->set_length(a->length());
   }
@@ -146,8 +149,9 @@ TEST_P(PagedMatchesContiguous, SameLogits) {
   const PagedCase& pc = GetParam();
   auto m = Load(pc.preset, pc.mode);
   const std::vector<float> want = RunSchedule(*m, nullptr);
-  PagedKvCache pool(m->config(), m->n_local_layers(), pc.block_size, 256 / pc.block_size + 6);
-  const std::vector<float> got = RunSchedule(*m, &pool);
+  auto pool = PagedKvCache::Create(m->backend(), m->config(), m->n_local_layers(), pc.block_size,
+                                   256 / pc.block_size + 6, DType::kF32).value();
+  const std::vector<float> got = RunSchedule(*m, pool.get());
   ASSERT_EQ(got.size(), want.size());
   double err = 0, mx = 0;
   for (size_t i = 0; i < got.size(); ++i) {

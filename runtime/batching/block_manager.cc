@@ -1,4 +1,4 @@
-#include "runtime/engine/block_manager.h"
+#include "runtime/batching/block_manager.h"
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
