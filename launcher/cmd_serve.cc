@@ -44,7 +44,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/parallel_config.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "launcher/commands.h"
 #include "launcher/flags.h"
 #include "launcher/mpi_bootstrap.h"
@@ -52,7 +52,7 @@
 #include "runtime/engine/paged_kv_cache.h"
 #include "runtime/model/deepseek_model.h"
 #include "runtime/parallel/placement.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 #include "serve/control_plane.h"
 #include "serve/engine.h"
 #include "serve/engine_metrics.h"
