@@ -7,8 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/simd.h"  // VLoadF32 / VStoreF32: plain vector copies
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace deepshard {
 namespace {
@@ -18,23 +17,35 @@ namespace {
 // of 40 GB/s, measured) when destination and source differ by 16 bytes modulo
 // 64, which is exactly a page-aligned shared segment against a malloc'd buffer.
 // Plain vector loads and stores do not care about the relative alignment.
-inline void CopyRow(float* dst, const float* src, int64_t n) {
-#if defined(DS_HAVE_SIMD)
-  using namespace cpu;
-  int64_t i = 0;
-  for (; i + 4 * kLanes <= n; i += 4 * kLanes) {
-    const VecF a = VLoadF32(src + i), b = VLoadF32(src + i + kLanes);
-    const VecF c = VLoadF32(src + i + 2 * kLanes), d = VLoadF32(src + i + 3 * kLanes);
-    VStoreF32(dst + i, a);
-    VStoreF32(dst + i + kLanes, b);
-    VStoreF32(dst + i + 2 * kLanes, c);
-    VStoreF32(dst + i + 3 * kLanes, d);
-  }
-  for (; i + kLanes <= n; i += kLanes) VStoreF32(dst + i, VLoadF32(src + i));
-  for (; i < n; ++i) dst[i] = src[i];
+// comm/ does not use the CPU kernels' SIMD header (kernels/cpu/simd.h) for this:
+// a copy needs only an unaligned vector type (GCC/Clang vector extensions, the
+// same type _mm256_loadu_ps dereferences), which the compiler turns into the
+// widest moves -march allows (AVX-512, AVX or SSE) on any x86 target.
+#if defined(__AVX512F__)
+constexpr int64_t kCopyBytes = 64;
+#elif defined(__AVX__)
+constexpr int64_t kCopyBytes = 32;
 #else
-  std::memcpy(dst, src, n * sizeof(float));
+constexpr int64_t kCopyBytes = 16;
 #endif
+typedef float CopyVec __attribute__((vector_size(kCopyBytes), aligned(1), may_alias));
+constexpr int64_t kCopyLanes = kCopyBytes / sizeof(float);
+
+inline CopyVec LoadVec(const float* p) { return *reinterpret_cast<const CopyVec*>(p); }
+inline void StoreVec(float* p, CopyVec v) { *reinterpret_cast<CopyVec*>(p) = v; }
+
+inline void CopyRow(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 * kCopyLanes <= n; i += 4 * kCopyLanes) {
+    const CopyVec a = LoadVec(src + i), b = LoadVec(src + i + kCopyLanes);
+    const CopyVec c = LoadVec(src + i + 2 * kCopyLanes), d = LoadVec(src + i + 3 * kCopyLanes);
+    StoreVec(dst + i, a);
+    StoreVec(dst + i + kCopyLanes, b);
+    StoreVec(dst + i + 2 * kCopyLanes, c);
+    StoreVec(dst + i + 3 * kCopyLanes, d);
+  }
+  for (; i + kCopyLanes <= n; i += kCopyLanes) StoreVec(dst + i, LoadVec(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
 }
 
 }  // namespace

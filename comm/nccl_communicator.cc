@@ -10,7 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/mpi_communicator.h"  // MpiErrorString
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace deepshard {
 namespace {

@@ -4,15 +4,9 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace deepshard {
-namespace internal {
-void CheckFailed(const char* cond, const char* file, int line) {
-  std::fprintf(stderr, "deepshard: internal check failed: %s at %s:%d\n", cond, file, line);
-  std::abort();
-}
-}  // namespace internal
 
 const char* DTypeName(DType t) {
   switch (t) {

@@ -6,7 +6,7 @@
 #include "launcher/commands.h"
 #include "launcher/flags.h"
 #include "runtime/model/random_model.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace deepshard {
 

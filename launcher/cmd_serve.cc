@@ -18,12 +18,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "launcher/commands.h"
 #include "launcher/flags.h"
 #include "launcher/mpi_bootstrap.h"
 #include "launcher/rank_setup.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 #include "serve/job.h"
 #include "serve/server.h"
 #include "serve/signals.h"

@@ -4,7 +4,7 @@
 #include "absl/strings/str_join.h"
 #include "launcher/commands.h"
 #include "launcher/flags.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace deepshard {
 

@@ -8,7 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/mpi_communicator.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "runtime/batching/paged_kv_cache.h"
 #include "runtime/weights/safetensors.h"
 

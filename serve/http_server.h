@@ -52,7 +52,7 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 #include "serve/generation_api.h"
 #include "serve/metrics.h"
 

@@ -5,7 +5,7 @@
 #include <charconv>
 #include <cmath>
 
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace deepshard::serve {
 

@@ -10,7 +10,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "boost/json.hpp"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace deepshard::serve {
 

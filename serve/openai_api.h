@@ -40,9 +40,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "runtime/sampling.h"
-#include "runtime/tokenizer/chat_template.h"
-#include "runtime/tokenizer/streaming_detokenizer.h"
-#include "runtime/tokenizer/tokenizer.h"
+#include "text/chat/chat_template.h"
+#include "text/tokenizer/streaming_detokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 #include "serve/generation_api.h"
 
 namespace deepshard::serve {

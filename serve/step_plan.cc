@@ -1,7 +1,7 @@
 #include "serve/step_plan.h"
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "serve/wire.h"
 
 namespace deepshard::serve {

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "kernels/cpu/simd.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace deepshard::cpu {
 namespace {

@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "runtime/model/mla_attention.h"
 #include "runtime/model/moe.h"
 #include "runtime/model/moe_router.h"

@@ -1,6 +1,6 @@
 #include "runtime/model/mla_attention.h"
 
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace deepshard {
 namespace {

@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "boost/json.hpp"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "runtime/config/model_config.h"
 #include "runtime/weights/safetensors_writer.h"
 

@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "boost/json.hpp"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace deepshard {
 namespace json = boost::json;

@@ -20,7 +20,7 @@
 
 #include <boost/json.hpp>
 
-#include "runtime/tokenizer/tokenizer.h"
+#include "text/tokenizer/tokenizer.h"
 
 namespace {
 

@@ -8,7 +8,7 @@
 
 #include "boost/json.hpp"
 #include "gtest/gtest.h"
-#include "runtime/tokenizer/chat_template.h"
+#include "text/chat/chat_template.h"
 #include "serve/http_server.h"
 #include "tests/serve/fake_engine.h"
 #include "tests/util/tokenizers.h"

@@ -13,7 +13,7 @@
 #include "boost/beast/http.hpp"
 #include "boost/json.hpp"
 #include "gtest/gtest.h"
-#include "runtime/tokenizer/chat_template.h"
+#include "text/chat/chat_template.h"
 #include "tests/serve/fake_engine.h"
 #include "tests/util/tokenizers.h"
 

@@ -7,7 +7,7 @@
 
 #include "boost/json.hpp"
 #include "gtest/gtest.h"
-#include "runtime/tokenizer/chat_template.h"
+#include "text/chat/chat_template.h"
 #include "tests/util/tokenizers.h"
 
 namespace deepshard::serve {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Chat-template fixtures for deepshard's Jinja interpreter (runtime/tokenizer/chat_template.*).
+"""Chat-template fixtures for deepshard's Jinja interpreter (text/chat/chat_template.*).
 
 Writes three files under tests/data/chat_templates/, each a list of (template, inputs, expected
 output) rendered by Hugging Face transformers' own chat-template path:

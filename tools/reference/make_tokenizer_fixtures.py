@@ -320,7 +320,7 @@ def hash_name(name):
 
 
 # Character classes whose Oniguruma meaning deepshard's PCRE2 translation must reproduce
-# (runtime/tokenizer/regex.h), checked for every code point by the C++ tests.
+# (text/tokenizer/regex.h), checked for every code point by the C++ tests.
 ONIG_CLASSES = [
     ("w", r"\w"), ("w_in_class", r"[\w]"), ("W", r"\W"), ("s", r"\s"), ("S", r"\S"),
     ("s_in_class", r"[\s]"), ("d", r"\d"), ("h", r"\h"), ("L", r"\p{L}"), ("N", r"\p{N}"),
