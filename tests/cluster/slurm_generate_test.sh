@@ -7,6 +7,9 @@
 # same prompts. Then checks that 3 tasks for PP*EP=4 fail with the script's message,
 # and serves over HTTP with cluster/slurm/deepshard-serve.sbatch (PP=2 EP=2): a greedy
 # request matches one rank, and `scancel --signal=TERM` drains it to exit 0.
+# Last, `deepshard generate` and `deepshard serve` with a bad flag as 4-task
+# `srun --mpi=pmix` jobs: one usage error for the whole job (only the launcher's
+# rank 0 prints it; PMIX_RANK, no OMPI_COMM_WORLD_RANK under srun), non-zero exit.
 # Exit 77 (skipped) where the Slurm/munge daemons are not installed or not root.
 set -euo pipefail
 
@@ -132,5 +135,37 @@ squeue -h -j "$JOB" 2>/dev/null | grep -q . && fail "serve job $JOB still runnin
 grep -q "deepshard serve exited with 0" "$WORK/serve.err" || fail "serve job did not exit 0 after SIGTERM"
 grep -q "drained; shutting down" "$WORK/serve.err" || fail "serve job did not drain"
 echo "serve job: greedy ids match, SIGTERM drained, exit 0 after $(echo "$(date +%s.%N) - $t1" | bc) s"
+
+# 4. A usage error under `srun --mpi=pmix` on 4 tasks: every rank exits non-zero but
+#    only rank 0 prints the error (before, every rank did: it looked only for
+#    OMPI_COMM_WORLD_RANK, which srun does not set). stdout and stderr go to one file.
+cat >"$WORK/usage.sbatch" <<'EOS'
+#!/usr/bin/env bash
+exec srun --mpi=pmix "$DEEPSHARD" "$@"
+EOS
+usage_job() {  # usage_job NAME DEEPSHARD_ARGS...: 4-task job of `deepshard ARGS`, returns its rc
+  local name=$1; shift
+  DEEPSHARD=$DEEPSHARD \
+    timeout 120 sbatch --wait --quiet --job-name="ds-test-$name" --nodes=1 \
+      --ntasks-per-node=4 --cpus-per-task=1 --time=00:02:00 \
+      --chdir="$WORK" --output="$WORK/$name.out" "$WORK/usage.sbatch" "$@" &
+  wait $!
+}
+check_usage_job() {  # check_usage_job COMMAND NAME WANT_MESSAGE DEEPSHARD_ARGS...
+  local cmd=$1 name=$2 want=$3 rc=0 n; shift 3
+  t1=$(date +%s.%N)
+  usage_job "$name" "$cmd" "$@" || rc=$?
+  n=$(grep -cF "deepshard $cmd: error:" "$WORK/$name.out" || true)
+  echo "$cmd usage-error job (4 tasks): exit $rc, $n \"deepshard $cmd: error:\" line(s)" \
+       "after $(echo "$(date +%s.%N) - $t1" | bc) s"
+  [ $rc -ne 0 ] || fail "$cmd job with a bad flag exited 0"
+  [ "$n" -eq 1 ] || fail "$cmd job with a bad flag printed $n \"deepshard $cmd: error:\" lines, want 1"
+  grep -qF "deepshard $cmd: error: $want" "$WORK/$name.out" \
+    || fail "$cmd job's error is not \"$want\""
+}
+check_usage_job generate usage-generate "top_p must be in (0, 1], got 2" \
+  --model "$MODEL" --prompt-ids "$PROMPTS" --top-p 2
+check_usage_job serve usage-serve "unknown flag --no-such-flag" \
+  --model "$MODEL" --no-such-flag
 
 echo "PASS in $(echo "$(date +%s.%N) - $t0" | bc) s"
