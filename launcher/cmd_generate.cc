@@ -41,7 +41,7 @@ void PrintUsage(FILE* f) {
 }
 
 // What to generate for every prompt (prompt i is sampled with seed + i).
-struct GenerateOptions {
+struct GenerateFlags {
   int64_t max_new_tokens = 16;
   SamplingParams sampling;
   bool stop_at_eos = true;
@@ -52,7 +52,7 @@ struct Options {
   std::vector<std::vector<int32_t>> prompts;
   std::string text, chat, system;  // --prompt, --chat, --system
   bool text_output = false;        // print decoded text (text prompts without --print-ids)
-  GenerateOptions gen;
+  GenerateFlags gen;
   RuntimeConfig rt;
   PlacementOptions place;
   serve::JobOptions job;
@@ -215,9 +215,13 @@ int GenerateOnRoot(const Options& o, serve::Job& job, const Tokenizer* tok) {
   }
   std::fflush(stdout);
   const ParallelConfig& pc = job.parallel();
-  std::fprintf(stderr, "deepshard generate: %zu prompts (%zu tokens), %zu new tokens in %.3f s on %d %s (pp %d x ep %d)\n",
+  const int64_t preempted = o.gen.max_new_tokens > 0 ? job.engine().Snapshot().preemptions : 0;
+  std::fprintf(stderr,
+               "deepshard generate: %zu prompts (%zu tokens), %zu new tokens in %.3f s on %d %s (pp %d x ep %d), "
+               "%ld KV blocks of %ld tokens per DP slot, %ld preemptions\n",
                n, n_prompt, n_new, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-               pc.world, pc.world == 1 ? "rank" : "ranks", pc.pp, pc.ep);
+               pc.world, pc.world == 1 ? "rank" : "ranks", pc.pp, pc.ep, static_cast<long>(job.n_blocks()),
+               static_cast<long>(job.options().block_size), static_cast<long>(preempted));
   return 0;
 }
 

@@ -159,6 +159,8 @@ check_usage_job() {  # check_usage_job COMMAND NAME WANT_MESSAGE DEEPSHARD_ARGS.
   echo "$cmd usage-error job (4 tasks): exit $rc, $n \"deepshard $cmd: error:\" line(s)" \
        "after $(echo "$(date +%s.%N) - $t1" | bc) s"
   [ $rc -ne 0 ] || fail "$cmd job with a bad flag exited 0"
+  grep -q "tasks 0-3: Exited with exit code" "$WORK/$name.out" \
+    || fail "$cmd job with a bad flag: srun did not report all 4 tasks exiting"
   [ "$n" -eq 1 ] || fail "$cmd job with a bad flag printed $n \"deepshard $cmd: error:\" lines, want 1"
   grep -qF "deepshard $cmd: error: $want" "$WORK/$name.out" \
     || fail "$cmd job's error is not \"$want\""

@@ -75,6 +75,52 @@ TEST(Cli, SeededSamplingIsReproducible) {
   EXPECT_EQ(a.out.substr(0, a.out.find('\n')), b.out.substr(0, b.out.find('\n')));
 }
 
+// generate runs through the serving engine: a batch larger than its KV pool is
+// preempted and recomputed, and gives the tokens of an unconstrained run.
+TEST(Cli, GenerateInATightKvPoolPreemptsAndMatches) {
+  std::string prompts;
+  for (int i = 0; i < 12; ++i) {
+    if (i) prompts += ";";
+    for (int j = 0; j < 20; ++j) prompts += (j ? "," : "") + std::to_string((i * 37 + j * 11) % 500 + 2);
+  }
+  const std::string base = "generate --model " + ModelDir() + " --prompt-ids '" + prompts +
+                           "' --max-new-tokens 12 --ignore-eos --temperature 0.8 --seed 4";
+  Result roomy = RunCli(base);
+  ASSERT_EQ(roomy.code, 0) << roomy.out;
+  // What one block of 4 tokens takes, from the error for a budget too small for one.
+  Result probe = RunCli(base + " --block-size 4 --kv-cache-memory 1");
+  ASSERT_EQ(probe.code, 2) << probe.out;
+  const size_t at = probe.out.find("tokens (");
+  ASSERT_NE(at, std::string::npos) << probe.out;
+  const long bytes_per_block = std::stol(probe.out.substr(at + 8));
+  // 24 blocks of 4 tokens hold 96 tokens, a quarter of the batch's 384.
+  Result tight = RunCli(base + " --block-size 4 --kv-cache-memory " + std::to_string(24 * bytes_per_block));
+  ASSERT_EQ(tight.code, 0) << tight.out;
+  auto lines = [](const std::string& out) { return out.substr(0, out.find("deepshard generate:")); };
+  EXPECT_EQ(lines(tight.out), lines(roomy.out));
+  EXPECT_NE(tight.out.find("24 KV blocks of 4 tokens"), std::string::npos) << tight.out;
+  EXPECT_EQ(tight.out.find(" 0 preemptions"), std::string::npos) << "the pool was meant to be too small\n"
+                                                                   << tight.out;
+}
+
+// --kv-cache-dtype bf16 holds twice the tokens in the same --kv-cache-memory.
+// (Its tokens are checked against transformers in golden_test and
+// engine_layouts_test; on an arbitrary random model a greedy near-tie can go
+// either way under the rounding, so this test does not compare tokens.)
+TEST(Cli, Bf16KvCacheHoldsTwiceTheBlocks) {
+  const std::string base = "generate --model " + ModelDir() + " --prompt-ids '0,5,17;42' --max-new-tokens 4 "
+                           "--kv-cache-memory 64MiB";
+  Result f32 = RunCli(base), bf16 = RunCli(base + " --kv-cache-dtype bf16");
+  ASSERT_EQ(f32.code, 0) << f32.out;
+  ASSERT_EQ(bf16.code, 0) << bf16.out;
+  auto blocks = [](const std::string& out) {
+    const size_t at = out.find(" KV blocks of");
+    const size_t begin = out.rfind(' ', at - 1) + 1;
+    return std::stol(out.substr(begin, at - begin));
+  };
+  EXPECT_EQ(blocks(bf16.out), 2 * blocks(f32.out)) << f32.out << bf16.out;
+}
+
 TEST(Cli, BadInputIsAClearError) {
   const std::string m = " --model " + ModelDir();
   struct Case {
@@ -90,6 +136,11 @@ TEST(Cli, BadInputIsAClearError) {
       {"generate" + m + " --prompt-ids 1 --mla sideways", 2, "--mla"},
       {"generate" + m + " --prompt-ids 1,100000", 2, "token id 100000"},
       {"generate --model /nonexistent/dir --prompt-ids 1", 1, "/nonexistent/dir"},
+      {"generate" + m + " --prompt-ids 1 --kv-cache-dtype int8", 2, "--kv-cache-dtype must be f32 or bf16"},
+      {"generate" + m + " --prompt-ids 1 --device cuda", 2, "--device cuda is not available"},
+      {"generate" + m + " --prompt-ids 1 --kv-cache-memory 1KiB", 2, "--kv-cache-memory"},
+      {"generate" + m + " --prompt-ids 1 --block-size 0", 2, "--block-size must be in [1, 4096]"},
+      {"serve" + m + " --kv-cache-dtype fp8", 2, "--kv-cache-dtype"},
       {"make-model --preset tiny-v9 --out /tmp/x", 2, "unknown preset \"tiny-v9\""},
       {"make-model --preset tiny-v3 --dtype int4 --out /tmp/x", 2, "--dtype"},
       {"frobnicate", 2, "unknown command"},

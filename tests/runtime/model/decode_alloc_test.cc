@@ -27,11 +27,13 @@ void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 namespace deepshard {
 namespace {
 
-class DecodeAllocTest : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
+class DecodeAllocTest : public ::testing::TestWithParam<std::tuple<std::string, DType, DType>> {};
 
 TEST_P(DecodeAllocTest, SteadyStateDecodeDoesNotAllocate) {
-  const auto [preset, dtype] = GetParam();
-  auto m = DeepseekModel::Load(testing_util::TinyModel(preset, dtype), RuntimeConfig{});
+  const auto [preset, dtype, kv_dtype] = GetParam();
+  RuntimeConfig rt;
+  rt.kv_dtype = kv_dtype;
+  auto m = DeepseekModel::Load(testing_util::TinyModel(preset, dtype), rt);
   ASSERT_TRUE(m.ok()) << m.status();
   DeepseekModel& model = **m;
   const int64_t V = model.config().vocab_size;
@@ -61,12 +63,15 @@ TEST_P(DecodeAllocTest, SteadyStateDecodeDoesNotAllocate) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, DecodeAllocTest,
-                         ::testing::Values(std::make_tuple("tiny-v3", DType::kF32),
-                                           std::make_tuple("tiny-v3", DType::kF8E4M3),
-                                           std::make_tuple("tiny-v2-lite", DType::kBF16),
-                                           std::make_tuple("tiny-moe16b", DType::kF32)),
+                         ::testing::Values(std::make_tuple("tiny-v3", DType::kF32, DType::kF32),
+                                           std::make_tuple("tiny-v3", DType::kF8E4M3, DType::kF32),
+                                           std::make_tuple("tiny-v3", DType::kBF16, DType::kBF16),
+                                           std::make_tuple("tiny-v2-lite", DType::kBF16, DType::kF32),
+                                           std::make_tuple("tiny-moe16b", DType::kF32, DType::kF32),
+                                           std::make_tuple("tiny-moe16b", DType::kF32, DType::kBF16)),
                          [](const auto& info) {
-                           std::string s = std::get<0>(info.param) + "_" + DTypeName(std::get<1>(info.param));
+                           std::string s = std::get<0>(info.param) + "_" + DTypeName(std::get<1>(info.param)) +
+                                           (std::get<2>(info.param) == DType::kBF16 ? "_kv_bf16" : "");
                            for (auto& ch : s) if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return s;
                          });
