@@ -98,7 +98,7 @@ void Engine::Finish(int64_t id, TokenEvent last) {
 void Engine::FailAll(const std::string& why) {
   std::vector<int64_t> ids;
   for (const auto& [id, q] : requests_) ids.push_back(id);
-  for (int64_t id : ids) Finish(id, {{}, true, FinishReason::kError, why});
+  for (int64_t id : ids) Finish(id, {{}, true, FinishReason::kError, why, {}});
   submitted_.clear();
   cancelled_.clear();
   n_waiting_ = 0;
@@ -153,7 +153,7 @@ void Engine::Intake() {
   for (int64_t id : submitted_) {
     const Request& q = requests_.at(id);
     auto slot = scheduler_.Add(id, q.prompt_len, q.max_tokens);
-    if (!slot.ok()) Finish(id, {{}, true, FinishReason::kError, std::string(slot.status().message())});
+    if (!slot.ok()) Finish(id, {{}, true, FinishReason::kError, std::string(slot.status().message()), {}});
   }
   submitted_.clear();
   for (int64_t id : cancelled_) {
@@ -163,7 +163,7 @@ void Engine::Intake() {
       scheduler_.Forget(id);
       released_.push_back(id);
     }
-    Finish(id, {{}, true, FinishReason::kCancelled, ""});
+    Finish(id, {{}, true, FinishReason::kCancelled, "", {}});
   }
   cancelled_.clear();
 }
@@ -341,7 +341,7 @@ absl::Status Engine::Run(bool until_idle) {
             released_.push_back(id);
           }
           Finish(id, {{}, true, FinishReason::kError,
-                      "the server shut down before this request finished (--drain-timeout)"});
+                      "the server shut down before this request finished (--drain-timeout)", {}});
         }
         submitted_.clear();
         cancelled_.clear();

@@ -91,10 +91,11 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
   }
 
   const int64_t H = model_.config().hidden_size, V = model_.config().vocab_size;
+  // Host staging for the residual stream at stage boundaries (grow-only).
+  if ((link_.receives() || link_.sends()) && static_cast<int64_t>(x_.size()) < T * H) x_.resize(T * H);
   if (pc_.is_first_stage()) {
     RETURN_IF_ERROR(model_.Embed(chunks_));
   } else {
-    if (static_cast<int64_t>(x_.size()) < std::max<int64_t>(1, T * H)) x_.resize(std::max<int64_t>(1, T * H));
     const auto t0 = Clock::now();
     RETURN_IF_ERROR(link_.Receive(x_.data(), T, H));
     transfer += Since(t0);
@@ -104,7 +105,6 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
 
   std::vector<ChunkResult> results;
   if (!last_stage()) {
-    if (static_cast<int64_t>(x_.size()) < std::max<int64_t>(1, T * H)) x_.resize(std::max<int64_t>(1, T * H));
     RETURN_IF_ERROR(model_.ReadHidden(x_.data(), T));
     const auto t0 = Clock::now();
     RETURN_IF_ERROR(link_.Send(x_.data(), T, H));
@@ -128,7 +128,7 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
     }
     RETURN_IF_ERROR(model_.Head(rows, logits_.data()));
     results.reserve(mine.size());
-    for (const PlanChunk& ch : mine) results.push_back({ch.seq_id, ch.n_tokens(), -1, false});
+    for (const PlanChunk& ch : mine) results.push_back({ch.seq_id, ch.n_tokens(), -1, false, {}});
     const int32_t eos = static_cast<int32_t>(model_.config().eos_token_id);
     for (size_t j = 0; j < which.size(); ++j) {
       const PlanChunk& ch = mine[which[j]];

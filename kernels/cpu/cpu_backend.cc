@@ -139,7 +139,7 @@ class CpuBackend final : public Backend {
   }
 
   void GroupedMlp(const GroupedMlpParams& p) override {
-    const int64_t H = p.hidden, I = p.inter;
+    const int64_t I = p.inter;
     for (size_t e = 0; e < p.experts.size(); ++e) {
       const int64_t r0 = p.offsets[e], n = p.offsets[e + 1] - r0;
       if (n <= 0) continue;
@@ -151,7 +151,6 @@ class CpuBackend final : public Backend {
       SiluMul(gate, up, n, I, I, gate, I);
       Linear(gate, n, I, w.down_proj, p.out + r0 * p.ldo, p.ldo);
     }
-    (void)H;
   }
 
   // ---- Element-wise ----

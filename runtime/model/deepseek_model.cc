@@ -179,16 +179,19 @@ absl::Status DeepseekModel::PrepareStep(std::span<const SequenceChunk> batch, in
   StepLayout& st = ws_.step;
   st.n_tokens = T;
   st.positions.clear(), st.slots.clear(), st.tables.clear(), st.cached.clear(), st.naive.clear();
-  st.naive_slots.clear(), st.absorbed_rows.clear(), st.groups.clear();
+  st.naive_slots.clear(), st.naive_chunk.clear(), st.absorbed_rows.clear(), st.groups.clear();
   st.max_kv = 0;
   st.one_storage = true;
   const bool mla = config_.is_mla();
   const void* storage0 = batch.empty() ? nullptr : batch.front().cache->layer(0).data;
   for (const SequenceChunk& ch : batch) st.one_storage &= ch.cache->layer(0).data == storage0;
+  std::vector<int32_t>& group_of = st.cached_group;  // group of each `cached` entry
+  group_of.clear();
   int64_t t0 = 0;
   bool all_absorbed = true;
   int32_t n_absorbed = 0;
-  for (const SequenceChunk& ch : batch) {
+  for (size_t c = 0; c < batch.size(); ++c) {
+    const SequenceChunk& ch = batch[c];
     const KvCache& kv = *ch.cache;
     const int64_t n = ch.n_tokens, S = ch.start_pos + n;
     st.max_kv = std::max(st.max_kv, S);
@@ -201,6 +204,7 @@ absl::Status DeepseekModel::PrepareStep(std::span<const SequenceChunk> batch, in
       // Attention over this chunk's latents [0, S), gathered and expanded.
       st.naive.push_back({static_cast<int32_t>(t0), static_cast<int32_t>(n), static_cast<int32_t>(ch.start_pos),
                           static_cast<int32_t>(st.naive_slots.size())});
+      st.naive_chunk.push_back(static_cast<int32_t>(c));
       for (int64_t j = 0; j < S; ++j) st.naive_slots.push_back(static_cast<int32_t>(kv.slot(j)));
       all_absorbed = false;
     } else {
@@ -214,26 +218,21 @@ absl::Status DeepseekModel::PrepareStep(std::span<const SequenceChunk> batch, in
       for (int64_t i = 0; i < n; ++i) st.absorbed_rows.push_back(static_cast<int32_t>(t0 + i));
       n_absorbed += static_cast<int32_t>(n);
       // Group by storage (one group when every chunk views one pool).
-      StepLayout::Group* g = nullptr;
-      for (StepLayout::Group& e : st.groups) {
-        if (e.cache->layer(0).data == kv.layer(0).data) g = &e;
-      }
-      if (g == nullptr) g = &st.groups.emplace_back(StepLayout::Group{&kv, 0, 0});
-      ++g->n_seqs;
+      size_t g = 0;
+      while (g < st.groups.size() && st.groups[g].cache->layer(0).data != kv.layer(0).data) ++g;
+      if (g == st.groups.size()) st.groups.push_back({&kv, 0, 0});
+      ++st.groups[g].n_seqs;
+      group_of.push_back(static_cast<int32_t>(g));
     }
     t0 += n;
   }
   if (st.groups.size() > 1) {
-    // Order `cached` by group (entries keep their q_begin and table offsets).
+    // Order `cached` by group; entries keep their q_begin and table offsets.
     std::vector<AttentionSeq> ordered;
-    for (StepLayout::Group& g : st.groups) {
-      g.seq_begin = static_cast<int32_t>(ordered.size());
-      size_t i = 0;
-      for (const SequenceChunk& ch : batch) {
-        const bool naive = mla && (rt_.mla_mode == MlaMode::kNaive || (rt_.mla_mode == MlaMode::kAuto && ch.n_tokens > 1));
-        if (naive) continue;
-        if (ch.cache->layer(0).data == g.cache->layer(0).data) ordered.push_back(st.cached[i]);
-        ++i;
+    for (size_t g = 0; g < st.groups.size(); ++g) {
+      st.groups[g].seq_begin = static_cast<int32_t>(ordered.size());
+      for (size_t i = 0; i < st.cached.size(); ++i) {
+        if (group_of[i] == static_cast<int32_t>(g)) ordered.push_back(st.cached[i]);
       }
     }
     st.cached.swap(ordered);

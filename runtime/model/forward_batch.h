@@ -47,6 +47,7 @@ struct StepLayout {
   std::vector<AttentionSeq> cached;   // attention over the cache (absorbed MLA, MHA): one per chunk
   std::vector<AttentionSeq> naive;    // naive MLA chunks: attention over their expanded rows
   std::vector<int32_t> naive_slots;   // KV rows [0, S) of each naive chunk, concatenated
+  std::vector<int32_t> naive_chunk;   // the batch index of each `naive` entry
   std::vector<int32_t> absorbed_rows; // token rows of the absorbed chunks (when not all are)
   int64_t max_kv = 0;
   // The engine's chunks all view one paged pool, so a layer's KV write and
@@ -58,6 +59,7 @@ struct StepLayout {
     int32_t seq_begin = 0, n_seqs = 0;
   };
   std::vector<Group> groups;
+  std::vector<int32_t> cached_group;  // scratch: the group of each `cached` entry
   bool one_storage = true;
   // Their copies in backend memory.
   const int32_t* d_positions = nullptr;

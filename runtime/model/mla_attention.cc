@@ -79,16 +79,13 @@ absl::Status MlaAttentionForward(const ModelConfig& c, const AttentionWeights& w
     // Per naive chunk: the earlier tokens' latents from its cache, its own new
     // ones fresh from kv_a (as they were computed: with a bf16 cache only the
     // context is rounded, as in vLLM's MLA prefill).
-    int64_t t0 = 0;
-    size_t next = 0;
-    for (const SequenceChunk& ch : batch) {
-      if (next < st.naive.size() && st.naive[next].q_begin == t0) {
-        const AttentionSeq& sq = st.naive[next++];
-        float* dst = rows + static_cast<int64_t>(sq.kv_begin) * W;
-        if (sq.pos0 > 0) be.KvGather(ch.cache->layer(local_layer), st.d_naive_slots + sq.kv_begin, sq.pos0, dst, W);
-        be.CopyRows({dst + static_cast<int64_t>(sq.pos0) * W, kv_a + t0 * W, 1, sq.n_q, W, 0, W, 0, W});
-      }
-      t0 += ch.n_tokens;
+    for (size_t i = 0; i < st.naive.size(); ++i) {
+      const AttentionSeq& sq = st.naive[i];
+      const KvCache& kvc = *batch[st.naive_chunk[i]].cache;
+      float* dst = rows + static_cast<int64_t>(sq.kv_begin) * W;
+      if (sq.pos0 > 0) be.KvGather(kvc.layer(local_layer), st.d_naive_slots + sq.kv_begin, sq.pos0, dst, W);
+      be.CopyRows({dst + static_cast<int64_t>(sq.pos0) * W, kv_a + static_cast<int64_t>(sq.q_begin) * W, 1, sq.n_q, W,
+                   0, W, 0, W});
     }
     ASSIGN_OR_RETURN(float* kvb, ws.kvb.Get<float>(be, Sn * nh * (nope + vd), "expanded K/V"));  // [Sn, nh, nope + v]
     be.Linear(rows, Sn, W, w.kv_b_proj, kvb, nh * (nope + vd));

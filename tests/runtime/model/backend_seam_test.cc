@@ -194,7 +194,9 @@ class PoisonedBackend final : public Backend {
   void Open(bool open) {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     const size_t len = (used_ + page - 1) / page * page;
-    if (len > 0) ASSERT_EQ(mprotect(arena_, len, open ? PROT_READ | PROT_WRITE : PROT_NONE), 0);
+    if (len > 0) {
+      ASSERT_EQ(mprotect(arena_, len, open ? PROT_READ | PROT_WRITE : PROT_NONE), 0);
+    }
   }
   void* Carve(int64_t bytes) {
     const size_t at = (used_ + 63) / 64 * 64;
@@ -295,7 +297,9 @@ TEST_P(BackendSeamTest, ModelComputesOnlyThroughTheBackend) {
   };
   EXPECT_EQ(count("Attention"), L);
   EXPECT_EQ(count("KvWrite"), L);
-  if (c.is_mla()) EXPECT_EQ(count("LinearHeads"), 2 * L);
+  if (c.is_mla()) {
+    EXPECT_EQ(count("LinearHeads"), 2 * L);
+  }
   const int64_t moe_layers = L - c.first_k_dense_replace;
   EXPECT_EQ(count("RouteTopK"), moe_layers);
   EXPECT_EQ(count("GroupedMlp"), (L - moe_layers) + moe_layers * (c.n_shared_experts > 0 ? 2 : 1));

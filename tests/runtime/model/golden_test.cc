@@ -178,7 +178,9 @@ TEST_P(GoldenTest, Bf16KvCacheMatchesReference) {
     const double err = testing_util::RowRelErr(lb, ref, V);
     std::printf("[ %s ] bf16 KV prompt%d (%zu tokens): max rel logit err %.3g%s\n", GetParam().c_str(), i, ids.size(),
                 err, same ? "" : " (routing differs from the f32 run: not compared)");
-    if (same) EXPECT_LE(err, kBf16KvTol) << key;
+    if (same) {
+      EXPECT_LE(err, kBf16KvTol) << key;
+    }
   }
   const auto prompt = fx_.Get<int32_t>("decode.prompt_ids");
   const auto ref_tokens = fx_.Get<int32_t>("decode.tokens");
