@@ -92,10 +92,16 @@ class Harness {
     r.max_tokens = max_tokens;
     r.sampling = sp;
     r.ignore_eos = ignore_eos;
-    auto slot = std::make_shared<int64_t>(-1);
-    auto id = engine->Submit(r, [this, slot](TokenEvent ev) {
+    // The engine thread may call the sink before Submit returns the id, so
+    // the sink writes under a key of its own that the id is mapped to after.
+    int64_t key;
+    {
       std::lock_guard<std::mutex> lock(mu);
-      Record& rec = records[*slot];
+      key = next_key++;
+    }
+    auto id = engine->Submit(r, [this, key](TokenEvent ev) {
+      std::lock_guard<std::mutex> lock(mu);
+      Record& rec = records[key];
       rec.tokens.insert(rec.tokens.end(), ev.tokens.begin(), ev.tokens.end());
       if (ev.finished) {
         ++rec.finals;
@@ -104,7 +110,10 @@ class Harness {
       }
       cv.notify_all();
     });
-    if (id.ok()) *slot = *id;
+    if (id.ok()) {
+      std::lock_guard<std::mutex> lock(mu);
+      key_of[*id] = key;
+    }
     return id;
   }
   // Waits until every id has its final event (or the timeout).
@@ -112,17 +121,17 @@ class Harness {
     std::unique_lock<std::mutex> lock(mu);
     return cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] {
       for (int64_t id : ids)
-        if (records[id].finals == 0) return false;
+        if (RecordOf(id).finals == 0) return false;
       return true;
     });
   }
   bool WaitTokens(int64_t id, size_t n, double timeout_s = 60) {
     std::unique_lock<std::mutex> lock(mu);
-    return cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return records[id].tokens.size() >= n; });
+    return cv.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] { return RecordOf(id).tokens.size() >= n; });
   }
   Record Get(int64_t id) {
     std::lock_guard<std::mutex> lock(mu);
-    return records[id];
+    return RecordOf(id);
   }
   int64_t BlocksUsed() {
     // The snapshot is published by the engine thread; give it a moment to go idle.
@@ -142,7 +151,16 @@ class Harness {
   absl::Status run_status;
   std::mutex mu;
   std::condition_variable cv;
-  std::map<int64_t, Record> records;
+  std::map<int64_t, Record> records;    // by sink key
+  std::map<int64_t, int64_t> key_of;   // request id -> sink key
+  int64_t next_key = 0;
+
+ private:
+  // With `mu` held.
+  Record& RecordOf(int64_t id) {
+    auto it = key_of.find(id);
+    return it == key_of.end() ? records[-1 - id] : records[it->second];
+  }
 };
 
 std::vector<int32_t> Offline(DeepseekModel& m, const std::vector<int32_t>& prompt, int64_t n, SamplingParams sp = {}) {
