@@ -30,7 +30,8 @@ absl::StatusOr<int64_t> Engine::Submit(GenerationRequest r, TokenSink sink) {
     }
   }
   if (r.max_tokens < 1) return absl::InvalidArgumentError("max_tokens: must be >= 1");
-  RETURN_IF_ERROR(r.sampling.Validate());
+  RETURN_IF_ERROR(r.sampling.Validate(options_.vocab_size));
+  if (r.logprobs < -1 || r.logprobs > 20) return absl::InvalidArgumentError("logprobs: must be in [0, 20]");
   if (P + r.max_tokens > options_.max_context) {
     return absl::OutOfRangeError(absl::StrCat("the prompt (", P, " tokens) plus max_tokens (", r.max_tokens,
                                               ") is ", P + r.max_tokens, " tokens; this model's context is ",
@@ -60,6 +61,9 @@ absl::StatusOr<int64_t> Engine::Submit(GenerationRequest r, TokenSink sink) {
   q.sampling = r.sampling;
   q.ignore_eos = r.ignore_eos;
   q.return_logits = r.return_logits;
+  q.logprobs = r.logprobs;
+  q.prompt_logprobs = r.prompt_logprobs;
+  q.constraint = std::move(r.constraint);
   requests_.emplace(id, std::move(q));
   submitted_.push_back(id);
   ++n_waiting_;
@@ -217,17 +221,49 @@ absl::Status Engine::CompletePlans() {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [column, results] : f.columns) {
       for (const ChunkResult& c : results) {
-        if (c.token < 0) continue;
         auto it = requests_.find(c.seq_id);
         if (it == requests_.end()) continue;  // cancelled or failed meanwhile
-        it->second.tokens.push_back(c.token);
-        const Sequence* q = scheduler_.Get(c.seq_id);
-        if (q != nullptr && q->state == SeqState::kFinished) {
-          Finish(c.seq_id, {{c.token}, true, c.eos ? FinishReason::kStop : FinishReason::kLength, "", c.logits});
+        Request& q = it->second;
+        TokenEvent ev;
+        // Echo: a recomputed (preempted) chunk repeats positions already sent.
+        for (size_t i = 0; i < c.prompt_logprobs.size(); ++i) {
+          if (static_cast<int64_t>(i) + q.prompt_lp_begin >= q.prompt_logprobs_sent) {
+            ev.prompt_logprobs.push_back(c.prompt_logprobs[i]);
+          }
+        }
+        q.prompt_logprobs_sent = std::max<int64_t>(q.prompt_logprobs_sent,
+                                                   q.prompt_lp_begin + static_cast<int64_t>(c.prompt_logprobs.size()));
+        if (c.token < 0) {
+          if (!ev.prompt_logprobs.empty()) q.sink(std::move(ev));
+          continue;
+        }
+        q.tokens.push_back(c.token);
+        ev.tokens = {c.token};
+        ev.logits = c.logits;
+        if (c.logprob) ev.logprobs.push_back(*c.logprob);
+        if (q.constraint) {
+          absl::Status st = q.constraint->Accept(c.token);
+          if (!st.ok()) {
+            if (scheduler_.Get(c.seq_id) != nullptr) {
+              (void)scheduler_.Cancel(c.seq_id);
+              scheduler_.Forget(c.seq_id);
+              released_.push_back(c.seq_id);
+            }
+            ev.finished = true;
+            ev.reason = FinishReason::kError;
+            ev.error = absl::StrCat("structured output: ", st.message());
+            Finish(c.seq_id, std::move(ev));
+            continue;
+          }
+        }
+        const Sequence* seq = scheduler_.Get(c.seq_id);
+        if (seq != nullptr && seq->state == SeqState::kFinished) {
+          ev.reason = c.eos ? FinishReason::kStop : FinishReason::kLength;
+          Finish(c.seq_id, std::move(ev));
           scheduler_.Forget(c.seq_id);
           released_.push_back(c.seq_id);
         } else {
-          it->second.sink({{c.token}, false, FinishReason::kNone, "", c.logits});
+          q.sink(std::move(ev));
         }
       }
     }
@@ -255,14 +291,28 @@ absl::Status Engine::ScheduleAndRun() {
     if (failed_) return absl::UnavailableError(failure_);
     for (size_t s = 0; s < sp.slots.size(); ++s) {
       for (const ScheduledChunk& ch : sp.slots[s]) {
-        const Request& q = requests_.at(ch.seq_id);
+        Request& q = requests_.at(ch.seq_id);
         PlanChunk pc;
         pc.seq_id = ch.seq_id;
         pc.start_pos = ch.start_pos;
         pc.samples = ch.samples;
         pc.ignore_eos = q.ignore_eos;
         pc.return_logits = q.return_logits;
+        pc.logprobs = q.logprobs;
         pc.sampling = q.sampling;
+        if (ch.samples && q.sampling.uses_prompt() && q.tokens.size() == static_cast<size_t>(q.prompt_len)) {
+          pc.prompt = q.tokens;  // the first sample: the sampler starts with the prompt
+        }
+        if (ch.samples && q.constraint) pc.allowed = q.constraint->Allowed();
+        // Echo rows not sent yet (a recomputed chunk after preemption asks again
+        // only when it reaches past them; the results skip what was sent).
+        if (q.prompt_logprobs && ch.start_pos + ch.n_tokens > q.prompt_logprobs_sent &&
+            ch.start_pos < q.prompt_len - 1) {
+          pc.prompt_logprobs = true;
+          pc.prompt_len = q.prompt_len;
+          if (ch.start_pos + ch.n_tokens < q.prompt_len) pc.next_token = q.tokens[ch.start_pos + ch.n_tokens];
+          q.prompt_lp_begin = ch.start_pos;
+        }
         pc.tokens.assign(q.tokens.begin() + ch.start_pos, q.tokens.begin() + ch.start_pos + ch.n_tokens);
         pc.blocks = scheduler_.Get(ch.seq_id)->table.blocks;
         wp.columns[s].push_back(std::move(pc));

@@ -110,6 +110,11 @@ class Engine final : public GenerationApi {
     SamplingParams sampling;
     bool ignore_eos = false;
     bool return_logits = false;
+    int32_t logprobs = -1;
+    bool prompt_logprobs = false;
+    int64_t prompt_logprobs_sent = 0;  // echo rows delivered (row r predicts prompt position r + 1)
+    int64_t prompt_lp_begin = 0;       // the first row of the chunk in flight that asked for them
+    std::shared_ptr<TokenConstraint> constraint;
   };
   // What CompletePlans checks a column's results against.
   struct PlannedChunk {

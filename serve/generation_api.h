@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,12 +19,31 @@
 
 namespace deepshard::serve {
 
+// Constrains which tokens may be sampled (structured output). The engine asks
+// Allowed() before each sample of the request and reports the sampled token
+// with Accept(); both run on the engine's driver thread, one call at a time.
+class TokenConstraint {
+ public:
+  virtual ~TokenConstraint() = default;
+  // A bitset over the vocabulary (bit i of word i / 64), (vocab + 63) / 64 words.
+  virtual const std::vector<uint64_t>& Allowed() = 0;
+  // An error ends the request with kError.
+  virtual absl::Status Accept(int32_t token) = 0;
+};
+
 struct GenerationRequest {
   std::vector<int32_t> prompt;  // token ids, non-empty
   int64_t max_tokens = 16;      // new tokens at most (>= 1)
-  SamplingParams sampling;      // temperature 0 = greedy
+  SamplingParams sampling;      // temperature 0 = greedy; stop_token_ids end like EOS
   bool ignore_eos = false;      // keep going past the model's EOS token
   bool return_logits = false;   // each token's event carries the logits it was sampled from
+  // Each sampled token's log-probability and the `logprobs` most likely
+  // tokens' (0..20); -1 = none. Of the raw logits, before any processing.
+  int32_t logprobs = -1;
+  // Echo: the log-probability of every prompt token after the first, with
+  // max(logprobs, 0) alternatives each (events carry them as they come).
+  bool prompt_logprobs = false;
+  std::shared_ptr<TokenConstraint> constraint;  // null = unconstrained
 };
 
 enum class FinishReason {
@@ -44,6 +64,8 @@ struct TokenEvent {
   FinishReason reason = FinishReason::kNone;
   std::string error;  // set when reason == kError
   std::vector<float> logits;  // [tokens.size(), vocab] when the request asked for them
+  std::vector<TokenLogprob> logprobs;         // one per token, when the request asked for them
+  std::vector<TokenLogprob> prompt_logprobs;  // the next prompt positions' (positions 1, 2, ... in order)
 };
 using TokenSink = std::function<void(TokenEvent)>;
 

@@ -54,7 +54,21 @@ absl::Status StageRunner::Validate(const WirePlan& plan) const {
             absl::StrCat("plan ", plan.id, ": sequence ", ch.seq_id, " token ", t, " outside [0, ", V, ")"));
       }
     }
-    if (ch.samples) RETURN_IF_ERROR(ch.sampling.Validate());
+    if (ch.samples) {
+      absl::Status st = ch.sampling.Validate(V);
+      if (!st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("plan ", plan.id, ": sequence ", ch.seq_id, ": ", st.message()));
+      }
+    }
+    if (!ch.allowed.empty() && static_cast<int64_t>(ch.allowed.size()) != (V + 63) / 64) {
+      return absl::InvalidArgumentError(absl::StrCat("plan ", plan.id, ": sequence ", ch.seq_id, " has an allowed-token "
+                                                     "mask of ", ch.allowed.size(), " words for a vocabulary of ", V));
+    }
+    if (ch.logprobs > 20 || ch.logprobs < -1 || (ch.next_token < -1 || ch.next_token >= V)) {
+      return absl::InvalidArgumentError(absl::StrCat("plan ", plan.id, ": sequence ", ch.seq_id,
+                                                     " asks for logprobs ", ch.logprobs, " (next token ",
+                                                     ch.next_token, ")"));
+    }
   }
   for (const BlockCopy& c : plan.copies[pc_.ep_rank]) {
     if (c.src < 0 || c.src >= nb || c.dst < 0 || c.dst >= nb) {
@@ -128,17 +142,24 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
     }
     RETURN_IF_ERROR(model_.Head(rows, logits_.data()));
     results.reserve(mine.size());
-    for (const PlanChunk& ch : mine) results.push_back({ch.seq_id, ch.n_tokens(), -1, false, {}});
+    for (const PlanChunk& ch : mine) results.push_back({ch.seq_id, ch.n_tokens(), -1, false, {}, {}, {}});
     const int32_t eos = static_cast<int32_t>(model_.config().eos_token_id);
     for (size_t j = 0; j < which.size(); ++j) {
       const PlanChunk& ch = mine[which[j]];
+      const float* logits = logits_.data() + j * V;
       std::unique_ptr<Sampler>& s = samplers_[ch.seq_id];
-      if (!s) s = std::make_unique<Sampler>(V, ch.sampling);
-      const int32_t tok = s->Sample(logits_.data() + j * V);
-      results[which[j]].token = tok;
-      results[which[j]].eos = tok == eos && !ch.ignore_eos;
-      if (ch.return_logits) results[which[j]].logits.assign(logits_.data() + j * V, logits_.data() + (j + 1) * V);
+      if (!s) {
+        s = std::make_unique<Sampler>(V, ch.sampling, ch.ignore_eos ? -1 : eos);
+        s->SetPrompt(ch.prompt);
+      }
+      const int32_t tok = s->Sample(logits, ch.allowed.empty() ? nullptr : ch.allowed.data());
+      ChunkResult& r = results[which[j]];
+      r.token = tok;
+      r.eos = s->IsStop(tok);
+      if (ch.return_logits) r.logits.assign(logits, logits + V);
+      if (ch.logprobs >= 0) r.logprob = LogSoftmaxAt(logits, V, tok, ch.logprobs);
     }
+    RETURN_IF_ERROR(PromptLogprobs(mine, results));
   }
   transfer_s_ += transfer;
   const double model_s = profile_.attention_s + profile_.experts_s - model_before;
@@ -146,6 +167,37 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
   ++steps_;
   Publish();
   return results;
+}
+
+absl::Status StageRunner::PromptLogprobs(const std::vector<PlanChunk>& mine, std::vector<ChunkResult>& results) {
+  // Echo: every prompt row's logits, in groups so that the host buffer stays
+  // at most kGroup x vocab floats however long the chunk.
+  constexpr int64_t kGroup = 32;
+  const int64_t V = model_.config().vocab_size;
+  int64_t offset = 0;
+  for (size_t i = 0; i < mine.size(); offset += mine[i].n_tokens(), ++i) {
+    const PlanChunk& ch = mine[i];
+    const int64_t n = ch.n_prompt_logprobs();
+    if (n == 0) continue;
+    if (static_cast<int64_t>(logits_.size()) < std::min(n, kGroup) * V) logits_.resize(std::min(n, kGroup) * V);
+    results[i].prompt_logprobs.reserve(n);
+    for (int64_t g = 0; g < n; g += kGroup) {
+      const int64_t m = std::min(kGroup, n - g);
+      sampling_rows_.clear();
+      for (int64_t r = 0; r < m; ++r) sampling_rows_.push_back(static_cast<int32_t>(offset + g + r));
+      RETURN_IF_ERROR(model_.Head(sampling_rows_, logits_.data()));
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t row = g + r;  // predicts position start_pos + row + 1
+        const int32_t next = row + 1 < ch.n_tokens() ? ch.tokens[row + 1] : ch.next_token;
+        if (next < 0) {
+          return absl::InvalidArgumentError(absl::StrCat("sequence ", ch.seq_id, ": the plan does not give the "
+                                                         "prompt token after position ", ch.start_pos + row));
+        }
+        results[i].prompt_logprobs.push_back(LogSoftmaxAt(logits_.data() + r * V, V, next, std::max(0, ch.logprobs)));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 RankStats StageRunner::Stats() const {

@@ -58,6 +58,8 @@ class StageRunner {
  private:
   absl::Status Validate(const WirePlan& plan) const;
   void Publish();  // snapshot the counters for Stats()
+  // Last stage: the prompt log-probabilities the column's chunks ask for.
+  absl::Status PromptLogprobs(const std::vector<PlanChunk>& mine, std::vector<ChunkResult>& results);
 
   DeepseekModel& model_;
   ParallelConfig pc_;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,10 +30,27 @@ struct PlanChunk {
   bool samples = false;            // the chunk ends the context: the last stage samples a token
   bool ignore_eos = false;
   bool return_logits = false;      // the last stage sends back the logits it sampled from
+  // Log-probabilities of the sampled token and the `logprobs` most likely
+  // ones (0..20); -1 = none.
+  int32_t logprobs = -1;
+  // Echo: the log-probability of every prompt token this chunk predicts (row
+  // i predicts position start_pos + i + 1 while that is inside the prompt),
+  // each with the `logprobs` (>= 0) most likely tokens.
+  bool prompt_logprobs = false;
+  int64_t prompt_len = 0;          // with prompt_logprobs
+  int32_t next_token = -1;         // with prompt_logprobs: the prompt token after the chunk (-1: none)
   SamplingParams sampling;
+  // The whole prompt, sent once with the sequence's first sampling chunk when
+  // the sampler needs it (repetition_penalty); empty otherwise.
+  std::vector<int32_t> prompt;
+  // Structured output: the tokens allowed at this sample, a bitset over the
+  // vocabulary (bit i of word i / 64); empty = all.
+  std::vector<uint64_t> allowed;
   std::vector<int32_t> tokens;     // ids of positions [start_pos, start_pos + tokens.size())
   std::vector<int32_t> blocks;     // the sequence's block table, covering start_pos + tokens.size() tokens
   int64_t n_tokens() const { return static_cast<int64_t>(tokens.size()); }
+  // Rows of this chunk whose next position is a prompt token (prompt_logprobs).
+  int64_t n_prompt_logprobs() const;
 };
 
 struct WirePlan {
@@ -46,8 +64,10 @@ struct ChunkResult {
   int64_t seq_id = 0;
   int64_t n_tokens = 0;
   int32_t token = -1;  // sampled token; -1 when the chunk samples nothing
-  bool eos = false;    // token is EOS and the sequence does not ignore it
+  bool eos = false;    // token ends the sequence: EOS (unless ignored) or a stop_token_id
   std::vector<float> logits;  // [vocab], when the chunk asked for them and sampled
+  std::optional<TokenLogprob> logprob;      // of `token`, when the chunk asked (logprobs >= 0)
+  std::vector<TokenLogprob> prompt_logprobs;  // [n_prompt_logprobs()] when the chunk asked
 };
 
 struct ColumnResults {

@@ -63,15 +63,23 @@ class FakeEngine : public GenerationApi {
     Script script = script_;
     cv_.notify_all();
     threads_.emplace_back([script, request, sink = std::move(sink), flag] {
+      auto Event = [](std::vector<int32_t> tokens, bool finished, FinishReason reason, std::string error) {
+        TokenEvent ev;
+        ev.tokens = std::move(tokens);
+        ev.finished = finished;
+        ev.reason = reason;
+        ev.error = std::move(error);
+        return ev;
+      };
       size_t n = std::min<size_t>(script.tokens.size(), static_cast<size_t>(request.max_tokens));
       const bool length = static_cast<int64_t>(script.tokens.size()) > request.max_tokens;
       for (size_t i = 0; i < n; ++i) {
         std::this_thread::sleep_for(script.interval);
         if (flag->load()) {
-          sink(TokenEvent{{}, true, FinishReason::kCancelled, ""});
+          sink(Event({}, true, FinishReason::kCancelled, ""));
           return;
         }
-        TokenEvent ev{{script.tokens[i]}, false, FinishReason::kNone, ""};
+        TokenEvent ev = Event({script.tokens[i]}, false, FinishReason::kNone, "");
         if (i + 1 == n && script.final_carries_last_token) {
           ev.finished = true;
           ev.reason = length ? FinishReason::kLength : script.end;
@@ -83,10 +91,10 @@ class FakeEngine : public GenerationApi {
       }
       std::this_thread::sleep_for(script.interval);
       if (flag->load()) {
-        sink(TokenEvent{{}, true, FinishReason::kCancelled, ""});
+        sink(Event({}, true, FinishReason::kCancelled, ""));
         return;
       }
-      sink(TokenEvent{{}, true, length ? FinishReason::kLength : script.end, script.error});
+      sink(Event({}, true, length ? FinishReason::kLength : script.end, script.error));
     });
     return id;
   }
