@@ -46,6 +46,7 @@ const std::string& ModelDir(const std::string& preset = "tiny-v3") {
 // What a sink saw for one request.
 struct Record {
   std::vector<int32_t> tokens;
+  std::vector<TokenLogprob> logprobs, prompt_logprobs;
   int finals = 0;
   FinishReason reason = FinishReason::kNone;
   std::string error;
@@ -92,6 +93,9 @@ class Harness {
     r.max_tokens = max_tokens;
     r.sampling = sp;
     r.ignore_eos = ignore_eos;
+    return SubmitRequest(std::move(r));
+  }
+  absl::StatusOr<int64_t> SubmitRequest(GenerationRequest r) {
     // The engine thread may call the sink before Submit returns the id, so
     // the sink writes under a key of its own that the id is mapped to after.
     int64_t key;
@@ -103,6 +107,8 @@ class Harness {
       std::lock_guard<std::mutex> lock(mu);
       Record& rec = records[key];
       rec.tokens.insert(rec.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+      rec.logprobs.insert(rec.logprobs.end(), ev.logprobs.begin(), ev.logprobs.end());
+      rec.prompt_logprobs.insert(rec.prompt_logprobs.end(), ev.prompt_logprobs.begin(), ev.prompt_logprobs.end());
       if (ev.finished) {
         ++rec.finals;
         rec.reason = ev.reason;
@@ -330,6 +336,139 @@ TEST(Engine, RunUntilIdleReturnsOnceEveryRequestIsDone) {
   ASSERT_TRUE(c.ok());
   ASSERT_TRUE(h.WaitAll({*c}));
   EXPECT_EQ(h.Get(*c).tokens, Offline(*h.model, {6}, 2));
+}
+
+}  // namespace
+}  // namespace deepshard::serve
+
+namespace deepshard::serve {
+namespace {
+
+// Every position's logits of `tokens`, computed offline in one chunk.
+std::vector<float> AllLogits(DeepseekModel& m, const std::vector<int32_t>& tokens) {
+  const int64_t V = m.config().vocab_size, n = static_cast<int64_t>(tokens.size());
+  auto cache = m.NewCache();
+  EXPECT_TRUE(cache.ok()) << cache.status();
+  std::vector<float> logits(n * V);
+  const SequenceChunk ch{cache->get(), 0, tokens.data(), n};
+  EXPECT_TRUE(m.Forward({&ch, 1}, /*all_logits=*/true, logits.data()).ok());
+  return logits;
+}
+
+// log_softmax in double precision.
+double LogProb(const float* logits, int64_t V, int32_t token) {
+  double mx = logits[0];
+  for (int64_t i = 1; i < V; ++i) mx = std::max<double>(mx, logits[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < V; ++i) sum += std::exp(logits[i] - mx);
+  return logits[token] - mx - std::log(sum);
+}
+
+// Echo and logprobs: each prompt token after the first and each generated
+// token gets the log-softmax of the offline model's logits at the position
+// before it, also when prefills are chunked and sequences preempted (a
+// recomputed chunk must not send its prompt rows twice).
+TEST(Engine, EchoAndLogprobsEqualTheOfflineLogSoftmax) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/12, /*max_running=*/4, /*budget=*/24, /*prefill_chunk=*/10);
+  const int64_t V = h.model->config().vocab_size;
+  std::mt19937 rng(17);
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 8; ++i) {
+    std::vector<int32_t> p(std::uniform_int_distribution<int>(1, 37)(rng));
+    for (int32_t& t : p) t = std::uniform_int_distribution<int32_t>(0, static_cast<int32_t>(V) - 1)(rng);
+    GenerationRequest r;
+    r.prompt = p;
+    r.max_tokens = 12;
+    r.ignore_eos = true;
+    r.logprobs = 3;
+    r.prompt_logprobs = true;
+    auto id = h.SubmitRequest(std::move(r));
+    ASSERT_TRUE(id.ok()) << id.status();
+    prompts.push_back(p);
+    ids.push_back(*id);
+  }
+  h.Start();
+  ASSERT_TRUE(h.WaitAll(ids));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const Record r = h.Get(ids[i]);
+    ASSERT_EQ(r.tokens.size(), 12u);
+    std::vector<int32_t> all = prompts[i];
+    all.insert(all.end(), r.tokens.begin(), r.tokens.end());
+    const std::vector<float> logits = AllLogits(*h.model, all);
+    const size_t P = prompts[i].size();
+    ASSERT_EQ(r.prompt_logprobs.size(), P - 1) << "request " << i;
+    for (size_t k = 0; k + 1 < P; ++k) {
+      const TokenLogprob& lp = r.prompt_logprobs[k];
+      EXPECT_EQ(lp.token, prompts[i][k + 1]);
+      EXPECT_NEAR(lp.logprob, LogProb(&logits[k * V], V, prompts[i][k + 1]), 1e-4) << "request " << i << " row " << k;
+      ASSERT_EQ(lp.top.size(), 3u);
+      EXPECT_NEAR(lp.top[0].second, LogProb(&logits[k * V], V, lp.top[0].first), 1e-4);
+      EXPECT_GE(lp.top[0].second, lp.logprob - 1e-6);
+    }
+    ASSERT_EQ(r.logprobs.size(), 12u);
+    for (size_t k = 0; k < 12; ++k) {
+      const size_t row = P - 1 + k;
+      EXPECT_EQ(r.logprobs[k].token, r.tokens[k]);
+      EXPECT_NEAR(r.logprobs[k].logprob, LogProb(&logits[row * V], V, r.tokens[k]), 1e-4) << "request " << i;
+      // Greedy: the sampled token is the most likely one.
+      EXPECT_EQ(r.logprobs[k].top[0].first, r.tokens[k]);
+    }
+  }
+  EXPECT_EQ(h.BlocksUsed(), 0);
+  EXPECT_GT(h.engine->Snapshot().preemptions, 0);  // the recompute path was taken
+}
+
+// A constraint that allows only even token ids and records what it saw.
+class EvenTokens : public TokenConstraint {
+ public:
+  explicit EvenTokens(int64_t V) : mask_((V + 63) / 64, 0) {
+    for (int64_t i = 0; i < V; i += 2) mask_[i / 64] |= uint64_t{1} << (i % 64);
+  }
+  const std::vector<uint64_t>& Allowed() override { return mask_; }
+  absl::Status Accept(int32_t token) override {
+    accepted.push_back(token);
+    return token % 2 == 0 ? absl::OkStatus() : absl::FailedPreconditionError("odd token");
+  }
+  std::vector<int32_t> accepted;
+
+ private:
+  std::vector<uint64_t> mask_;
+};
+
+TEST(Engine, ConstraintMaskAndStopTokenIds) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/32);
+  const int64_t V = h.model->config().vocab_size;
+  auto even = std::make_shared<EvenTokens>(V);
+  GenerationRequest r;
+  r.prompt = {3, 5, 7};
+  r.max_tokens = 10;
+  r.ignore_eos = true;
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = 7;
+  r.constraint = even;
+  auto a = h.SubmitRequest(r);
+  ASSERT_TRUE(a.ok());
+  // stop_token_ids: greedy's own third token stops a second request there.
+  const std::vector<int32_t> greedy = Offline(*h.model, {1, 2, 3}, 6);
+  GenerationRequest s;
+  s.prompt = {1, 2, 3};
+  s.max_tokens = 6;
+  s.ignore_eos = true;
+  s.sampling.stop_token_ids = {greedy[2]};
+  const bool repeats = std::find(greedy.begin(), greedy.begin() + 2, greedy[2]) != greedy.begin() + 2;
+  auto b = h.SubmitRequest(s);
+  ASSERT_TRUE(b.ok());
+  h.Start();
+  ASSERT_TRUE(h.WaitAll({*a, *b}));
+  const Record ra = h.Get(*a);
+  ASSERT_EQ(ra.tokens.size(), 10u);
+  for (int32_t t : ra.tokens) EXPECT_EQ(t % 2, 0) << t;
+  EXPECT_EQ(even->accepted, ra.tokens);
+  const Record rb = h.Get(*b);
+  EXPECT_EQ(rb.reason, FinishReason::kStop);
+  const size_t stop_at = repeats ? (greedy[0] == greedy[2] ? 1 : 2) : 3;
+  EXPECT_EQ(rb.tokens, std::vector<int32_t>(greedy.begin(), greedy.begin() + stop_at));
 }
 
 }  // namespace
