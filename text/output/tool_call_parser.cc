@@ -179,8 +179,8 @@ void ToolCallStreamParser::Process(Delta& out) {
           const size_t end = pending_.find(kCallEnd, search_from_);
           if (end == std::string::npos) {
             // A later piece may complete a marker begun in the last bytes.
-            search_from_ = std::max(body_start_, pending_.size() - std::min(pending_.size(),
-                                                                             kCallEnd.size() - 1));
+            search_from_ = std::max(
+                body_start_, pending_.size() - std::min(pending_.size(), kCallEnd.size() - 1));
             return;
           }
           ToolCall call;

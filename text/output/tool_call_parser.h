@@ -3,16 +3,19 @@
 // DeepSeek writes tool calls with marker tokens. They are ordinary added tokens of
 // the DeepSeek-V3 tokenizer, so they appear in the decoded text; "｜" is U+FF5C
 // FULLWIDTH VERTICAL LINE and "▁" is U+2581 LOWER ONE EIGHTH BLOCK. A block of
-// calls follows any text (line breaks added here; the model writes none but "\n"
-// between calls):
+// calls follows any text. Below, line breaks are only for reading; "\n" is a
+// newline in the output:
 //
 // V3 / R1 (DeepSeek-V3's chat template writes calls back this way):
 //   Let me look.<｜tool▁calls▁begin｜>
-//   <｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜>\n
+//   <｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n
+//   {"city": "Paris"}\n```<｜tool▁call▁end｜>\n
 //   <｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜>
 //   <｜tool▁calls▁end｜>
 // V3.1:
-//   <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>
+//   <｜tool▁calls▁begin｜>
+//   <｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>
+//   <｜tool▁calls▁end｜>
 //
 // The grammar accepted (both layouts, even mixed in one block):
 //   - A block opens with <｜tool▁calls▁begin｜>; text before it is content, as
@@ -41,8 +44,10 @@
 //     <｜tool▁calls▁begin｜> when there is none) becomes content, and parsing
 //     continues on what follows as content;
 //   - a call that never becomes valid (bad JSON, unknown layout, missing
-//     <｜tool▁call▁end｜>) makes the rest of the output content, from after the last
-//     kept call. Its end cannot be known, so the rest of the output waits for it;
+//     <｜tool▁call▁end｜>) makes the rest of the output content, from the end of
+//     the last kept call (from <｜tool▁calls▁begin｜> when there is none). Where such
+//     a call ends cannot be known, so a stream holds the rest of the output until
+//     Finish();
 //   - a block with no calls (<｜tool▁calls▁begin｜><｜tool▁calls▁end｜>) is content;
 //   - a missing <｜tool▁calls▁end｜> at the end of the output is accepted (as vLLM
 //     and SGLang do): the calls before it count, whitespace after them is dropped.
