@@ -27,6 +27,7 @@
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "boost/json.hpp"
+#include "serve/choice_output.h"
 #include "serve/openai_api.h"
 
 namespace deepshard::serve {
@@ -179,17 +180,22 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // What AfterResponse asked for once the watch read is cancelled.
   enum class Next { kNone, kRead, kClose };
 
+  struct Choice {
+    int64_t engine_id = -1;
+    std::optional<ChoiceOutput> out;
+    bool done = false;
+  };
   struct Generation {
     uint64_t seq = 0;
-    int64_t engine_id = -1;
     bool stream = false;
     ResponseContext ctx;
-    std::optional<GenerationText> text;
-    int64_t prompt_tokens = 0;
+    std::vector<Choice> choices;  // [choices[].index]
+    int open = 0;                 // choices not finished
+    int64_t prompt_tokens = 0;    // every prompt once (not per choice), as OpenAI counts
     Clock::time_point last_token;
     bool got_token = false;
-    bool done = false;   // final event handled (or cancelled by us)
-    std::string output;  // non-streaming: the text so far
+    bool done = false;                       // the response is complete (or failed, or cancelled by us)
+    std::vector<json::object> finals;        // non-streaming: finished choices
   };
 
   // ---- reading a request ----
@@ -363,8 +369,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     auto req = kind == ApiKind::kChat ? ParseChatRequest(body, srv_.opts.model_name)
                                       : ParseCompletionRequest(body, srv_.opts.model_name);
     if (!req.ok()) return SendStatus(req.status());
-    auto gen_req = srv_.builder.Build(*req, srv_.max_context());
-    if (!gen_req.ok()) return SendStatus(gen_req.status());
+    auto built = srv_.builder.BuildAll(*req, srv_.max_context());
+    if (!built.ok()) return SendStatus(built.status());
 
     auto g = std::make_unique<Generation>();
     g->seq = ++gen_seq_;
@@ -377,25 +383,53 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     g->ctx.model = srv_.opts.model_name;
     g->ctx.include_usage = req->stream && req->include_usage;
     g->ctx.with_token_ids = srv_.tokenizer == nullptr || req->return_token_ids;
-    g->text.emplace(srv_.tokenizer, req->stop);
-    g->prompt_tokens = static_cast<int64_t>(gen_req->prompt.size());
+    for (const auto& ids : built->prompt_ids) g->prompt_tokens += static_cast<int64_t>(ids.size());
+    const size_t n_choices = built->choices.size();
+    g->choices.resize(n_choices);
+    for (size_t i = 0; i < n_choices; ++i) {
+      const size_t prompt = i / static_cast<size_t>(req->n);
+      ChoiceOptions o;
+      o.kind = kind;
+      o.index = static_cast<int>(i);
+      o.tokenizer = srv_.tokenizer;
+      o.stops = req->stop;
+      o.stop_token_ids = req->sampling.stop_token_ids;
+      o.logprobs = req->logprobs;
+      o.echo = req->echo;
+      o.echo_text = built->prompt_texts[prompt];
+      o.prompt_ids = built->prompt_ids[prompt];
+      o.discard_output = built->discard_output;
+      o.with_token_ids = g->ctx.with_token_ids;
+      o.reasoning = srv_.opts.reasoning_parser;
+      o.starts_in_reasoning = built->starts_in_reasoning;
+      o.tools = srv_.opts.tool_call_parser && !req->tools.empty() && req->tool_choice.kind != ToolChoice::kNone;
+      o.request_id = g->ctx.id;
+      g->choices[i].out.emplace(std::move(o));
+    }
 
-    // The sink runs on the engine's thread: it only posts to this strand.
-    // NOTES: it must not hold the executor itself (a strand outliving its
+    // The sinks run on the engine's thread: they only post to this strand.
+    // NOTES: a sink must not hold the executor itself (a strand outliving its
     // io_context is undefined); a live session implies a live io_context while
     // the lifeline is held, and `self` is released before the lock.
-    TokenSink sink = [life = srv_.lifeline, weak = weak_from_this(), seq = g->seq](TokenEvent ev) {
-      std::lock_guard<std::mutex> lock(life->mu);
-      if (!life->alive) return;
-      std::shared_ptr<HttpSession> self = weak.lock();
-      if (!self) return;  // the connection is gone (and the request was cancelled)
-      auto ex = self->stream_.get_executor();
-      net::post(ex, [self = std::move(self), seq, ev = std::move(ev)]() mutable { self->OnEvent(seq, std::move(ev)); });
-    };
-    auto id = srv_.engine.Submit(*std::move(gen_req), std::move(sink));
-    if (!id.ok()) return SendStatus(id.status());
-
-    g->engine_id = *id;
+    for (size_t i = 0; i < n_choices; ++i) {
+      TokenSink sink = [life = srv_.lifeline, weak = weak_from_this(), seq = g->seq, i](TokenEvent ev) {
+        std::lock_guard<std::mutex> lock(life->mu);
+        if (!life->alive) return;
+        std::shared_ptr<HttpSession> self = weak.lock();
+        if (!self) return;  // the connection is gone (and the request was cancelled)
+        auto ex = self->stream_.get_executor();
+        net::post(ex, [self = std::move(self), seq, i, ev = std::move(ev)]() mutable {
+          self->OnEvent(seq, i, std::move(ev));
+        });
+      };
+      auto id = srv_.engine.Submit(std::move(built->choices[i]), std::move(sink));
+      if (!id.ok()) {
+        for (size_t k = 0; k < i; ++k) srv_.engine.Cancel(g->choices[k].engine_id);
+        return SendStatus(id.status());
+      }
+      g->choices[i].engine_id = *id;
+    }
+    g->open = static_cast<int>(n_choices);
     gen_ = std::move(g);
     SetGenerating(true);
     srv_.metrics.Add(kInFlight, {}, 1);
@@ -419,12 +453,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       if (ec) return self->OnWriteError();
       self->Pump();
     });
-    if (gen_->ctx.kind == ApiKind::kChat) QueueEvent(ChunkJson(gen_->ctx, "", /*first=*/true, ""));
+    if (gen_->ctx.kind == ApiKind::kChat) {
+      for (Choice& c : gen_->choices) QueueEvent(ChunkWithChoices(gen_->ctx, {c.out->OpeningDelta()}));
+    }
   }
 
-  void OnEvent(uint64_t seq, TokenEvent ev) {
-    if (!gen_ || gen_->seq != seq || gen_->done) return;  // stale (stop string, disconnect)
+  void OnEvent(uint64_t seq, size_t index, TokenEvent ev) {
+    if (!gen_ || gen_->seq != seq || gen_->done || index >= gen_->choices.size()) return;  // stale
     Generation& g = *gen_;
+    Choice& c = g.choices[index];
+    if (c.done) return;  // stopped by a stop string: its kCancelled event is ignored
     if (!ev.tokens.empty()) {
       const auto now = Clock::now();
       const double n = static_cast<double>(ev.tokens.size());
@@ -439,59 +477,54 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       g.last_token = now;
       srv_.metrics.Add(kGenerationTokens, {}, n);
     }
-    GenerationText::Piece piece = g.text->Add(ev.tokens);
-    Emit(piece.text, ev.tokens);
-    if (piece.stopped) {
-      srv_.engine.Cancel(g.engine_id);  // the final kCancelled event will be ignored
-      return Finish("stop");
+    if (ev.finished && (ev.reason == FinishReason::kError || ev.reason == FinishReason::kCancelled)) {
+      return FinishWithError(absl::StatusCode::kUnavailable,
+                             ev.reason == FinishReason::kCancelled ? "the request was cancelled by the server"
+                             : ev.error.empty()                    ? "the generation failed"
+                                                                   : ev.error);
+    }
+    ChoiceOutput::Step step = c.out->Add(ev);
+    if (g.stream && !step.deltas.empty()) QueueEvent(ChunkWithChoices(g.ctx, std::move(step.deltas)));
+    if (step.stopped) {
+      srv_.engine.Cancel(c.engine_id);  // the final kCancelled event will be ignored
+      return FinishChoice(c, "stop");
     }
     if (!ev.finished) return;
-    switch (ev.reason) {
-      case FinishReason::kError:
-        return FinishWithError(absl::StatusCode::kUnavailable,
-                               ev.error.empty() ? "the generation failed" : ev.error);
-      case FinishReason::kCancelled:
-        return FinishWithError(absl::StatusCode::kUnavailable, "the request was cancelled by the server");
-      default: {
-        Emit(g.text->Finish(), {});
-        const std::string_view reason = g.text->stopped() ? "stop" : FinishReasonString(ev.reason);
-        return Finish(reason.empty() ? "stop" : reason);
-      }
-    }
+    const std::string_view reason = c.out->stopped() ? "stop" : FinishReasonString(ev.reason);
+    FinishChoice(c, reason.empty() ? "stop" : reason);
   }
 
-  // New text (and, without a tokenizer, the new ids) for the client.
-  void Emit(const std::string& text, std::span<const int32_t> ids) {
-    if (!gen_->stream) {
-      gen_->output += text;
-      return;
+  void FinishChoice(Choice& c, std::string_view reason) {
+    c.done = true;
+    Generation& g = *gen_;
+    if (g.stream) {
+      QueueEvent(ChunkWithChoices(g.ctx, c.out->FinishStream(reason)));
+    } else {
+      g.finals.push_back(c.out->FinalChoice(reason));
     }
-    if (!gen_->ctx.with_token_ids) ids = {};
-    if (text.empty() && ids.empty()) return;
-    QueueEvent(ChunkJson(gen_->ctx, text, /*first=*/false, "", ids));
+    if (--g.open == 0) Finish();
   }
 
-  // Marks the generation finished (once): metrics, in-flight gauge.
+  // Marks the response finished (once): metrics, in-flight gauge.
   void EndGeneration() {
     gen_->done = true;
     srv_.metrics.Add(kInFlight, {}, -1);
   }
 
-  void Finish(std::string_view reason) {
+  void Finish() {
     EndGeneration();
     Generation& g = *gen_;
-    const Usage usage{g.prompt_tokens, g.text->completion_tokens()};
+    Usage usage{g.prompt_tokens, 0};
+    for (const Choice& c : g.choices) usage.completion_tokens += c.out->completion_tokens();
     srv_.metrics.Observe(kRequestLatency, {{"endpoint", endpoint_}}, Seconds(Clock::now() - start_));
-    if (!g.stream) {
-      return SendText(http::status::ok, "application/json",
-                      FinalResponseJson(g.ctx, g.output, reason, usage, g.text->ids()));
-    }
-    QueueEvent(ChunkJson(g.ctx, "", /*first=*/false, reason));
+    if (!g.stream) return SendText(http::status::ok, "application/json", ResponseJson(g.ctx, std::move(g.finals), usage));
     if (g.ctx.include_usage) QueueEvent(UsageChunkJson(g.ctx, usage));
     EndStream(200);
   }
 
+  // Ends the whole response with an error; the other choices are cancelled.
   void FinishWithError(absl::StatusCode code, const std::string& message) {
+    CancelOpenChoices();
     EndGeneration();
     absl::Status s(code, message);
     // An engine failure while it still runs healthy is an internal error.
@@ -500,6 +533,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (!gen_->stream) return SendStatus(s);
     QueueEvent(ErrorJson(ToApiError(s)));
     EndStream(200);
+  }
+
+  void CancelOpenChoices() {
+    for (Choice& c : gen_->choices) {
+      if (!c.done) srv_.engine.Cancel(c.engine_id);
+      c.done = true;
+    }
   }
 
   void EndStream(int status) {
@@ -560,7 +600,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // The client went away (EOF, reset, write error) or the server stops.
   void ClientGone() {
     if (gen_ && !gen_->done) {
-      srv_.engine.Cancel(gen_->engine_id);
+      CancelOpenChoices();
       EndGeneration();
       RecordRequest(499);
     }

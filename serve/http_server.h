@@ -68,6 +68,11 @@ struct HttpServerOptions {
   int threads = 2;                      // io_context threads
   std::string model_name = "deepseek";  // the id in /v1/models; requests may name it
   int64_t max_model_len = 0;            // 0: Engine::max_context()
+  // Chat output parsers (docs/serving.md): DeepSeek tool calls, for requests
+  // with `tools` (--tool-call-parser deepseek_v3, on by default), and R1's
+  // <think> reasoning into `reasoning_content` (--reasoning-parser deepseek_r1).
+  bool tool_call_parser = true;
+  bool reasoning_parser = false;
   std::chrono::seconds idle_timeout{60};  // keep-alive connection idle / header read limit
 };
 

@@ -39,6 +39,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "boost/json.hpp"
 #include "runtime/sampling.h"
 #include "text/chat/chat_template.h"
 #include "text/tokenizer/streaming_detokenizer.h"
@@ -81,8 +82,46 @@ enum class ApiKind { kCompletion, kChat };
 
 struct ChatMessage {
   std::string role;     // system | user | assistant | tool ("developer" is read as system)
-  std::string content;  // text parts joined with "\n"
+  std::string content;  // text parts joined with "\n" ("" when null)
+  // What the chat template sees: role, content (null for an assistant turn
+  // that only calls tools), and tool_calls / tool_call_id / name / reasoning_content
+  // where given.
+  boost::json::object raw;
 };
+
+struct PromptInput {
+  bool is_ids = false;
+  std::string text;
+  std::vector<int32_t> ids;
+};
+
+// tool_choice: "auto" (the default with tools), "none", "required", or one named function.
+struct ToolChoice {
+  enum Kind { kAuto, kNone, kRequired, kFunction } kind = kAuto;
+  std::string function;  // kFunction
+};
+
+// Which sampling fields the request set (the rest come from the model's
+// generation_config.json, then OpenAI's defaults).
+struct GivenFields {
+  bool temperature = false, top_p = false, top_k = false, min_p = false, repetition_penalty = false,
+       max_tokens = false;
+};
+
+// Sampling defaults of the model (generation_config.json), as vLLM applies them.
+struct GenerationDefaults {
+  std::optional<float> temperature, top_p, min_p, repetition_penalty;
+  std::optional<int64_t> top_k, max_new_tokens;
+  // Reads <dir>/generation_config.json; absent file: no defaults. A bad value
+  // is an error naming the file and key.
+  static absl::StatusOr<GenerationDefaults> FromDirectory(const std::string& dir);
+};
+
+// Limits of this server (documented in docs/serving.md).
+inline constexpr int64_t kMaxChoices = 16;      // n (and prompts x n)
+inline constexpr size_t kMaxStopStrings = 16;
+inline constexpr size_t kMaxStopTokenIds = 64;
+inline constexpr size_t kMaxLogitBias = 1024;
 
 struct ApiRequest {
   ApiKind kind = ApiKind::kCompletion;
@@ -93,10 +132,23 @@ struct ApiRequest {
   std::vector<int32_t> prompt_ids;
   // kChat.
   std::vector<ChatMessage> messages;
+  std::vector<PromptInput> prompts;  // every prompt of a completion (prompt_* above is prompts[0])
+  bool echo = false;                 // completions: the prompt is part of each choice
+  // kChat.
+  boost::json::array tools;          // tool definitions ({"type": "function", "function": {...}})
+  ToolChoice tool_choice;
+  boost::json::object chat_template_kwargs;
   // Common.
-  std::optional<int64_t> max_tokens;  // absent: 16 (completions) or the rest of the context (chat)
+  std::optional<int64_t> max_tokens;  // absent: 16 (completions) or the rest of the context (chat); 0 only with echo
   SamplingParams sampling;            // top_k -1 is stored as 0 (off)
-  std::vector<std::string> stop;      // up to 4, non-empty
+  GivenFields given;
+  std::vector<std::string> stop;      // up to kMaxStopStrings, non-empty
+  int64_t n = 1;                      // choices per prompt
+  // Completions `logprobs` (0..20); chat `top_logprobs` (0..20) when `logprobs` is true; -1 none.
+  int32_t logprobs = -1;
+  // response_format json_object / json_schema: the schema (json_object: null).
+  bool json_mode = false;
+  boost::json::value json_schema;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool ignore_eos = false;
@@ -120,8 +172,26 @@ class PromptBuilder {
   explicit PromptBuilder(const Tokenizer* tokenizer);
 
   absl::StatusOr<GenerationRequest> Build(const ApiRequest& request, int64_t max_context) const;
-  // The prompt ids of a chat (template + Encode without special tokens).
-  absl::StatusOr<std::vector<int32_t>> RenderChat(const std::vector<ChatMessage>& messages) const;
+
+  // Every engine request of an API request: prompts x n choices, in
+  // OpenAI's choice order (index = prompt * n + choice); choice j > 0 of a
+  // prompt has seed + j.
+  struct Built {
+    std::vector<GenerationRequest> choices;
+    std::vector<std::string> prompt_texts;          // [prompt] for echo
+    std::vector<std::vector<int32_t>> prompt_ids;   // [prompt]
+    bool starts_in_reasoning = false;               // chat: the rendered prompt opened <think>
+    bool discard_output = false;                    // max_tokens 0 (echo): one token is run and dropped
+  };
+  absl::StatusOr<Built> BuildAll(const ApiRequest& request, int64_t max_context) const;
+
+  // The prompt ids of a chat (template + Encode without special tokens);
+  // `rendered` receives the text when not null.
+  absl::StatusOr<std::vector<int32_t>> RenderChat(const std::vector<ChatMessage>& messages,
+                                                  const ApiRequest* request = nullptr,
+                                                  std::string* rendered = nullptr) const;
+  void set_defaults(GenerationDefaults d) { defaults_ = std::move(d); }
+  const GenerationDefaults& defaults() const { return defaults_; }
 
   const Tokenizer* tokenizer() const { return tokenizer_; }
 
@@ -129,6 +199,7 @@ class PromptBuilder {
   const Tokenizer* tokenizer_;
   std::optional<ChatTemplate> template_;  // parsed once
   absl::Status template_status_;          // why there is none
+  GenerationDefaults defaults_;
 };
 
 // ---------------------------------------------------------------------------

@@ -272,10 +272,10 @@ TEST_F(HttpServerTest, BadRequestsNameTheField) {
   EXPECT_EQ(r.status, 400);
   EXPECT_EQ(ErrorParam(r), "temperature");
   EXPECT_EQ(json::parse(r.body).at("error").at("message"), "`temperature` must be a number");
-  r = Post("/v1/completions", R"({"prompt":"a","n":2})");
+  r = Post("/v1/completions", R"({"prompt":"a","n":20})");
   EXPECT_EQ(r.status, 400);
   EXPECT_EQ(ErrorParam(r), "n");
-  r = Post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"logit_bias":{"1":5}})");
+  r = Post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"logit_bias":{"1":500}})");
   EXPECT_EQ(r.status, 400);
   EXPECT_EQ(ErrorParam(r), "logit_bias");
   r = Post("/v1/chat/completions", R"({"messages":[{"role":"user","content":{"a":1}}]})");
@@ -506,7 +506,7 @@ TEST_F(HttpServerTest, AClientThatStopsReadingIsCancelled) {
 TEST_F(HttpServerTest, MetricsEndpoint) {
   StartServer();
   ASSERT_EQ(Post("/v1/completions", R"({"prompt":"a"})").status, 200);
-  ASSERT_EQ(Post("/v1/completions", R"({"prompt":"a","n":3})").status, 400);
+  ASSERT_EQ(Post("/v1/completions", R"({"prompt":"a","n":30})").status, 400);
   Reply r = Request(http::verb::get, "/metrics");
   ASSERT_EQ(r.status, 200);
   EXPECT_EQ(r.content_type, "text/plain; version=0.0.4; charset=utf-8");

@@ -69,8 +69,10 @@ TEST(OpenAiParseTest, ErrorsNameTheField) {
   EXPECT_EQ(BadParam(ParseCompletionRequest("{not json", kModel)), "");
   EXPECT_EQ(BadParam(ParseCompletionRequest("[1]", kModel)), "");
   EXPECT_EQ(BadParam(ParseCompletionRequest("{}", kModel)), "prompt");
-  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":["a","b"]})", kModel)), "prompt");
-  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":[[1],[2]]})", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":["a",3]})", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":[[1],[]]})", kModel)), "prompt");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":["a","b","c","d","e","f","g","h","i"],"n":2})", kModel)),
+            "prompt");  // 18 choices > 16
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":[]})", kModel)), "prompt");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":[1,-2]})", kModel)), "prompt");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":[1,"a"]})", kModel)), "prompt");
@@ -80,21 +82,37 @@ TEST(OpenAiParseTest, ErrorsNameTheField) {
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","top_p":0})", kModel)), "top_p");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","top_k":-2})", kModel)), "top_k");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","max_tokens":0})", kModel)), "max_tokens");
+  EXPECT_TRUE(ParseCompletionRequest(R"({"prompt":"a","max_tokens":0,"echo":true})", kModel).ok());
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","max_tokens":1.5})", kModel)), "max_tokens");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","seed":"1"})", kModel)), "seed");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","stream":"yes"})", kModel)), "stream");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","stop":[1]})", kModel)), "stop");
-  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","stop":["a","b","c","d","e"]})", kModel)), "stop");
-  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","n":2})", kModel)), "n");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(
+                R"({"prompt":"a","stop":["a","b","c","d","e","f","g","h","i","j","k","l","m","n","o","p","q"]})",
+                kModel)),
+            "stop");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","n":0})", kModel)), "n");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","n":17})", kModel)), "n");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","best_of":3})", kModel)), "best_of");
-  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","logprobs":2})", kModel)), "logprobs");
-  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","echo":true})", kModel)), "echo");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","logprobs":21})", kModel)), "logprobs");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","logprobs":true})", kModel)), "logprobs");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","echo":1})", kModel)), "echo");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","suffix":"z"})", kModel)), "suffix");
-  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","logit_bias":{"5":1}})", kModel)), "logit_bias");
-  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","presence_penalty":0.5})", kModel)),
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","logit_bias":{"x":1}})", kModel)), "logit_bias");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","logit_bias":{"5":101}})", kModel)), "logit_bias");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","presence_penalty":2.5})", kModel)),
             "presence_penalty");
-  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","frequency_penalty":1})", kModel)),
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","frequency_penalty":-3})", kModel)),
             "frequency_penalty");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","repetition_penalty":0})", kModel)),
+            "repetition_penalty");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","min_p":2})", kModel)), "min_p");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","min_tokens":-1})", kModel)), "min_tokens");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","stop_token_ids":[1,"x"]})", kModel)),
+            "stop_token_ids");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","functions":[{"name":"f"}]})", kModel)), "functions");
+  EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","parallel_tool_calls":false})", kModel)),
+            "parallel_tool_calls");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","stream_options":{"include_usage":1}})", kModel)),
             "stream_options");
   EXPECT_EQ(BadParam(ParseCompletionRequest(R"({"prompt":"a","ignore_eos":1})", kModel)), "ignore_eos");
@@ -133,11 +151,26 @@ TEST(OpenAiParseTest, ChatMessagesAndErrors) {
   EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]})",
                                       kModel)),
             "tools");
-  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"logprobs":true})", kModel)),
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"logprobs":1})", kModel)),
             "logprobs");
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"top_logprobs":3})", kModel)),
+            "top_logprobs");  // needs logprobs: true
   EXPECT_EQ(BadParam(ParseChatRequest(
-                R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})", kModel)),
+                R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}})", kModel)),
             "response_format");
+  EXPECT_EQ(BadParam(ParseChatRequest(
+                R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema"}})", kModel)),
+            "response_format");
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"tool_choice":"required"})",
+                                      kModel)),
+            "tool_choice");  // no tools
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],
+      "tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}})",
+                                      kModel)),
+            "tool_choice");  // not among the tools
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":null}]})", kModel)), "messages");
+  EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x","tool_calls":[]}]})", kModel)),
+            "messages");  // tool_calls only on assistant turns
   EXPECT_TRUE(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"text"},
       "tools":[],"logprobs":false})",
                                kModel)
@@ -145,6 +178,46 @@ TEST(OpenAiParseTest, ChatMessagesAndErrors) {
   EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":-1})",
                                       kModel)),
             "max_completion_tokens");
+}
+
+TEST(OpenAiParseTest, NewParametersAreRead) {
+  auto r = ParseCompletionRequest(R"({"prompt":["a",[5,6]],"n":3,"logprobs":2,"echo":true,"presence_penalty":0.5,
+      "frequency_penalty":-1,"repetition_penalty":1.2,"min_p":0.1,"min_tokens":4,"stop_token_ids":[7,8],
+      "logit_bias":{"12":-100,"3":2.5},"stop":["a","b","c","d","e"],"seed":9,"best_of":3})",
+                                  kModel);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->prompts.size(), 2u);
+  EXPECT_EQ(r->prompts[0].text, "a");
+  EXPECT_EQ(r->prompts[1].ids, (std::vector<int32_t>{5, 6}));
+  EXPECT_EQ(r->n, 3);
+  EXPECT_EQ(r->logprobs, 2);
+  EXPECT_TRUE(r->echo);
+  EXPECT_EQ(r->sampling.presence_penalty, 0.5f);
+  EXPECT_EQ(r->sampling.frequency_penalty, -1.0f);
+  EXPECT_EQ(r->sampling.repetition_penalty, 1.2f);
+  EXPECT_EQ(r->sampling.min_p, 0.1f);
+  EXPECT_EQ(r->sampling.min_tokens, 4);
+  EXPECT_EQ(r->sampling.stop_token_ids, (std::vector<int32_t>{7, 8}));
+  ASSERT_EQ(r->sampling.logit_bias.size(), 2u);
+  EXPECT_EQ(r->stop.size(), 5u);
+  auto c = ParseChatRequest(R"({"messages":[{"role":"user","content":"x"},
+      {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
+        "function":{"name":"get","arguments":"{\"a\":1}"}}]},
+      {"role":"tool","tool_call_id":"call_1","content":"42"}],
+      "tools":[{"type":"function","function":{"name":"get","parameters":{"type":"object"}}}],
+      "tool_choice":"auto","logprobs":true,"top_logprobs":4,"chat_template_kwargs":{"thinking":true}})",
+                            kModel);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->logprobs, 4);
+  EXPECT_EQ(c->tools.size(), 1u);
+  EXPECT_EQ(c->tool_choice.kind, ToolChoice::kAuto);
+  EXPECT_TRUE(c->messages[1].raw.at("content").is_null());
+  EXPECT_EQ(c->messages[1].raw.at("tool_calls").as_array()[0].at("function").at("name").as_string(), "get");
+  EXPECT_EQ(c->messages[2].raw.at("tool_call_id").as_string(), "call_1");
+  EXPECT_TRUE(c->chat_template_kwargs.at("thinking").as_bool());
+  c = ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"logprobs":true})", kModel);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->logprobs, 0);
 }
 
 TEST(OpenAiParseTest, HostileBodiesAreErrorsNotCrashes) {

@@ -358,8 +358,9 @@ def test_main_server():
         cases = [
             ("malformed JSON", "{\"prompt\": [1, 2", 400, None),
             ("wrong type", {"prompt": [1, 2], "temperature": "hot"}, 400, "temperature"),
-            ("n > 1", {"prompt": [1, 2], "n": 2}, 400, "n"),
-            ("unsupported parameter", {"prompt": [1, 2], "logprobs": 3}, 400, "logprobs"),
+            ("n over the limit", {"prompt": [1, 2], "n": 17}, 400, "n"),
+            ("logprobs out of range", {"prompt": [1, 2], "logprobs": 21}, 400, "logprobs"),
+            ("unsupported parameter", {"prompt": [1, 2], "suffix": "x"}, 400, "suffix"),
             ("prompt longer than the context", {"prompt": [5] * 200, "max_tokens": 4}, 400, None),
             ("token id outside the vocabulary", {"prompt": [V + 5]}, 400, "prompt"),
             # Over the 1 MiB limit, and within the 1 MiB the server reads and drops after
