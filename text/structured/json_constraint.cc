@@ -53,6 +53,7 @@ enum : uint8_t {
 // kStrHex surrogate tracking in Frame::b.
 constexpr int32_t kHexPlain = 0, kHexFirstD = 1, kHexHigh = 2, kHexWantLow = 4;
 constexpr int32_t kUtf8Any = 0x80BF;
+constexpr int32_t kMaxIntDigits = 15, kMaxFracDigits = 15, kMaxExpDigits = 2;
 
 enum class Step { kDead, kConsumed, kPop, kRefeedPop, kPush };
 
@@ -391,49 +392,55 @@ class Machine {
     }
   }
 
+  // Digits are bounded so that every number parses (as an int64 or a finite double)
+  // and a model cannot loop on digits: kMaxIntDigits before the point,
+  // kMaxFracDigits after it, kMaxExpDigits in the exponent (f.a counts them).
   static Step StepNumber(Frame& f, uint8_t c, bool integer) {
     const bool frac_ok = !integer;
+    auto digit = [&](uint8_t st, int32_t max) {
+      if (f.st != st) {
+        f.st = st;
+        f.a = 0;
+      }
+      if (f.a >= max) return Step::kDead;
+      ++f.a;
+      return Step::kConsumed;
+    };
     switch (f.st) {
       case kStart:
-        if (c == '-') {
-          f.st = kNumMinus;
-        } else if (c == '0') {
-          f.st = kNumZero;
-        } else if (c >= '1' && c <= '9') {
-          f.st = kNumInt;
-        } else {
-          return Step::kDead;
-        }
-        return Step::kConsumed;
       case kNumMinus:
+        if (c == '-' && f.st == kStart) {
+          f.st = kNumMinus;
+          return Step::kConsumed;
+        }
         if (c == '0') {
           f.st = kNumZero;
-        } else if (c >= '1' && c <= '9') {
-          f.st = kNumInt;
-        } else {
-          return Step::kDead;
+          return Step::kConsumed;
         }
-        return Step::kConsumed;
+        if (c >= '1' && c <= '9') return digit(kNumInt, kMaxIntDigits);
+        return Step::kDead;
       case kNumZero:
       case kNumInt:
-        if (f.st == kNumInt && IsDigit(c)) return Step::kConsumed;
+        if (f.st == kNumInt && IsDigit(c)) return digit(kNumInt, kMaxIntDigits);
         if (frac_ok && c == '.') {
           f.st = kNumDot;
+          f.a = 0;
           return Step::kConsumed;
         }
         if (frac_ok && (c == 'e' || c == 'E')) {
           f.st = kNumE;
+          f.a = 0;
           return Step::kConsumed;
         }
         return Step::kRefeedPop;
       case kNumDot:
         if (!IsDigit(c)) return Step::kDead;
-        f.st = kNumFrac;
-        return Step::kConsumed;
+        return digit(kNumFrac, kMaxFracDigits);
       case kNumFrac:
-        if (IsDigit(c)) return Step::kConsumed;
+        if (IsDigit(c)) return digit(kNumFrac, kMaxFracDigits);
         if (c == 'e' || c == 'E') {
           f.st = kNumE;
+          f.a = 0;
           return Step::kConsumed;
         }
         return Step::kRefeedPop;
@@ -445,10 +452,9 @@ class Machine {
         [[fallthrough]];
       case kNumESign:
         if (!IsDigit(c)) return Step::kDead;
-        f.st = kNumExp;
-        return Step::kConsumed;
+        return digit(kNumExp, kMaxExpDigits);
       case kNumExp:
-        if (IsDigit(c)) return Step::kConsumed;
+        if (IsDigit(c)) return digit(kNumExp, kMaxExpDigits);
         return Step::kRefeedPop;
       default: return Step::kDead;
     }
