@@ -25,7 +25,7 @@
 //   }
 //
 // Tokens sharing a prefix share the automaton steps for that prefix: the
-// DeepSeek-V3 vocabulary (129k tokens, ~1.0 MB of bytes) has ~0.5M trie nodes.
+// DeepSeek-V3 vocabulary (129k tokens) has 274k trie nodes and is built in ~80 ms.
 #pragma once
 
 #include <cstdint>
@@ -47,8 +47,7 @@ class TokenVocabulary {
     uint32_t subtree_end;   // index one past the last node of this subtree
   };
 
-  // Ids [0, t.vocab_size()); EOS is t.eos_id() (-1 when none). Runs in ~0.1-0.3 s for
-  // 129k tokens.
+  // Ids [0, t.vocab_size()); EOS is t.eos_id() (-1 when none). ~80 ms for 129k tokens.
   static absl::StatusOr<std::shared_ptr<const TokenVocabulary>> FromTokenizer(const Tokenizer& t);
   // For tests: explicit byte strings per id (an empty string: never allowed);
   // `eos_id` may be -1 (no EOS).
