@@ -41,7 +41,7 @@
 //   JsonConstraint c(JsonGrammar::AnyObject(), vocab);
 //   c.AllowedTokens();   // bits of "{" only
 //   c.Accept(0);         // "{"
-//   c.AllowedTokens();   // "}" and "\"" (a key)
+//   c.AllowedTokens();   // "}", "\"" (a key) and whitespace: none here
 //   ...
 //
 // Not thread-safe: one request, one thread at a time (the MaskCache behind it is
