@@ -52,6 +52,7 @@ class ByteLevelDecoder : public Decoder {
     AppendUtf8Lossy(bytes, &text);
     tokens->assign(1, std::move(text));
   }
+  bool IsByteLevel() const override { return true; }
 };
 
 class SequenceDecoder : public Decoder {
@@ -63,6 +64,12 @@ class SequenceDecoder : public Decoder {
   bool HasByteFallback() const override {
     for (const auto& p : parts_) {
       if (p->HasByteFallback()) return true;
+    }
+    return false;
+  }
+  bool IsByteLevel() const override {
+    for (const auto& p : parts_) {
+      if (p->IsByteLevel()) return true;
     }
     return false;
   }

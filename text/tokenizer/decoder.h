@@ -21,6 +21,9 @@ class Decoder {
   // True when the decoder (or one in its chain) is ByteFallback: a run of "<0xXX>"
   // tokens decodes as a unit, so a stream must not cut inside one.
   virtual bool HasByteFallback() const { return false; }
+  // True when the decoder (or one in its chain) is ByteLevel: token strings spell
+  // bytes through the GPT-2 byte<->unicode table.
+  virtual bool IsByteLevel() const { return false; }
 };
 
 // Parses one decoder object (`node` must not be null).

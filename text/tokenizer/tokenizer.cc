@@ -348,6 +348,10 @@ bool Tokenizer::IsSpecialId(int32_t id) const {
   return t != nullptr && added_->IsSpecial(*t);
 }
 
+bool Tokenizer::IsAddedId(int32_t id) const { return added_->Find(id) != nullptr; }
+
+bool Tokenizer::decoder_is_byte_level() const { return decoder_ != nullptr && decoder_->IsByteLevel(); }
+
 bool Tokenizer::decoder_has_byte_fallback() const { return decoder_ != nullptr && decoder_->HasByteFallback(); }
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special_tokens) const {

@@ -114,6 +114,14 @@ class Tokenizer {
   std::string IdToToken(int32_t id) const;
   // True when `id` is an added token marked special (skipped by skip_special_tokens).
   bool IsSpecialId(int32_t id) const;
+  // True when `id` is an added token (special or not, e.g. "<｜User｜>"): its string
+  // is literal text, not spelled in the model's byte alphabet.
+  bool IsAddedId(int32_t id) const;
+  // The decoder chain's kind, for code that maps token strings to bytes itself
+  // (text/structured/token_vocabulary.h): ByteLevel spells bytes through the GPT-2
+  // table; ByteFallback decodes "<0xXX>" tokens as one byte.
+  bool decoder_is_byte_level() const;
+  bool decoder_has_byte_fallback() const;
 
  private:
   friend class StreamingDetokenizer;
@@ -123,7 +131,6 @@ class Tokenizer {
   std::string DecodeRaw(std::span<const int32_t> ids, bool skip_special_tokens) const;
   // Token string of `id` as Decode sees it, or nullptr.
   const std::string* TokenOf(int32_t id) const;
-  bool decoder_has_byte_fallback() const;
   bool clean_up_tokenization_spaces() const { return clean_up_spaces_; }
   // transformers' PreTrainedTokenizerBase.clean_up_tokenization (" ." -> ".", ...).
   static std::string CleanUpTokenizationSpaces(std::string text);
