@@ -1,6 +1,7 @@
 #include "serve/engine.h"
 
 #include <algorithm>
+#include <span>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -60,6 +61,7 @@ absl::StatusOr<int64_t> Engine::Submit(GenerationRequest r, TokenSink sink) {
   q.sampling = r.sampling;
   q.ignore_eos = r.ignore_eos;
   q.return_logits = r.return_logits;
+  q.share_prompt_with = r.share_prompt_with;
   requests_.emplace(id, std::move(q));
   submitted_.push_back(id);
   ++n_waiting_;
@@ -87,10 +89,18 @@ EngineHealth Engine::Health() const {
   return h;
 }
 
+int64_t Engine::CachedTokens(int64_t id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return 0;
+  if (const Sequence* q = scheduler_.Get(id); q != nullptr) it->second.cached_tokens = q->cached_tokens;
+  return it->second.cached_tokens;
+}
+
 void Engine::Finish(int64_t id, TokenEvent last) {
   auto it = requests_.find(id);
   if (it == requests_.end()) return;
   last.finished = true;
+  last.cached_tokens = it->second.cached_tokens;
   it->second.sink(std::move(last));
   requests_.erase(it);
 }
@@ -152,13 +162,19 @@ void Engine::Intake() {
   std::lock_guard<std::mutex> lock(mu_);
   for (int64_t id : submitted_) {
     const Request& q = requests_.at(id);
-    auto slot = scheduler_.Add(id, q.prompt_len, q.max_tokens);
+    // A choice of an n > 1 request shares its sibling's prompt KV while that
+    // one is still known to the scheduler (it checks that the prompts match).
+    const int64_t fork_of = q.share_prompt_with >= 0 && scheduler_.Get(q.share_prompt_with) != nullptr
+                                ? q.share_prompt_with
+                                : -1;
+    auto slot = scheduler_.Add(id, std::span<const int32_t>(q.tokens.data(), q.prompt_len), q.max_tokens, fork_of);
     if (!slot.ok()) Finish(id, {{}, true, FinishReason::kError, std::string(slot.status().message()), {}});
   }
   submitted_.clear();
   for (int64_t id : cancelled_) {
     if (!requests_.count(id)) continue;
     if (scheduler_.Get(id) != nullptr) {
+      CachedTokens(id);
       (void)scheduler_.Cancel(id);  // frees its blocks now
       scheduler_.Forget(id);
       released_.push_back(id);
@@ -210,7 +226,7 @@ absl::Status Engine::CompletePlans() {
     for (const auto& [column, results] : f.columns) {
       for (const ChunkResult& c : results) {
         // A sequence cancelled while its chunk ran is already forgotten.
-        if (scheduler_.Get(c.seq_id) != nullptr) step.push_back({c.seq_id, c.n_tokens, c.eos});
+        if (scheduler_.Get(c.seq_id) != nullptr) step.push_back({c.seq_id, c.n_tokens, c.eos, c.token});
       }
     }
     RETURN_IF_ERROR(scheduler_.OnStepDone(step));
@@ -221,13 +237,14 @@ absl::Status Engine::CompletePlans() {
         auto it = requests_.find(c.seq_id);
         if (it == requests_.end()) continue;  // cancelled or failed meanwhile
         it->second.tokens.push_back(c.token);
+        const int64_t cached = CachedTokens(c.seq_id);
         const Sequence* q = scheduler_.Get(c.seq_id);
         if (q != nullptr && q->state == SeqState::kFinished) {
           Finish(c.seq_id, {{c.token}, true, c.eos ? FinishReason::kStop : FinishReason::kLength, "", c.logits});
           scheduler_.Forget(c.seq_id);
           released_.push_back(c.seq_id);
         } else {
-          it->second.sink({{c.token}, false, FinishReason::kNone, "", c.logits});
+          it->second.sink({{c.token}, false, FinishReason::kNone, "", c.logits, cached});
         }
       }
     }
@@ -292,6 +309,8 @@ void Engine::PublishSnapshot() {
     for (const SlotStats& s : stats) waiting += s.waiting;
     n_waiting_ = waiting;
     slot_stats_ = std::move(stats);
+    prefix_queries_ = scheduler_.prefix_queries();
+    prefix_hits_ = scheduler_.prefix_hits();
     steps = steps_done_;
   }
   if (!on_snapshot_) return;
@@ -312,6 +331,8 @@ EngineSnapshot Engine::Snapshot() const {
     s.slots = slot_stats_;
     s.steps = steps_done_;
     s.preemptions = preemptions_;
+    s.prefix_cache_queries = prefix_queries_;
+    s.prefix_cache_hits = prefix_hits_;
     s.ranks = rank_stats_;
   }
   s.ranks[runner_.parallel().rank] = runner_.Stats();
@@ -336,6 +357,7 @@ absl::Status Engine::Run(bool until_idle) {
         for (const auto& [id, q] : requests_) ids.push_back(id);
         for (int64_t id : ids) {
           if (scheduler_.Get(id) != nullptr) {
+            CachedTokens(id);
             (void)scheduler_.Cancel(id);
             scheduler_.Forget(id);
             released_.push_back(id);

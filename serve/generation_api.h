@@ -24,6 +24,12 @@ struct GenerationRequest {
   SamplingParams sampling;      // temperature 0 = greedy
   bool ignore_eos = false;      // keep going past the model's EOS token
   bool return_logits = false;   // each token's event carries the logits it was sampled from
+  // n > 1 choices: the engine id of an earlier request with the same prompt
+  // (choice 0, submitted normally). This one then shares that request's prompt
+  // KV (copy-on-write fork) and computes only the last prompt token before
+  // sampling with its own `sampling` (and seed). Ignored (plain prefill) when
+  // that request is gone, has a different prompt, or does not get that far.
+  int64_t share_prompt_with = -1;
 };
 
 enum class FinishReason {
@@ -44,6 +50,11 @@ struct TokenEvent {
   FinishReason reason = FinishReason::kNone;
   std::string error;  // set when reason == kError
   std::vector<float> logits;  // [tokens.size(), vocab] when the request asked for them
+  // Prompt tokens that were not computed for this request: found in the prefix
+  // cache or shared with share_prompt_with's request (usage.prompt_tokens_details.
+  // cached_tokens). Set on every event from the first token on, so always on the
+  // final one (0 when the request never ran).
+  int64_t cached_tokens = 0;
 };
 using TokenSink = std::function<void(TokenEvent)>;
 
