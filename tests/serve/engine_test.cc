@@ -18,6 +18,7 @@
 #include "runtime/batching/paged_kv_cache.h"
 #include "runtime/generate.h"
 #include "runtime/model/random_model.h"
+#include "serve/engine_metrics.h"
 
 namespace deepshard::serve {
 namespace {
@@ -387,6 +388,18 @@ TEST(EnginePrefixCache, HitsGiveTheSameTokensAsComputingAfresh) {
   EXPECT_EQ(s.prefix_cache_queries, 40 + 40 + 42 + static_cast<int64_t>(turn.size()));
   EXPECT_EQ(s.prefix_cache_hits, 32 + 32 + 48);
   EXPECT_GT(s.slots[0].blocks_cached, 0);
+  // On /metrics: the counters in tokens, and used + cached + free = the pool.
+  Metrics m;
+  DescribeEngineMetrics(m);
+  PublishEngineMetrics(m, s);
+  EXPECT_EQ(m.Value("deepshard_prefix_cache_queries_total"), s.prefix_cache_queries);
+  EXPECT_EQ(m.Value("deepshard_prefix_cache_hits_total"), 32 + 32 + 48);
+  const double cached = m.Value("deepshard_kv_blocks", {{"dp_slot", "0"}, {"state", "cached"}});
+  EXPECT_EQ(cached, s.slots[0].blocks_cached);
+  EXPECT_EQ(m.Value("deepshard_kv_blocks", {{"dp_slot", "0"}, {"state", "used"}}) + cached +
+                m.Value("deepshard_kv_blocks", {{"dp_slot", "0"}, {"state", "free"}}),
+            64);
+  EXPECT_NE(m.Render().find("deepshard_prefix_cache_hits_total 112"), std::string::npos);
   h.Stop();
   EXPECT_TRUE(h.run_status.ok()) << h.run_status;
 }
