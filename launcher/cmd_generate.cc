@@ -63,7 +63,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
                                              WithModelRunFlags({"model", "prompt-ids", "max-new-tokens",
                                                                 "temperature", "top-k", "top-p", "seed", "prompt",
                                                                 "chat", "system"}),
-                                             {"ignore-eos", "help", "print-ids"}));
+                                             WithModelRunBoolFlags({"ignore-eos", "help", "print-ids"})));
   *help = flags.Bool("help");
   Options o;
   if (*help) return o;
@@ -215,13 +215,16 @@ int GenerateOnRoot(const Options& o, serve::Job& job, const Tokenizer* tok) {
   }
   std::fflush(stdout);
   const ParallelConfig& pc = job.parallel();
-  const int64_t preempted = o.gen.max_new_tokens > 0 ? job.engine().Snapshot().preemptions : 0;
+  const serve::EngineSnapshot snap =
+      o.gen.max_new_tokens > 0 ? job.engine().Snapshot() : serve::EngineSnapshot{};
   std::fprintf(stderr,
                "deepshard generate: %zu prompts (%zu tokens), %zu new tokens in %.3f s on %d %s (pp %d x ep %d), "
-               "%ld KV blocks of %ld tokens per DP slot, %ld preemptions\n",
+               "%ld KV blocks of %ld tokens per DP slot, %ld preemptions, prefix cache %ld of %ld tokens%s\n",
                n, n_prompt, n_new, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                pc.world, pc.world == 1 ? "rank" : "ranks", pc.pp, pc.ep, static_cast<long>(job.n_blocks()),
-               static_cast<long>(job.options().block_size), static_cast<long>(preempted));
+               static_cast<long>(job.options().block_size), static_cast<long>(snap.preemptions),
+               static_cast<long>(snap.prefix_cache_hits), static_cast<long>(snap.prefix_cache_queries),
+               job.options().prefix_caching ? "" : " (off)");
   return 0;
 }
 

@@ -45,7 +45,9 @@ constexpr char kUsageNotes[] =
     "  --max-waiting      queued requests beyond which new ones get 429\n"
     "  --micro-batches    plans in flight, each with 1/N of the running decodes (default: --pp;\n"
     "                     1: one plan takes every decode, so pipeline stages take turns)\n"
-    "  --drain-timeout    seconds running requests may take after SIGTERM\n";
+    "  --drain-timeout    seconds running requests may take after SIGTERM\n"
+    "  --no-prefix-cache  do not keep the KV of full blocks after their requests end for\n"
+    "                     requests whose prompts start with the same tokens\n";
 
 void PrintUsage(FILE* f) {
   std::fputs(kUsage, f);
@@ -67,7 +69,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
                                 WithModelRunFlags({"model", "host", "port", "api-key", "served-model-name",
                                                    "max-waiting", "max-body-bytes", "drain-timeout",
                                                    "heartbeat-timeout", "failure-linger", "control-host"}),
-                                {"help"}));
+                                WithModelRunBoolFlags({"help"})));
   *help = flags.Bool("help");
   Options o;
   if (*help) return o;

@@ -28,10 +28,20 @@ std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags) {
   return command_flags;
 }
 
+const std::set<std::string>& ModelRunBoolFlags() {
+  static const std::set<std::string> flags = {"no-prefix-cache"};
+  return flags;
+}
+
+std::set<std::string> WithModelRunBoolFlags(std::set<std::string> command_bool_flags) {
+  command_bool_flags.insert(ModelRunBoolFlags().begin(), ModelRunBoolFlags().end());
+  return command_bool_flags;
+}
+
 const char kModelRunUsage[] =
     "         [--device cpu] [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
     "         [--kv-cache-memory 1GiB] [--kv-cache-dtype f32|bf16] [--block-size 64] [--max-num-seqs 64]\n"
-    "         [--max-num-batched-tokens 512] [--prefill-chunk 512] [--micro-batches N]\n"
+    "         [--max-num-batched-tokens 512] [--prefill-chunk 512] [--micro-batches N] [--no-prefix-cache]\n"
     "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n";
 
 absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place,
@@ -48,6 +58,7 @@ absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, Placement
   ASSIGN_OR_RETURN(job->max_batched_tokens, flags.Int("max-num-batched-tokens", 512));
   ASSIGN_OR_RETURN(job->prefill_chunk, flags.Int("prefill-chunk", 512));
   ASSIGN_OR_RETURN(job->micro_batches, flags.Int("micro-batches", 0));
+  job->prefix_caching = !flags.Bool("no-prefix-cache");
   if (job->micro_batches < 0 || job->micro_batches > 64) {
     return absl::InvalidArgumentError(
         absl::StrCat("--micro-batches must be in [0, 64] (0: --pp), got ", job->micro_batches));

@@ -44,6 +44,10 @@ struct RankShare {
 const std::set<std::string>& ModelRunFlags();
 // `command_flags` plus ModelRunFlags(), for Flags::Parse.
 std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags);
+// The boolean flags they share: --no-prefix-cache.
+const std::set<std::string>& ModelRunBoolFlags();
+// `command_bool_flags` plus ModelRunBoolFlags(), for Flags::Parse.
+std::set<std::string> WithModelRunBoolFlags(std::set<std::string> command_bool_flags);
 // Reads those flags into `rt`, `place` and `job`; errors name the flag.
 absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place,
                                 serve::JobOptions* job);

@@ -1,6 +1,7 @@
 #include "serve/engine.h"
 
 #include <algorithm>
+#include <span>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -64,6 +65,7 @@ absl::StatusOr<int64_t> Engine::Submit(GenerationRequest r, TokenSink sink) {
   q.logprobs = r.logprobs;
   q.prompt_logprobs = r.prompt_logprobs;
   q.constraint = std::move(r.constraint);
+  q.share_prompt_with = r.share_prompt_with;
   requests_.emplace(id, std::move(q));
   submitted_.push_back(id);
   ++n_waiting_;
@@ -91,10 +93,18 @@ EngineHealth Engine::Health() const {
   return h;
 }
 
+int64_t Engine::CachedTokens(int64_t id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return 0;
+  if (const Sequence* q = scheduler_.Get(id); q != nullptr) it->second.cached_tokens = q->cached_tokens;
+  return it->second.cached_tokens;
+}
+
 void Engine::Finish(int64_t id, TokenEvent last) {
   auto it = requests_.find(id);
   if (it == requests_.end()) return;
   last.finished = true;
+  last.cached_tokens = it->second.cached_tokens;
   it->second.sink(std::move(last));
   requests_.erase(it);
 }
@@ -156,13 +166,22 @@ void Engine::Intake() {
   std::lock_guard<std::mutex> lock(mu_);
   for (int64_t id : submitted_) {
     const Request& q = requests_.at(id);
-    auto slot = scheduler_.Add(id, q.prompt_len, q.max_tokens);
+    // A choice of an n > 1 request shares its sibling's prompt KV while that
+    // one is still known to the scheduler (it checks that the prompts match).
+    // Echo needs the logits of every prompt position: no shared or cached prefix.
+    const int64_t fork_of = q.share_prompt_with >= 0 && !q.prompt_logprobs &&
+                                    scheduler_.Get(q.share_prompt_with) != nullptr
+                                ? q.share_prompt_with
+                                : -1;
+    auto slot = scheduler_.Add(id, std::span<const int32_t>(q.tokens.data(), q.prompt_len), q.max_tokens, fork_of,
+                               /*reads_cache=*/!q.prompt_logprobs);
     if (!slot.ok()) Finish(id, {{}, true, FinishReason::kError, std::string(slot.status().message()), {}});
   }
   submitted_.clear();
   for (int64_t id : cancelled_) {
     if (!requests_.count(id)) continue;
     if (scheduler_.Get(id) != nullptr) {
+      CachedTokens(id);
       (void)scheduler_.Cancel(id);  // frees its blocks now
       scheduler_.Forget(id);
       released_.push_back(id);
@@ -214,7 +233,7 @@ absl::Status Engine::CompletePlans() {
     for (const auto& [column, results] : f.columns) {
       for (const ChunkResult& c : results) {
         // A sequence cancelled while its chunk ran is already forgotten.
-        if (scheduler_.Get(c.seq_id) != nullptr) step.push_back({c.seq_id, c.n_tokens, c.eos});
+        if (scheduler_.Get(c.seq_id) != nullptr) step.push_back({c.seq_id, c.n_tokens, c.eos, c.token});
       }
     }
     RETURN_IF_ERROR(scheduler_.OnStepDone(step));
@@ -239,6 +258,7 @@ absl::Status Engine::CompletePlans() {
         }
         q.tokens.push_back(c.token);
         ev.tokens = {c.token};
+        ev.cached_tokens = CachedTokens(c.seq_id);
         ev.logits = c.logits;
         if (c.logprob) ev.logprobs.push_back(*c.logprob);
         if (q.constraint) {
@@ -342,6 +362,8 @@ void Engine::PublishSnapshot() {
     for (const SlotStats& s : stats) waiting += s.waiting;
     n_waiting_ = waiting;
     slot_stats_ = std::move(stats);
+    prefix_queries_ = scheduler_.prefix_queries();
+    prefix_hits_ = scheduler_.prefix_hits();
     steps = steps_done_;
   }
   if (!on_snapshot_) return;
@@ -362,6 +384,8 @@ EngineSnapshot Engine::Snapshot() const {
     s.slots = slot_stats_;
     s.steps = steps_done_;
     s.preemptions = preemptions_;
+    s.prefix_cache_queries = prefix_queries_;
+    s.prefix_cache_hits = prefix_hits_;
     s.ranks = rank_stats_;
   }
   s.ranks[runner_.parallel().rank] = runner_.Stats();
@@ -386,6 +410,7 @@ absl::Status Engine::Run(bool until_idle) {
         for (const auto& [id, q] : requests_) ids.push_back(id);
         for (int64_t id : ids) {
           if (scheduler_.Get(id) != nullptr) {
+            CachedTokens(id);
             (void)scheduler_.Cancel(id);
             scheduler_.Forget(id);
             released_.push_back(id);

@@ -58,6 +58,8 @@ struct EngineSnapshot {
   std::vector<SlotStats> slots;         // per DP slot
   int64_t steps = 0;                    // plans completed
   int64_t preemptions = 0;              // sequences preempted (blocks freed, recomputed later)
+  int64_t prefix_cache_queries = 0;     // context tokens looked up in the prefix cache (cumulative)
+  int64_t prefix_cache_hits = 0;        // of them, tokens found in the cache
   std::map<int, RankStats> ranks;       // latest stats of every rank (rank 0's own included)
   int64_t total_experts = 0;            // routed experts per layer
 };
@@ -115,6 +117,8 @@ class Engine final : public GenerationApi {
     int64_t prompt_logprobs_sent = 0;  // echo rows delivered (row r predicts prompt position r + 1)
     int64_t prompt_lp_begin = 0;       // the first row of the chunk in flight that asked for them
     std::shared_ptr<TokenConstraint> constraint;
+    int64_t share_prompt_with = -1;
+    int64_t cached_tokens = 0;  // from the scheduler, once known
   };
   // What CompletePlans checks a column's results against.
   struct PlannedChunk {
@@ -132,6 +136,8 @@ class Engine final : public GenerationApi {
   absl::Status CompletePlans();          // apply every finished plan at the front
   absl::Status ScheduleAndRun();         // one new plan, if any
   void Finish(int64_t id, TokenEvent last);  // final event, forget the request (mu_ held)
+  // The request's cached_tokens, from its scheduler sequence while it has one (mu_ held).
+  int64_t CachedTokens(int64_t id);
   void FailAll(const std::string& why);  // every request gets an error (mu_ held)
   void PublishSnapshot();
 
@@ -154,6 +160,7 @@ class Engine final : public GenerationApi {
   std::vector<SlotStats> slot_stats_;                    // (mu_)
   int64_t steps_done_ = 0;                               // (mu_)
   int64_t preemptions_ = 0;                              // (mu_)
+  int64_t prefix_queries_ = 0, prefix_hits_ = 0;         // (mu_)
 
   std::atomic<int64_t> next_id_{1};
   std::atomic<bool> failed_{false}, draining_{false};

@@ -9,7 +9,13 @@ namespace deepshard::serve {
 
 void DescribeEngineMetrics(Metrics& m) {
   m.Describe("deepshard_sequences", MetricType::kGauge, "Sequences per DP slot, by state (running or waiting).");
-  m.Describe("deepshard_kv_blocks", MetricType::kGauge, "Paged latent-KV blocks per DP slot, by state (used or free).");
+  m.Describe("deepshard_kv_blocks", MetricType::kGauge,
+             "Paged latent-KV blocks per DP slot, by state: used (referenced by sequences), cached (kept for the "
+             "prefix cache, evictable) or free.");
+  m.Describe("deepshard_prefix_cache_queries_total", MetricType::kCounter,
+             "Context tokens looked up in the prefix cache when sequences were admitted.");
+  m.Describe("deepshard_prefix_cache_hits_total", MetricType::kCounter,
+             "Context tokens found in the prefix cache when sequences were admitted (not computed).");
   m.Describe("deepshard_steps_total", MetricType::kCounter, "Forward steps (plans) completed.");
   m.Describe("deepshard_preemptions_total", MetricType::kCounter,
              "Sequences preempted for KV blocks (blocks freed, recomputed later).");
@@ -28,12 +34,16 @@ void PublishEngineMetrics(Metrics& m, const EngineSnapshot& s) {
     seqs.push_back({{{"dp_slot", slot}, {"state", "running"}}, static_cast<double>(s.slots[i].running)});
     seqs.push_back({{{"dp_slot", slot}, {"state", "waiting"}}, static_cast<double>(s.slots[i].waiting)});
     blocks.push_back({{{"dp_slot", slot}, {"state", "used"}}, static_cast<double>(s.slots[i].blocks_used)});
-    blocks.push_back({{{"dp_slot", slot}, {"state", "free"}}, static_cast<double>(s.slots[i].blocks_free)});
+    blocks.push_back({{{"dp_slot", slot}, {"state", "cached"}}, static_cast<double>(s.slots[i].blocks_cached)});
+    blocks.push_back({{{"dp_slot", slot}, {"state", "free"}},
+                      static_cast<double>(s.slots[i].blocks_free - s.slots[i].blocks_cached)});
   }
   m.SetFamily("deepshard_sequences", seqs);
   m.SetFamily("deepshard_kv_blocks", blocks);
   m.SetFamily("deepshard_steps_total", {{{}, static_cast<double>(s.steps)}});
   m.SetFamily("deepshard_preemptions_total", {{{}, static_cast<double>(s.preemptions)}});
+  m.SetFamily("deepshard_prefix_cache_queries_total", {{{}, static_cast<double>(s.prefix_cache_queries)}});
+  m.SetFamily("deepshard_prefix_cache_hits_total", {{{}, static_cast<double>(s.prefix_cache_hits)}});
 
   std::vector<std::pair<Labels, double>> phases;
   std::map<std::pair<int64_t, int64_t>, int64_t> experts;  // (layer, expert) -> tokens, summed over ranks

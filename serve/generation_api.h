@@ -44,6 +44,12 @@ struct GenerationRequest {
   // max(logprobs, 0) alternatives each (events carry them as they come).
   bool prompt_logprobs = false;
   std::shared_ptr<TokenConstraint> constraint;  // null = unconstrained
+  // n > 1 choices: the engine id of an earlier request with the same prompt
+  // (choice 0, submitted normally). This one then shares that request's prompt
+  // KV (copy-on-write fork) and computes only the last prompt token before
+  // sampling with its own `sampling` (and seed). Ignored (plain prefill) when
+  // that request is gone, has a different prompt, or does not get that far.
+  int64_t share_prompt_with = -1;
 };
 
 enum class FinishReason {
@@ -66,6 +72,11 @@ struct TokenEvent {
   std::vector<float> logits;  // [tokens.size(), vocab] when the request asked for them
   std::vector<TokenLogprob> logprobs;         // one per token, when the request asked for them
   std::vector<TokenLogprob> prompt_logprobs;  // the next prompt positions' (positions 1, 2, ... in order)
+  // Prompt tokens that were not computed for this request: found in the prefix
+  // cache or shared with share_prompt_with's request (usage.prompt_tokens_details.
+  // cached_tokens). Set on every event from the first token on, so always on the
+  // final one (0 when the request never ran).
+  int64_t cached_tokens = 0;
 };
 using TokenSink = std::function<void(TokenEvent)>;
 

@@ -174,6 +174,7 @@ void Job::WireRank0() {
   eo.scheduler.max_running_per_slot = o_.max_num_seqs;
   eo.scheduler.prefill_chunk = o_.prefill_chunk;
   eo.scheduler.micro_batches = o_.micro_batches > 0 ? o_.micro_batches : pc.pp;
+  eo.scheduler.prefix_caching = o_.prefix_caching;
   eo.depth = std::max<int>(pc.pp, static_cast<int>(eo.scheduler.micro_batches));
   eo.max_waiting = o_.max_waiting;
   eo.vocab_size = static_cast<int32_t>(r_.model->config().vocab_size);

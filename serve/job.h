@@ -47,6 +47,7 @@ struct JobOptions {
   int64_t max_num_seqs = 64, max_batched_tokens = 512, prefill_chunk = 512;
   int64_t max_waiting = 256;
   int64_t micro_batches = 0;      // 0: pp
+  bool prefix_caching = true;     // --no-prefix-cache turns it off
   double heartbeat_timeout = 3;   // seconds without a frame before a rank is lost
   double failure_linger = 2;      // seconds rank 0 keeps answering after a failure
   double drain_timeout = 30;      // seconds running requests get after a drain request

@@ -53,10 +53,37 @@
 // sequences' whole contexts always fit the pool once the decodes that grew
 // past their admission-time share finish or are preempted.
 //
-// Slot assignment (Add): the slot with the least load in blocks (blocks used
-// plus blocks its waiting sequences will need for their context), then the
-// fewest sequences (running + waiting), then the lowest index. Counting
-// waiting work keeps a burst of Adds from all landing on one idle slot.
+// Slot assignment (Add): the slot with the least load in blocks after taking
+// the new sequence: blocks used, plus blocks its waiting sequences will need
+// for their context, plus the blocks the new prompt would need there (its
+// blocks minus the full blocks of its prefix found in that slot's prefix
+// cache). Then the longest cached prefix, the fewest sequences (running +
+// waiting), the lowest index. So a slot holding the prompt's prefix wins
+// unless its load exceeds another's by more than the blocks the hit saves.
+// Counting waiting work keeps a burst of Adds from all landing on one idle
+// slot. A fork child (fork_of) goes to its parent's slot.
+//
+// Prefix caching (config.prefix_caching, see block_manager.h). A sequence's
+// full blocks are hashed as a chain over its tokens, starting from a random
+// per-scheduler root. When a chunk completes, every block it filled is
+// registered in the slot's cache (prompt and generated tokens alike). On
+// admission (first or after preemption) a sequence takes references to the
+// longest run of cached blocks matching its context from the start, at most
+// (context_len - 1) / block_size blocks so that at least one token is computed
+// (the sampling chunk needs the last position's logits), and its first chunk
+// starts after them. Admission counts what that costs: new blocks for the rest
+// of the context, plus the matched blocks that were evictable (they leave the
+// free count). Stats count each lookup: queried tokens (context_len) and hit
+// tokens; Sequence::cached_tokens is the hit of the first admission.
+//
+// Forks (n > 1 choices): Add(..., fork_of = parent) puts the child on the
+// parent's slot. When the child heads the queue it waits while the parent is
+// running and has computed fewer than prompt_len - 1 tokens; then it is
+// admitted with BlockManager::Fork(parent table, prompt_len - 1) and
+// n_computed = prompt_len - 1, so its first chunk is the last prompt token and
+// samples its own first token (a shared partly filled block is copied first:
+// StepPlan::copies). If the parent is not running then (finished, cancelled,
+// preempted), the child is admitted like any other sequence.
 //
 // Finished (EOS or max_new_tokens) and cancelled sequences free their blocks
 // at once and never appear in a later plan; they stay readable through Get
@@ -65,6 +92,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -86,6 +114,9 @@ struct SchedulerConfig {
   // decodes of a slot, so that pp plans in flight each carry a share of the
   // running sequences and the stages overlap instead of taking turns.
   int64_t micro_batches = 1;
+  // Automatic prefix caching: keep the KV of full blocks after their
+  // sequences end, and reuse it for contexts that start with the same tokens.
+  bool prefix_caching = true;
 };
 
 // One sequence's tokens in one step: positions [start_pos, start_pos + n_tokens).
@@ -110,20 +141,35 @@ struct StepResult {
   int64_t seq_id = 0;
   int64_t n_tokens = 0;  // tokens whose KV the step wrote (must match the plan)
   bool eos = false;      // the sampled token ends the sequence (only on a sampling chunk)
+  // The sampled token (a sampling chunk): the prefix cache hashes the blocks it
+  // fills. -1 = not reported: the sequence's later blocks are not cached.
+  int32_t token = -1;
 };
 
 struct SlotStats {
-  int64_t running = 0, waiting = 0, blocks_used = 0, blocks_free = 0;
+  int64_t running = 0, waiting = 0;
+  int64_t blocks_used = 0;    // referenced by sequences
+  int64_t blocks_free = 0;    // free or cached (what allocation can take)
+  int64_t blocks_cached = 0;  // of blocks_free: cached, evictable prefix blocks
+  int64_t prefix_queries = 0;  // cumulative: context tokens looked up in the prefix cache
+  int64_t prefix_hits = 0;     // cumulative: of those, tokens found (not computed)
+  int64_t blocks_used_peak = 0;  // most blocks_used after any Schedule
 };
 
 class Scheduler {
  public:
   explicit Scheduler(const SchedulerConfig& config);
 
-  // Queues a new sequence on the least-loaded slot; returns that slot.
-  // InvalidArgument: duplicate id, prompt_len < 1, max_new_tokens < 1, or a
-  // sequence whose prompt + max_new_tokens - 1 tokens could never fit a slot.
-  absl::StatusOr<int> Add(int64_t id, int64_t prompt_len, int64_t max_new_tokens);
+  // Queues a new sequence (its prompt's token ids) on the least-loaded slot;
+  // returns that slot. fork_of: an earlier sequence with the same prompt whose
+  // prompt KV this one shares (ignored when that sequence is gone or its prompt
+  // differs). InvalidArgument: duplicate id, an empty prompt, max_new_tokens < 1,
+  // or a sequence whose prompt + max_new_tokens - 1 tokens could never fit a slot.
+  // reads_cache = false: the sequence computes its whole context (its blocks
+  // are still registered for others); for prompt log-probabilities (echo),
+  // which need every prompt position's logits.
+  absl::StatusOr<int> Add(int64_t id, std::span<const int32_t> prompt, int64_t max_new_tokens,
+                          int64_t fork_of = -1, bool reads_cache = true);
 
   // Plans the next step over the sequences that have no chunk in flight and
   // reserves its KV slots. An empty plan (nothing to do) is not in flight.
@@ -145,6 +191,9 @@ class Scheduler {
   void Forget(int64_t id);
 
   std::vector<SlotStats> Stats() const;
+  // Prefix cache totals over all slots.
+  int64_t prefix_queries() const;
+  int64_t prefix_hits() const;
   const BlockManager& blocks(int slot) const { return slots_[slot].blocks; }
   const SchedulerConfig& config() const { return config_; }
   // Sequences waiting or running, all slots.
@@ -156,6 +205,13 @@ class Scheduler {
     BlockManager blocks;
     std::deque<int64_t> waiting;   // FCFS; preempted sequences go to the front
     std::vector<int64_t> running;  // in admission order (oldest first)
+    int64_t prefix_queries = 0, prefix_hits = 0;
+    int64_t peak_used = 0;
+  };
+  // The leading cached blocks of a sequence's context in a slot.
+  struct Match {
+    std::vector<int32_t> blocks;
+    int64_t evictable = 0;  // of them, cached (refcount 0): they leave the free count when taken
   };
 
   void ScheduleSlot(int s, StepPlan& plan);
@@ -166,6 +222,14 @@ class Scheduler {
   int64_t Victim(const Slot& slot, int64_t fallback) const;
   void Retire(Sequence& seq, SeqState state);  // finished or cancelled
   int64_t OutstandingBlocks(const Slot& slot) const;
+  // Chain hashes of q's first n full blocks (needs their tokens).
+  void EnsureHashes(Sequence& q, int64_t n);
+  Match FindCached(const Slot& slot, Sequence& q);
+  // Registers the blocks q's computed tokens have filled since the last call.
+  void RegisterFilled(Slot& slot, Sequence& q);
+  // Admits the slot's waiting head if it fits (fork, prefix match or plain);
+  // false when it has to wait.
+  bool Admit(int s, Sequence& q);
 
   SchedulerConfig config_;
   std::vector<Slot> slots_;
@@ -177,6 +241,7 @@ class Scheduler {
   std::deque<int64_t> in_flight_;                 // plan ids, oldest first
   int64_t next_plan_ = 0;
   int64_t next_admit_ = 0;
+  BlockHash root_;  // the chains' root: random per scheduler
 };
 
 }  // namespace deepshard

@@ -101,6 +101,14 @@ TEST(Cli, GenerateInATightKvPoolPreemptsAndMatches) {
   EXPECT_NE(tight.out.find("24 KV blocks of 4 tokens"), std::string::npos) << tight.out;
   EXPECT_EQ(tight.out.find(" 0 preemptions"), std::string::npos) << "the pool was meant to be too small\n"
                                                                    << tight.out;
+  // Preempted sequences find their own blocks in the prefix cache; without it
+  // they recompute everything. The tokens are the same.
+  EXPECT_EQ(tight.out.find("prefix cache 0 of"), std::string::npos) << tight.out;
+  Result off = RunCli(base + " --block-size 4 --kv-cache-memory " + std::to_string(24 * bytes_per_block) +
+                      " --no-prefix-cache");
+  ASSERT_EQ(off.code, 0) << off.out;
+  EXPECT_EQ(lines(off.out), lines(roomy.out));
+  EXPECT_NE(off.out.find("prefix cache 0 of 0 tokens (off)"), std::string::npos) << off.out;
 }
 
 // --kv-cache-dtype bf16 holds twice the tokens in the same --kv-cache-memory.

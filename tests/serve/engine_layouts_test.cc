@@ -58,7 +58,8 @@ struct Layout {
   std::unique_ptr<serve::Job> job;
 };
 
-void StartLayout(const std::string& dir, const RuntimeConfig& rt, int pp, int ep, Layout& l) {
+void StartLayout(const std::string& dir, const RuntimeConfig& rt, int pp, int ep, Layout& l,
+                 int64_t block_size = 64) {
   auto pc = ParallelConfig::FromMpi(MPI_COMM_WORLD, pp, ep);
   ASSERT_TRUE(pc.ok()) << pc.status();
   l.pc = *pc;
@@ -85,6 +86,7 @@ void StartLayout(const std::string& dir, const RuntimeConfig& rt, int pp, int ep
   serve::JobOptions o;
   o.command = "layouts_test";
   o.kv_bytes = 64 << 20;
+  o.block_size = block_size;
   o.max_waiting = 1000;
   o.announce = false;
   int code = 0;
@@ -166,6 +168,90 @@ TEST(EngineLayouts, SampledTokensMatchSingleRank) {
   SamplingParams sp;
   sp.temperature = 0.9f, sp.top_k = 50, sp.top_p = 0.95f, sp.seed = 5;
   CheckLayout("tiny-v2-lite", kPrompts, sp);
+}
+
+// Prefix cache hits and forked n > 1 choices on the grid (4-token blocks):
+// choices 1..3 fork choice 0's prompt (sampled with their own seeds), a second
+// round finds the first round's blocks in the cache; every request gives the
+// tokens and logits of a single-rank run.
+TEST(EngineLayouts, PrefixCacheAndForkedChoicesMatchSingleRank) {
+  const int pp = EnvInt("DS_TEST_PP", 1), ep = EnvInt("DS_TEST_EP", 1);
+  RandomModelOptions o;
+  o.preset = "tiny-v3";
+  o.num_layers = 4;
+  const std::string dir = SharedModel(o, "prefix");
+  Layout l;
+  StartLayout(dir, RuntimeConfig{}, pp, ep, l, /*block_size=*/4);
+  if (l.job == nullptr) return;
+  if (!l.job->is_root()) {
+    EXPECT_EQ(l.job->RunWorker(nullptr), 0);
+    return;
+  }
+  const std::vector<int32_t>& base = kPrompts[4];  // 40 tokens
+  std::vector<int32_t> other(base.begin(), base.begin() + 24);
+  other.insert(other.end(), {7, 8, 9});
+  SamplingParams sampled;
+  sampled.temperature = 0.9f, sampled.top_k = 50, sampled.top_p = 0.95f;
+  struct Ask {
+    std::vector<int32_t> prompt;
+    SamplingParams sp;
+    int share = -1;  // index of the request whose prompt KV it shares
+  };
+  std::vector<Ask> asks = {{base, {}}, {base, sampled, 0}, {base, sampled, 0}, {base, {}, 0}, {other, {}}};
+  asks[1].sp.seed = 11, asks[2].sp.seed = 12;
+  const int64_t steps = 6;
+  serve::Engine& engine = l.job->engine();
+  std::vector<serve::OfflineResult> got(asks.size() * 2);
+  std::vector<int64_t> cached(got.size(), -1);
+  for (int round = 0; round < 2; ++round) {
+    std::vector<int64_t> ids;
+    for (size_t i = 0; i < asks.size(); ++i) {
+      const size_t k = round * asks.size() + i;
+      serve::GenerationRequest r;
+      r.prompt = asks[i].prompt;
+      r.max_tokens = steps;
+      r.sampling = asks[i].sp;
+      r.ignore_eos = true;
+      r.return_logits = true;
+      r.share_prompt_with = asks[i].share >= 0 ? ids[asks[i].share] : -1;
+      auto id = engine.Submit(r, [&got, &cached, k](serve::TokenEvent ev) {
+        got[k].tokens.insert(got[k].tokens.end(), ev.tokens.begin(), ev.tokens.end());
+        got[k].logits.insert(got[k].logits.end(), ev.logits.begin(), ev.logits.end());
+        if (ev.finished) {
+          got[k].reason = ev.reason;
+          cached[k] = ev.cached_tokens;
+        }
+      });
+      ASSERT_TRUE(id.ok()) << id.status();
+      ids.push_back(*id);
+    }
+    ASSERT_TRUE(engine.Run(/*until_idle=*/true).ok());
+  }
+  for (const SlotStats& s : engine.Snapshot().slots) EXPECT_EQ(s.blocks_used, 0);
+  EXPECT_GT(engine.Snapshot().prefix_cache_hits, 0);
+  l.job->Shutdown();
+  auto full = DeepseekModel::Load(dir, RuntimeConfig{});
+  ASSERT_TRUE(full.ok());
+  const int64_t V = (*full)->config().vocab_size;
+  for (size_t k = 0; k < got.size(); ++k) {
+    const Ask& a = asks[k % asks.size()];
+    GenerateOptions gi;
+    gi.max_new_tokens = steps;
+    gi.stop_at_eos = false;
+    gi.sampling = a.sp;
+    std::vector<float> logits;
+    gi.step_logits = &logits;
+    auto ref = Generate(**full, a.prompt, gi);
+    ASSERT_TRUE(ref.ok());
+    EXPECT_EQ(got[k].tokens, *ref) << "request " << k << " pp " << pp << " ep " << ep;
+    EXPECT_LE(testing_util::RowRelErr(got[k].logits, logits, V), 1e-5) << "request " << k;
+    if (a.share >= 0 && k < asks.size()) {
+      EXPECT_EQ(cached[k], 39) << "request " << k << " forks its sibling's 39 prompt tokens";
+    }
+    if (k >= asks.size()) {
+      EXPECT_GT(cached[k], 0) << "request " << k << " finds the first round's blocks";
+    }
+  }
 }
 
 // One prompt: every other DP column has no tokens at all, yet takes part in

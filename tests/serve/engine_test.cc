@@ -18,6 +18,7 @@
 #include "runtime/batching/paged_kv_cache.h"
 #include "runtime/generate.h"
 #include "runtime/model/random_model.h"
+#include "serve/engine_metrics.h"
 
 namespace deepshard::serve {
 namespace {
@@ -50,13 +51,14 @@ struct Record {
   int finals = 0;
   FinishReason reason = FinishReason::kNone;
   std::string error;
+  int64_t cached_tokens = -1;  // from the last event
 };
 
 class Harness {
  public:
   Harness(int64_t block_size, int64_t n_blocks, int64_t max_running = 8, int64_t budget = 64,
           int64_t prefill_chunk = 16, int64_t max_waiting = 256, MlaMode mla = MlaMode::kAuto,
-          const std::string& preset = "tiny-v3") {
+          const std::string& preset = "tiny-v3", bool prefix_caching = true) {
     RuntimeConfig rt;
     rt.mla_mode = mla;
     auto m = DeepseekModel::Load(ModelDir(preset), rt);
@@ -68,7 +70,7 @@ class Harness {
     EngineOptions o;
     o.scheduler = {.dp_slots = 1, .blocks_per_slot = n_blocks, .block_size = block_size,
                    .max_tokens_per_step = budget, .max_running_per_slot = max_running,
-                   .prefill_chunk = prefill_chunk};
+                   .prefill_chunk = prefill_chunk, .prefix_caching = prefix_caching};
     o.depth = 1;
     o.max_waiting = max_waiting;
     o.vocab_size = static_cast<int32_t>(model->config().vocab_size);
@@ -87,8 +89,9 @@ class Harness {
   }
 
   absl::StatusOr<int64_t> Submit(std::vector<int32_t> prompt, int64_t max_tokens, SamplingParams sp = {},
-                                 bool ignore_eos = true) {
+                                 bool ignore_eos = true, int64_t share_prompt_with = -1) {
     GenerationRequest r;
+    r.share_prompt_with = share_prompt_with;
     r.prompt = std::move(prompt);
     r.max_tokens = max_tokens;
     r.sampling = sp;
@@ -109,6 +112,7 @@ class Harness {
       rec.tokens.insert(rec.tokens.end(), ev.tokens.begin(), ev.tokens.end());
       rec.logprobs.insert(rec.logprobs.end(), ev.logprobs.begin(), ev.logprobs.end());
       rec.prompt_logprobs.insert(rec.prompt_logprobs.end(), ev.prompt_logprobs.begin(), ev.prompt_logprobs.end());
+      rec.cached_tokens = ev.cached_tokens;
       if (ev.finished) {
         ++rec.finals;
         rec.reason = ev.reason;
@@ -469,6 +473,186 @@ TEST(Engine, ConstraintMaskAndStopTokenIds) {
   EXPECT_EQ(rb.reason, FinishReason::kStop);
   const size_t stop_at = repeats ? (greedy[0] == greedy[2] ? 1 : 2) : 3;
   EXPECT_EQ(rb.tokens, std::vector<int32_t>(greedy.begin(), greedy.begin() + stop_at));
+// Prefix caching and forked choices: the KV a request finds in the cache (or
+// shares with its sibling) gives exactly the tokens of computing it afresh.
+namespace deepshard::serve {
+namespace {
+
+std::vector<int32_t> RandomTokens(std::mt19937& rng, int64_t n, int64_t vocab) {
+  std::vector<int32_t> p(n);
+  for (int32_t& t : p) t = std::uniform_int_distribution<int32_t>(0, static_cast<int32_t>(vocab) - 1)(rng);
+  return p;
+}
+
+std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST(EnginePrefixCache, HitsGiveTheSameTokensAsComputingAfresh) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/64);
+  std::mt19937 rng(21);
+  const int64_t V = h.model->config().vocab_size;
+  const std::vector<int32_t> a = RandomTokens(rng, 40, V);
+  const std::vector<int32_t> b = Concat(std::vector<int32_t>(a.begin(), a.begin() + 32), RandomTokens(rng, 10, V));
+  h.Start();
+  auto first = h.Submit(a, 12);
+  ASSERT_TRUE(first.ok());
+  ASSERT_TRUE(h.WaitAll({*first}));
+  // 40 + 11 tokens of KV: 6 full blocks cached. The same prompt finds (40 - 1) / 8
+  // = 4 blocks; one sharing 32 tokens finds 4; the first turn plus its answer
+  // and a new message (a chat's second turn) finds all 6.
+  const std::vector<int32_t> turn = Concat(Concat(a, h.Get(*first).tokens), RandomTokens(rng, 5, V));
+  auto again = h.Submit(a, 12);
+  auto shared = h.Submit(b, 12);
+  auto chat = h.Submit(turn, 6);
+  ASSERT_TRUE(again.ok() && shared.ok() && chat.ok());
+  ASSERT_TRUE(h.WaitAll({*again, *shared, *chat}));
+  const std::vector<int32_t> want_a = Offline(*h.model, a, 12);
+  EXPECT_EQ(h.Get(*first).tokens, want_a);
+  EXPECT_EQ(h.Get(*again).tokens, want_a);
+  EXPECT_EQ(h.Get(*shared).tokens, Offline(*h.model, b, 12));
+  EXPECT_EQ(h.Get(*chat).tokens, Offline(*h.model, turn, 6));
+  EXPECT_EQ(h.Get(*first).cached_tokens, 0);
+  EXPECT_EQ(h.Get(*again).cached_tokens, 32);
+  EXPECT_EQ(h.Get(*shared).cached_tokens, 32);
+  EXPECT_EQ(h.Get(*chat).cached_tokens, 48);
+  EXPECT_EQ(h.BlocksUsed(), 0);
+  const EngineSnapshot s = h.engine->Snapshot();
+  EXPECT_EQ(s.prefix_cache_queries, 40 + 40 + 42 + static_cast<int64_t>(turn.size()));
+  EXPECT_EQ(s.prefix_cache_hits, 32 + 32 + 48);
+  EXPECT_GT(s.slots[0].blocks_cached, 0);
+  // On /metrics: the counters in tokens, and used + cached + free = the pool.
+  Metrics m;
+  DescribeEngineMetrics(m);
+  PublishEngineMetrics(m, s);
+  EXPECT_EQ(m.Value("deepshard_prefix_cache_queries_total"), s.prefix_cache_queries);
+  EXPECT_EQ(m.Value("deepshard_prefix_cache_hits_total"), 32 + 32 + 48);
+  const double cached = m.Value("deepshard_kv_blocks", {{"dp_slot", "0"}, {"state", "cached"}});
+  EXPECT_EQ(cached, s.slots[0].blocks_cached);
+  EXPECT_EQ(m.Value("deepshard_kv_blocks", {{"dp_slot", "0"}, {"state", "used"}}) + cached +
+                m.Value("deepshard_kv_blocks", {{"dp_slot", "0"}, {"state", "free"}}),
+            64);
+  EXPECT_NE(m.Render().find("deepshard_prefix_cache_hits_total 112"), std::string::npos);
+  h.Stop();
+  EXPECT_TRUE(h.run_status.ok()) << h.run_status;
+}
+
+// Shared prefixes on a pool too small for everything: admission waits,
+// prefills are chunked, decodes preempt (and re-admission finds the preempted
+// sequence's own blocks), cached blocks are evicted; some clients cancel.
+// Every model and MLA form (EngineModels above).
+TEST_P(EngineModels, PrefixCacheUnderPreemptionEvictionAndCancellationKeepsTokensExact) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/14, /*max_running=*/6, /*budget=*/32, /*prefill_chunk=*/16,
+            /*max_waiting=*/256, GetParam().mla, GetParam().preset);
+  std::mt19937 rng(8);
+  const int64_t V = h.model->config().vocab_size;
+  std::vector<std::vector<int32_t>> prefixes;
+  for (int i = 0; i < 3; ++i) prefixes.push_back(RandomTokens(rng, 16 + 4 * i, V));
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int64_t> lens, ids;
+  for (int i = 0; i < 24; ++i) {
+    prompts.push_back(Concat(prefixes[i % 3], RandomTokens(rng, std::uniform_int_distribution<int>(0, 16)(rng), V)));
+    lens.push_back(std::uniform_int_distribution<int64_t>(1, 30)(rng));
+  }
+  SamplingParams seeded{.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 99};
+  h.Start();
+  for (int i = 0; i < 24; ++i) {
+    auto id = h.Submit(prompts[i], lens[i], i == 5 ? seeded : SamplingParams{});
+    ASSERT_TRUE(id.ok()) << id.status();
+    ids.push_back(*id);
+  }
+  // A long one that is cancelled after a few tokens, then sent again.
+  auto cancelled = h.Submit(prompts[0], 60);
+  ASSERT_TRUE(cancelled.ok());
+  ASSERT_TRUE(h.WaitTokens(*cancelled, 3));
+  h.engine->Cancel(*cancelled);
+  ASSERT_TRUE(h.WaitAll(ids));
+  ASSERT_TRUE(h.WaitAll({*cancelled}));
+  EXPECT_EQ(h.Get(*cancelled).reason, FinishReason::kCancelled);
+  auto resent = h.Submit(prompts[0], 20);
+  ASSERT_TRUE(resent.ok());
+  ASSERT_TRUE(h.WaitAll({*resent}));
+  int64_t hits = 0;
+  for (int i = 0; i < 24; ++i) {
+    const Record r = h.Get(ids[i]);
+    EXPECT_EQ(r.finals, 1);
+    EXPECT_EQ(r.tokens, Offline(*h.model, prompts[i], lens[i], i == 5 ? seeded : SamplingParams{})) << "request " << i;
+    hits += r.cached_tokens > 0;
+  }
+  EXPECT_EQ(h.Get(*resent).tokens, Offline(*h.model, prompts[0], 20));
+  EXPECT_GT(h.Get(*resent).cached_tokens, 0);
+  EXPECT_GT(hits, 0);
+  EXPECT_EQ(h.BlocksUsed(), 0);
+  const EngineSnapshot s = h.engine->Snapshot();
+  EXPECT_GT(s.preemptions, 0) << "the pool is meant to be too small for all of them";
+  EXPECT_GT(s.prefix_cache_hits, 0);
+  h.Stop();
+  EXPECT_TRUE(h.run_status.ok()) << h.run_status;
+}
+
+// n > 1 choices: choices 1..n-1 fork choice 0's prompt KV and compute only the
+// last prompt token. Greedy, each gives the tokens of an independent request;
+// seeded, each gives those of an independent request with its seed. The
+// prefix cache is off so that only the fork shares blocks.
+TEST(EngineForkedChoices, ShareThePromptAndMatchIndependentRequests) {
+  for (bool greedy : {true, false}) {
+    Harness h(/*block_size=*/8, /*n_blocks=*/64, 8, 64, 16, 256, MlaMode::kAuto, "tiny-v3", /*prefix_caching=*/false);
+    std::mt19937 rng(3);
+    const std::vector<int32_t> p = RandomTokens(rng, 21, h.model->config().vocab_size);  // 20 = 2.5 blocks shared
+    constexpr int kN = 4;
+    constexpr int64_t kTokens = 6;
+    std::vector<SamplingParams> sp(kN);
+    if (!greedy) {
+      for (int i = 0; i < kN; ++i) sp[i] = {.temperature = 0.9f, .top_k = 50, .top_p = 0.95f, .seed = static_cast<uint64_t>(100 + i)};
+    }
+    std::vector<int64_t> ids;
+    for (int i = 0; i < kN; ++i) {
+      auto id = h.Submit(p, kTokens, sp[i], true, i == 0 ? -1 : ids[0]);
+      ASSERT_TRUE(id.ok()) << id.status();
+      ids.push_back(*id);
+    }
+    ASSERT_TRUE(h.engine->Run(/*until_idle=*/true).ok());
+    for (int i = 0; i < kN; ++i) {
+      const Record r = h.Get(ids[i]);
+      EXPECT_EQ(r.finals, 1);
+      EXPECT_EQ(r.tokens, Offline(*h.model, p, kTokens, sp[i])) << "choice " << i << (greedy ? " greedy" : " seeded");
+      EXPECT_EQ(r.cached_tokens, i == 0 ? 0 : 20) << "choice " << i;
+    }
+    // The prompt is 3 blocks; independent requests would hold n * 3 prompt
+    // blocks at once. Forked, the 2 full prompt blocks are shared (each child
+    // copies the third, which it writes).
+    const EngineSnapshot s = h.engine->Snapshot();
+    EXPECT_LT(s.slots[0].blocks_used_peak, kN * 3);
+    EXPECT_EQ(h.BlocksUsed(), 0);
+    EXPECT_EQ(s.slots[0].blocks_cached, 0);
+  }
+}
+
+TEST(EngineForkedChoices, ACancelledParentLeavesItsChildrenToPrefill) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/64, 8, /*budget=*/64, /*prefill_chunk=*/8);
+  std::mt19937 rng(4);
+  const std::vector<int32_t> p = RandomTokens(rng, 30, h.model->config().vocab_size);
+  auto parent = h.Submit(p, 50);
+  ASSERT_TRUE(parent.ok());
+  auto child = h.Submit(p, 8, {}, true, *parent);
+  ASSERT_TRUE(child.ok());
+  h.engine->Cancel(*parent);  // before the engine runs: the child never forks
+  h.Start();
+  ASSERT_TRUE(h.WaitAll({*parent, *child}));
+  EXPECT_EQ(h.Get(*parent).reason, FinishReason::kCancelled);
+  EXPECT_EQ(h.Get(*child).tokens, Offline(*h.model, p, 8));
+  EXPECT_EQ(h.Get(*child).cached_tokens, 0);
+  // A parent cancelled once it has sampled (its child forked, or prefills if
+  // the cancellation came first): the child's tokens are right either way.
+  auto parent2 = h.Submit(p, 50);
+  auto child2 = h.Submit(p, 8, {}, true, *parent2);
+  ASSERT_TRUE(parent2.ok() && child2.ok());
+  ASSERT_TRUE(h.WaitTokens(*parent2, 1));
+  h.engine->Cancel(*parent2);
+  ASSERT_TRUE(h.WaitAll({*parent2, *child2}));
+  EXPECT_EQ(h.Get(*child2).tokens, Offline(*h.model, p, 8));
+  EXPECT_EQ(h.BlocksUsed(), 0);
 }
 
 }  // namespace

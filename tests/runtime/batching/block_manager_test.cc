@@ -95,6 +95,52 @@ TEST(BlockManager, CopyOnWriteCountsTowardsTheBlocksNeeded) {
   EXPECT_EQ(m.n_free(), 3);
 }
 
+// Registered blocks outlive their tables as cached (evictable) blocks, count as
+// free, are found again only with the same parent and tokens, and are evicted
+// least recently used first once the free list is empty.
+TEST(BlockManager, PrefixCacheKeepsRegisteredBlocksUntilEvicted) {
+  BlockManager m(3, 2);
+  BlockTable a;
+  ASSERT_TRUE(m.Allocate(a, 4).ok());  // blocks 0, 1
+  const std::vector<int32_t> t0 = {1, 2}, t1 = {3, 4};
+  const BlockHash root{7, 9};
+  const BlockHash h0 = ChainHash(root, t0), h1 = ChainHash(h0, t1);
+  EXPECT_FALSE(h0 == h1);
+  EXPECT_TRUE(ChainHash(root, t0) == h0);           // deterministic
+  EXPECT_FALSE(ChainHash(BlockHash{}, t0) == h0);  // depends on the parent
+  EXPECT_TRUE(m.Register(a.blocks[0], h0, root, t0));
+  EXPECT_TRUE(m.Register(a.blocks[1], h1, h0, t1));
+  EXPECT_FALSE(m.Register(a.blocks[1], h1, h0, t1));  // already registered
+  EXPECT_EQ(m.Lookup(h0, root, t0), 0);
+  EXPECT_EQ(m.Lookup(h1, h0, t1), 1);
+  EXPECT_EQ(m.Lookup(h1, h0, t0), -1);    // same hash, other tokens: a collision is no hit
+  EXPECT_EQ(m.Lookup(h1, root, t1), -1);  // other parent
+  m.Free(a);
+  EXPECT_EQ(m.n_cached(), 2);
+  EXPECT_EQ(m.n_free(), 3);
+  EXPECT_EQ(m.n_used(), 0);
+  EXPECT_TRUE(m.is_cached(0));
+  // A table takes cached block 0 back; then needs two more blocks: the free
+  // one, then an eviction of block 1 (the only cached one left).
+  BlockTable b;
+  m.AppendCached(b, 0);
+  EXPECT_EQ(b.n_tokens, 2);
+  EXPECT_EQ(m.refcount(0), 1);
+  EXPECT_EQ(m.n_cached(), 1);
+  ASSERT_TRUE(m.AppendSlots(b, 3, nullptr).ok());
+  EXPECT_EQ(m.n_evicted(), 1);
+  EXPECT_EQ(m.Lookup(h1, h0, t1), -1);  // evicted: unregistered
+  EXPECT_FALSE(m.registered(1));
+  EXPECT_EQ(m.n_free(), 0);
+  EXPECT_EQ(m.AppendSlots(b, 2, nullptr).code(), absl::StatusCode::kResourceExhausted);
+  m.Free(b);
+  EXPECT_EQ(m.n_cached(), 1);  // block 0 again
+  m.ClearCache();
+  EXPECT_EQ(m.n_cached(), 0);
+  EXPECT_EQ(m.Lookup(h0, root, t0), -1);
+  EXPECT_EQ(m.n_free(), 3);
+}
+
 // 1,000 requests through a 200-block pool: random prompt lengths, growth one
 // token at a time or in chunks, forks, random finish order, and preemption
 // whenever the pool runs dry. Refcounts are checked against the live tables
