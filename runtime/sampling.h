@@ -42,8 +42,8 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;   // [-2, 2]
   float repetition_penalty = 1.0f;  // (0, 2]; 1 = off
   int64_t min_tokens = 0;           // EOS / stop_token_ids banned before this many tokens
-  std::vector<int32_t> stop_token_ids;                // also end the sequence (like EOS)
-  std::vector<std::pair<int32_t, float>> logit_bias;  // token -> bias in [-100, 100]
+  std::vector<int32_t> stop_token_ids = {};                // also end the sequence (like EOS)
+  std::vector<std::pair<int32_t, float>> logit_bias = {};  // token -> bias in [-100, 100]
 
   // Names the offending field for out-of-range values. With vocab_size > 0,
   // token ids (logit_bias, stop_token_ids) must be inside the vocabulary.

@@ -7,6 +7,18 @@
 #include "base/status_macros.h"
 
 namespace deepshard::serve {
+namespace {
+
+// The last event of a request that ends without a new token.
+TokenEvent FinalEvent(FinishReason reason, std::string error) {
+  TokenEvent ev;
+  ev.finished = true;
+  ev.reason = reason;
+  ev.error = std::move(error);
+  return ev;
+}
+
+}  // namespace
 
 Engine::Engine(StageRunner& runner, const EngineOptions& options,
                              std::function<void(const std::string&)> broadcast_plan,
@@ -112,7 +124,7 @@ void Engine::Finish(int64_t id, TokenEvent last) {
 void Engine::FailAll(const std::string& why) {
   std::vector<int64_t> ids;
   for (const auto& [id, q] : requests_) ids.push_back(id);
-  for (int64_t id : ids) Finish(id, {{}, true, FinishReason::kError, why, {}});
+  for (int64_t id : ids) Finish(id, FinalEvent(FinishReason::kError, why));
   submitted_.clear();
   cancelled_.clear();
   n_waiting_ = 0;
@@ -175,7 +187,7 @@ void Engine::Intake() {
                                 : -1;
     auto slot = scheduler_.Add(id, std::span<const int32_t>(q.tokens.data(), q.prompt_len), q.max_tokens, fork_of,
                                /*reads_cache=*/!q.prompt_logprobs);
-    if (!slot.ok()) Finish(id, {{}, true, FinishReason::kError, std::string(slot.status().message()), {}});
+    if (!slot.ok()) Finish(id, FinalEvent(FinishReason::kError, std::string(slot.status().message())));
   }
   submitted_.clear();
   for (int64_t id : cancelled_) {
@@ -186,7 +198,7 @@ void Engine::Intake() {
       scheduler_.Forget(id);
       released_.push_back(id);
     }
-    Finish(id, {{}, true, FinishReason::kCancelled, "", {}});
+    Finish(id, FinalEvent(FinishReason::kCancelled, ""));
   }
   cancelled_.clear();
 }
@@ -415,8 +427,8 @@ absl::Status Engine::Run(bool until_idle) {
             scheduler_.Forget(id);
             released_.push_back(id);
           }
-          Finish(id, {{}, true, FinishReason::kError,
-                      "the server shut down before this request finished (--drain-timeout)", {}});
+          Finish(id, FinalEvent(FinishReason::kError,
+                                "the server shut down before this request finished (--drain-timeout)"));
         }
         submitted_.clear();
         cancelled_.clear();

@@ -207,7 +207,8 @@ TEST_P(EngineModels, BatchedChunkedPreemptedServingMatchesOfflineGenerate) {
     lens.push_back(std::uniform_int_distribution<int64_t>(1, 30)(rng));
   }
   // A seeded sampled request too: one RNG stream, as offline.
-  SamplingParams seeded{.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 1234};
+  SamplingParams seeded;
+  seeded.temperature = 0.8f, seeded.top_k = 40, seeded.top_p = 0.95f, seeded.seed = 1234;
   for (int i = 0; i < 20; ++i) {
     auto id = h.Submit(prompts[i], lens[i], i == 7 ? seeded : SamplingParams{});
     ASSERT_TRUE(id.ok()) << id.status();
@@ -473,6 +474,11 @@ TEST(Engine, ConstraintMaskAndStopTokenIds) {
   EXPECT_EQ(rb.reason, FinishReason::kStop);
   const size_t stop_at = repeats ? (greedy[0] == greedy[2] ? 1 : 2) : 3;
   EXPECT_EQ(rb.tokens, std::vector<int32_t>(greedy.begin(), greedy.begin() + stop_at));
+}
+
+}  // namespace
+}  // namespace deepshard::serve
+
 // Prefix caching and forked choices: the KV a request finds in the cache (or
 // shares with its sibling) gives exactly the tokens of computing it afresh.
 namespace deepshard::serve {
