@@ -34,7 +34,8 @@ namespace {
 constexpr char kUsage[] =
     "usage: deepshard serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]\n"
     "         [--served-model-name NAME] [--max-waiting 256] [--max-body-bytes 1048576] [--drain-timeout 30]\n"
-    "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST]\n";
+    "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST]\n"
+    "         [--tool-call-parser deepseek_v3|none] [--reasoning-parser deepseek_r1|none]\n";
 constexpr char kUsageNotes[] =
     "\n"
     "  --kv-cache-memory  KV pool per rank (\"4GiB\", \"512MiB\", bytes); each DP slot gets the\n"
@@ -47,7 +48,13 @@ constexpr char kUsageNotes[] =
     "                     1: one plan takes every decode, so pipeline stages take turns)\n"
     "  --drain-timeout    seconds running requests may take after SIGTERM\n"
     "  --no-prefix-cache  do not keep the KV of full blocks after their requests end for\n"
-    "                     requests whose prompts start with the same tokens\n";
+    "                     requests whose prompts start with the same tokens\n"
+    "  --tool-call-parser chats with `tools`: parse DeepSeek's tool-call markers (V3, R1 and V3.1\n"
+    "                     layouts) into `tool_calls` (default deepseek_v3; none: leave them as text)\n"
+    "  --reasoning-parser deepseek_r1: text inside <think>...</think> goes to `reasoning_content`\n"
+    "                     (default none)\n"
+    "  The model's generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty,\n"
+    "  max_new_tokens) gives the defaults of requests that do not set them.\n";
 
 void PrintUsage(FILE* f) {
   std::fputs(kUsage, f);
@@ -68,7 +75,8 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
                    Flags::Parse(args,
                                 WithModelRunFlags({"model", "host", "port", "api-key", "served-model-name",
                                                    "max-waiting", "max-body-bytes", "drain-timeout",
-                                                   "heartbeat-timeout", "failure-linger", "control-host"}),
+                                                   "heartbeat-timeout", "failure-linger", "control-host",
+                                                   "tool-call-parser", "reasoning-parser"}),
                                 WithModelRunBoolFlags({"help"})));
   *help = flags.Bool("help");
   Options o;
@@ -83,6 +91,19 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   std::string name = std::filesystem::path(o.model_dir).lexically_normal().filename().string();
   if (name.empty() || name == ".") name = "deepseek";
   o.http.model_name = flags.String("served-model-name", name);
+  const std::string tool_parser = flags.String("tool-call-parser", "deepseek_v3");
+  if (tool_parser != "deepseek_v3" && tool_parser != "none") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tool-call-parser must be deepseek_v3 or none, got \"", tool_parser, "\""));
+  }
+  o.http.tool_call_parser = tool_parser == "deepseek_v3";
+  const std::string reasoning_parser = flags.String("reasoning-parser", "none");
+  if (reasoning_parser != "deepseek_r1" && reasoning_parser != "none") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--reasoning-parser must be deepseek_r1 or none, got \"", reasoning_parser, "\""));
+  }
+  o.http.reasoning_parser = reasoning_parser == "deepseek_r1";
+  ASSIGN_OR_RETURN(o.http.generation_defaults, serve::GenerationDefaults::FromDirectory(o.model_dir));
   serve::JobOptions& j = o.job;
   j.command = "serve";
   ASSIGN_OR_RETURN(j.max_waiting, flags.Int("max-waiting", 256));

@@ -47,6 +47,33 @@ ChoiceOutput::Pieces ChoiceOutput::Route(const std::string& text, bool final) {
     p.reasoning = std::move(d.reasoning);
     content = std::move(d.content);
   }
+  if (!o_.forced_function.empty()) {
+    if (!content.empty()) p.calls.push_back({0, o_.forced_function, std::move(content)});
+    return p;
+  }
+  if (o_.required_tools) {
+    required_json_ += content;
+    if (final) {
+      // [{"name": ..., "parameters": {...}}, ...] -> calls; anything else stays text.
+      boost::system::error_code ec;
+      json::value v = json::parse(required_json_, ec);
+      bool ok = !ec && v.is_array() && !v.as_array().empty();
+      std::vector<ToolCallDelta> calls;
+      for (size_t i = 0; ok && i < v.as_array().size(); ++i) {
+        const json::object* c = v.as_array()[i].if_object();
+        const json::value* name = c ? c->if_contains("name") : nullptr;
+        const json::value* params = c ? c->if_contains("parameters") : nullptr;
+        ok = name && name->is_string() && params;
+        if (ok) calls.push_back({static_cast<int>(i), std::string(name->as_string()), json::serialize(*params)});
+      }
+      if (ok) {
+        p.calls = std::move(calls);
+      } else {
+        p.content = std::move(required_json_);
+      }
+    }
+    return p;
+  }
   if (tools_) {
     ToolCallStreamParser::Delta d = tools_->Feed(content);
     if (final) {
@@ -70,6 +97,11 @@ json::object ChoiceOutput::ToolCallJson(const ToolCallDelta& d) {
     if (dash != std::string::npos) base = base.substr(dash + 1);
     call_ids_.push_back(absl::StrCat("call_", base.substr(0, 16), "_", o_.index, "_", call_ids_.size()));
   }
+  if (static_cast<int>(call_started_.size()) <= d.index) call_started_.resize(d.index + 1, false);
+  if (call_started_[d.index]) {  // a later piece of the same call: only its arguments
+    return json::object{{"index", d.index}, {"function", json::object{{"arguments", d.arguments}}}};
+  }
+  call_started_[d.index] = true;
   return json::object{{"index", d.index},
                       {"id", call_ids_[d.index]},
                       {"type", "function"},
@@ -197,7 +229,8 @@ ChoiceOutput::Step ChoiceOutput::Add(const TokenEvent& ev) {
 }
 
 std::string ChoiceOutput::FinishReason(std::string_view reason) const {
-  if (reason == "stop" && !all_.calls.empty()) return "tool_calls";
+  // OpenAI: a forced named function ends with "stop", calls the model chose with "tool_calls".
+  if (reason == "stop" && !all_.calls.empty() && o_.forced_function.empty()) return "tool_calls";
   return std::string(reason);
 }
 
@@ -231,8 +264,18 @@ json::object ChoiceOutput::FinalChoice(std::string_view reason) {
     json::object message{{"role", "assistant"}};
     if (!all_.calls.empty()) {
       message["content"] = all_.content.empty() ? json::value(nullptr) : json::value(all_.content);
-      json::array calls;
+      // Pieces of one call (a forced function streams its arguments) merge by index.
+      std::vector<ToolCallDelta> merged;
       for (const ToolCallDelta& d : all_.calls) {
+        if (!merged.empty() && merged.back().index == d.index) {
+          merged.back().arguments += d.arguments;
+        } else {
+          merged.push_back(d);
+        }
+      }
+      json::array calls;
+      call_started_.clear();
+      for (const ToolCallDelta& d : merged) {
         json::object c = ToolCallJson(d);
         c.erase("index");
         calls.push_back(std::move(c));

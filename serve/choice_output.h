@@ -50,6 +50,9 @@ struct ChoiceOptions {
   bool reasoning = false;                 // chat: split <think>...</think> into reasoning_content
   bool starts_in_reasoning = false;       // the prompt opened <think>
   bool tools = false;                     // chat: parse DeepSeek tool calls
+  // Forced tool calls (the output was constrained to JSON, serve/structured_output.h):
+  std::string forced_function;            // tool_choice names it: the output is its arguments
+  bool required_tools = false;            // tool_choice "required": the output is [{"name", "parameters"}, ...]
   std::string request_id;                 // seeds the tool-call ids
 };
 
@@ -105,6 +108,8 @@ class ChoiceOutput {
   std::vector<TokenLogprob> all_lps_;
   bool all_lps_has_echo_ = false;
   std::vector<std::string> call_ids_;
+  std::vector<bool> call_started_;  // streamed: the first delta of a call carries id, type and name
+  std::string required_json_;       // required_tools: the whole output, parsed at the end
 };
 
 // The non-streamed body: `choices` in index order.

@@ -335,7 +335,10 @@ absl::Status Engine::ScheduleAndRun() {
         if (ch.samples && q.sampling.uses_prompt() && q.tokens.size() == static_cast<size_t>(q.prompt_len)) {
           pc.prompt = q.tokens;  // the first sample: the sampler starts with the prompt
         }
-        if (ch.samples && q.constraint) pc.allowed = q.constraint->Allowed();
+        if (ch.samples && q.constraint) {
+          pc.allowed = q.constraint->Allowed();  // over the tokenizer's ids: pad to the model's vocabulary
+          pc.allowed.resize((options_.vocab_size + 63) / 64, 0);
+        }
         // Echo rows not sent yet (a recomputed chunk after preemption asks again
         // only when it reaches past them; the results skip what was sent).
         if (q.prompt_logprobs && ch.start_pos + ch.n_tokens > q.prompt_logprobs_sent &&

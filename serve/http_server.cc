@@ -29,6 +29,7 @@
 #include "boost/json.hpp"
 #include "serve/choice_output.h"
 #include "serve/openai_api.h"
+#include "serve/structured_output.h"
 
 namespace deepshard::serve {
 
@@ -116,7 +117,8 @@ class HttpServer::Impl {
       : opts(std::move(o)),
         engine(e),
         metrics(m),
-        builder(tok),
+        builder(MakeBuilder(tok, opts.generation_defaults)),
+        structured(tok),
         tokenizer(tok),
         created(std::chrono::duration_cast<std::chrono::seconds>(
                     std::chrono::system_clock::now().time_since_epoch())
@@ -141,7 +143,14 @@ class HttpServer::Impl {
   const HttpServerOptions opts;
   GenerationApi& engine;
   Metrics& metrics;
+  static PromptBuilder MakeBuilder(const Tokenizer* tok, GenerationDefaults d) {
+    PromptBuilder b(tok);
+    b.set_defaults(std::move(d));
+    return b;
+  }
+
   const PromptBuilder builder;
+  StructuredOutput structured;
   const Tokenizer* tokenizer;
   const int64_t created;
   std::shared_ptr<Lifeline> lifeline;
@@ -184,6 +193,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     int64_t engine_id = -1;
     std::optional<ChoiceOutput> out;
     bool done = false;
+    int64_t cached_tokens = 0;  // prompt tokens found in the prefix cache or shared with choice 0
   };
   struct Generation {
     uint64_t seq = 0;
@@ -191,6 +201,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     ResponseContext ctx;
     std::vector<Choice> choices;  // [choices[].index]
     int open = 0;                 // choices not finished
+    int64_t n = 1;                // choices per prompt
     int64_t prompt_tokens = 0;    // every prompt once (not per choice), as OpenAI counts
     Clock::time_point last_token;
     bool got_token = false;
@@ -402,7 +413,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       o.with_token_ids = g->ctx.with_token_ids;
       o.reasoning = srv_.opts.reasoning_parser;
       o.starts_in_reasoning = built->starts_in_reasoning;
-      o.tools = srv_.opts.tool_call_parser && !req->tools.empty() && req->tool_choice.kind != ToolChoice::kNone;
+      o.tools = srv_.opts.tool_call_parser && !req->tools.empty() && req->tool_choice.kind == ToolChoice::kAuto;
+      if (!req->tools.empty() && req->tool_choice.kind == ToolChoice::kFunction) {
+        o.forced_function = req->tool_choice.function;
+      }
+      o.required_tools = !req->tools.empty() && req->tool_choice.kind == ToolChoice::kRequired;
       o.request_id = g->ctx.id;
       g->choices[i].out.emplace(std::move(o));
     }
@@ -422,6 +437,17 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
           self->OnEvent(seq, i, std::move(ev));
         });
       };
+      // Each choice its own constraint state (the grammar and its masks are shared).
+      auto constraint = srv_.structured.ConstraintFor(*req);
+      if (!constraint.ok()) {
+        for (size_t k = 0; k < i; ++k) srv_.engine.Cancel(g->choices[k].engine_id);
+        return SendStatus(constraint.status());
+      }
+      built->choices[i].constraint = *std::move(constraint);
+      // Choices after the first of a prompt share its prompt KV (copy-on-write).
+      if (i % static_cast<size_t>(req->n) != 0) {
+        built->choices[i].share_prompt_with = g->choices[i - i % static_cast<size_t>(req->n)].engine_id;
+      }
       auto id = srv_.engine.Submit(std::move(built->choices[i]), std::move(sink));
       if (!id.ok()) {
         for (size_t k = 0; k < i; ++k) srv_.engine.Cancel(g->choices[k].engine_id);
@@ -430,6 +456,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       g->choices[i].engine_id = *id;
     }
     g->open = static_cast<int>(n_choices);
+    g->n = req->n;
     gen_ = std::move(g);
     SetGenerating(true);
     srv_.metrics.Add(kInFlight, {}, 1);
@@ -463,6 +490,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     Generation& g = *gen_;
     Choice& c = g.choices[index];
     if (c.done) return;  // stopped by a stop string: its kCancelled event is ignored
+    c.cached_tokens = std::max(c.cached_tokens, ev.cached_tokens);
     if (!ev.tokens.empty()) {
       const auto now = Clock::now();
       const double n = static_cast<double>(ev.tokens.size());
@@ -515,10 +543,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     EndGeneration();
     Generation& g = *gen_;
     Usage usage{g.prompt_tokens, 0};
-    for (const Choice& c : g.choices) usage.completion_tokens += c.out->completion_tokens();
+    int64_t cached = 0;  // the first choice of each prompt: the others share its prompt
+    for (size_t i = 0; i < g.choices.size(); ++i) {
+      usage.completion_tokens += g.choices[i].out->completion_tokens();
+      if (i % static_cast<size_t>(g.n) == 0) cached += g.choices[i].cached_tokens;
+    }
     srv_.metrics.Observe(kRequestLatency, {{"endpoint", endpoint_}}, Seconds(Clock::now() - start_));
-    if (!g.stream) return SendText(http::status::ok, "application/json", ResponseJson(g.ctx, std::move(g.finals), usage));
-    if (g.ctx.include_usage) QueueEvent(UsageChunkJson(g.ctx, usage));
+    if (!g.stream) {
+      return SendText(http::status::ok, "application/json", ResponseJson(g.ctx, std::move(g.finals), usage, cached));
+    }
+    if (g.ctx.include_usage) QueueEvent(UsageChunkJson(g.ctx, usage, cached));
     EndStream(200);
   }
 

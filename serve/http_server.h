@@ -54,6 +54,7 @@
 #include "absl/status/status.h"
 #include "text/tokenizer/tokenizer.h"
 #include "serve/generation_api.h"
+#include "serve/openai_api.h"
 #include "serve/metrics.h"
 
 namespace deepshard::serve {
@@ -73,6 +74,8 @@ struct HttpServerOptions {
   // <think> reasoning into `reasoning_content` (--reasoning-parser deepseek_r1).
   bool tool_call_parser = true;
   bool reasoning_parser = false;
+  // Sampling defaults from the model's generation_config.json (request values win).
+  GenerationDefaults generation_defaults;
   std::chrono::seconds idle_timeout{60};  // keep-alive connection idle / header read limit
 };
 

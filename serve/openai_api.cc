@@ -998,10 +998,13 @@ std::string ChunkJson(const ResponseContext& ctx, std::string_view text, bool fi
   return json::serialize(o);
 }
 
-std::string UsageChunkJson(const ResponseContext& ctx, const Usage& usage) {
+std::string UsageChunkJson(const ResponseContext& ctx, const Usage& usage, int64_t cached_tokens) {
   json::object o = Envelope(ctx, ctx.kind == ApiKind::kChat ? "chat.completion.chunk" : "text_completion");
   o["choices"] = json::array();
   o["usage"] = UsageObject(usage);
+  if (cached_tokens >= 0) {
+    o["usage"].as_object()["prompt_tokens_details"] = json::object{{"cached_tokens", cached_tokens}};
+  }
   return json::serialize(o);
 }
 

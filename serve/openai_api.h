@@ -287,7 +287,8 @@ std::string FinalResponseJson(const ResponseContext& ctx, std::string_view text,
 std::string ChunkJson(const ResponseContext& ctx, std::string_view text, bool first, std::string_view finish_reason,
                       std::span<const int32_t> token_ids = {});
 // The chunk with empty choices and the usage (stream_options.include_usage).
-std::string UsageChunkJson(const ResponseContext& ctx, const Usage& usage);
+// cached_tokens >= 0 adds usage.prompt_tokens_details.cached_tokens.
+std::string UsageChunkJson(const ResponseContext& ctx, const Usage& usage, int64_t cached_tokens = -1);
 // One server-sent event: "data: <payload>\n\n".
 std::string SseEvent(std::string_view payload);
 inline constexpr std::string_view kSseDone = "data: [DONE]\n\n";
