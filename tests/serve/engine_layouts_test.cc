@@ -254,6 +254,80 @@ TEST(EngineLayouts, PrefixCacheAndForkedChoicesMatchSingleRank) {
   }
 }
 
+// Echo and logprobs (what lm-eval's loglikelihood requests ask): on every
+// grid, every prompt position's and every generated token's log-probability
+// equals the log-softmax of a single-rank offline forward pass (<= 1e-4), also
+// for a prompt whose prefix is in the cache (echo must compute every row).
+TEST(EngineLayouts, EchoLogprobsMatchOfflineLogSoftmax) {
+  const int pp = EnvInt("DS_TEST_PP", 1), ep = EnvInt("DS_TEST_EP", 1);
+  RandomModelOptions o;
+  o.preset = "tiny-v3";
+  o.num_layers = 4;
+  const std::string dir = SharedModel(o, "echo");
+  Layout l;
+  StartLayout(dir, RuntimeConfig{}, pp, ep, l, /*block_size=*/4);
+  if (l.job == nullptr) return;
+  if (!l.job->is_root()) {
+    EXPECT_EQ(l.job->RunWorker(nullptr), 0);
+    return;
+  }
+  const std::vector<std::vector<int32_t>> prompts = {kPrompts[4], kPrompts[4], kPrompts[1], kPrompts[2]};
+  const int64_t steps = 3;
+  serve::Engine& engine = l.job->engine();
+  struct Got {
+    std::vector<int32_t> tokens;
+    std::vector<TokenLogprob> lps, prompt_lps;
+  };
+  std::vector<Got> got(prompts.size());
+  for (size_t k = 0; k < prompts.size(); ++k) {
+    serve::GenerationRequest r;
+    r.prompt = prompts[k];
+    r.max_tokens = steps;
+    r.ignore_eos = true;
+    r.logprobs = 2;
+    r.prompt_logprobs = k != 0;  // the first fills the prefix cache for the second
+    auto id = engine.Submit(r, [&got, k](serve::TokenEvent ev) {
+      got[k].tokens.insert(got[k].tokens.end(), ev.tokens.begin(), ev.tokens.end());
+      got[k].lps.insert(got[k].lps.end(), ev.logprobs.begin(), ev.logprobs.end());
+      got[k].prompt_lps.insert(got[k].prompt_lps.end(), ev.prompt_logprobs.begin(), ev.prompt_logprobs.end());
+    });
+    ASSERT_TRUE(id.ok()) << id.status();
+    if (k == 0) ASSERT_TRUE(engine.Run(/*until_idle=*/true).ok());
+  }
+  ASSERT_TRUE(engine.Run(/*until_idle=*/true).ok());
+  l.job->Shutdown();
+  auto full = DeepseekModel::Load(dir, RuntimeConfig{});
+  ASSERT_TRUE(full.ok());
+  const int64_t V = (*full)->config().vocab_size;
+  auto log_softmax = [V](const float* x, int32_t t) {
+    double mx = x[0], sum = 0;
+    for (int64_t i = 1; i < V; ++i) mx = std::max<double>(mx, x[i]);
+    for (int64_t i = 0; i < V; ++i) sum += std::exp(x[i] - mx);
+    return x[t] - mx - std::log(sum);
+  };
+  for (size_t k = 0; k < prompts.size(); ++k) {
+    std::vector<int32_t> all = prompts[k];
+    all.insert(all.end(), got[k].tokens.begin(), got[k].tokens.end());
+    auto cache = (*full)->NewCache();
+    ASSERT_TRUE(cache.ok());
+    std::vector<float> logits(all.size() * V);
+    const SequenceChunk ch{cache->get(), 0, all.data(), static_cast<int64_t>(all.size())};
+    ASSERT_TRUE((*full)->Forward({&ch, 1}, /*all_logits=*/true, logits.data()).ok());
+    const size_t P = prompts[k].size();
+    ASSERT_EQ(got[k].prompt_lps.size(), k == 0 ? 0 : P - 1) << "request " << k;
+    for (size_t i = 0; i < got[k].prompt_lps.size(); ++i) {
+      EXPECT_EQ(got[k].prompt_lps[i].token, prompts[k][i + 1]);
+      EXPECT_NEAR(got[k].prompt_lps[i].logprob, log_softmax(&logits[i * V], prompts[k][i + 1]), 1e-4)
+          << "request " << k << " position " << i + 1 << " pp " << pp << " ep " << ep;
+    }
+    ASSERT_EQ(got[k].lps.size(), static_cast<size_t>(steps));
+    for (int64_t i = 0; i < steps; ++i) {
+      EXPECT_NEAR(got[k].lps[i].logprob, log_softmax(&logits[(P - 1 + i) * V], got[k].tokens[i]), 1e-4)
+          << "request " << k << " token " << i;
+    }
+  }
+}
+
 // One prompt: every other DP column has no tokens at all, yet takes part in
 // every dispatch and combine.
 TEST(EngineLayouts, RanksWithNoTokensStillTakePart) { CheckLayout("tiny-v3", {{7, 8, 9, 10, 11}}, SamplingParams{}); }
