@@ -193,6 +193,7 @@ ChoiceOutput::Step ChoiceOutput::Add(const TokenEvent& ev) {
   std::span<const int32_t> tokens = ev.tokens;
   if (o_.discard_output) tokens = {};
   n_tokens_ += static_cast<int64_t>(ev.tokens.size());
+  all_ids_.insert(all_ids_.end(), tokens.begin(), tokens.end());
   // A stop_token_id that ends the choice is counted, not written.
   std::span<const int32_t> text_tokens = tokens;
   if (ev.finished && ev.reason == FinishReason::kStop && !tokens.empty() &&
@@ -291,7 +292,7 @@ json::object ChoiceOutput::FinalChoice(std::string_view reason) {
   }
   if (o_.with_token_ids) {
     json::array ids;
-    for (int32_t t : text_.ids()) ids.push_back(t);
+    for (int32_t t : all_ids_) ids.push_back(t);
     choice["token_ids"] = std::move(ids);
   }
   text_offset_ = 0;

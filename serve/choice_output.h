@@ -103,6 +103,7 @@ class ChoiceOutput {
   int64_t text_offset_ = 0;                  // completions logprobs: characters so far
   std::vector<TokenLogprob> prompt_lps_;     // echo rows received
   int64_t n_tokens_ = 0;
+  std::vector<int32_t> all_ids_;             // every generated id (a final stop_token_id included)
   // Non-streamed accumulation.
   Pieces all_;
   std::vector<TokenLogprob> all_lps_;

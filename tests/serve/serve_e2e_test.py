@@ -254,6 +254,129 @@ def openai_checks(srv, prompts, ref):
               f"openai: stop string {stop!r} cuts the text before it")
 
 
+def api_extras_checks(srv, prompts, ref):
+    """n, logprobs and echo, logit_bias / min_tokens / stop_token_ids, structured output,
+    tools and prefix-cache usage, through the openai package."""
+    client = openai.OpenAI(base_url=srv.base + "/v1", api_key="unused")
+    ids = {"ignore_eos": True, "return_token_ids": True}
+    # n choices: choice j has seed + j, so it equals a lone request with that seed.
+    c = client.completions.create(model=ARGS.name, prompt=prompts[1], max_tokens=8, temperature=0.9, seed=5, n=3,
+                                  extra_body=ids)
+    lone = [client.completions.create(model=ARGS.name, prompt=prompts[1], max_tokens=8, temperature=0.9, seed=5 + j,
+                                      extra_body=ids).choices[0].token_ids for j in range(3)]
+    check(sorted(ch.index for ch in c.choices) == [0, 1, 2]
+          and [ch.token_ids for ch in sorted(c.choices, key=lambda ch: ch.index)] == lone
+          and c.usage.completion_tokens == 24,
+          "openai n=3: each choice equals a lone request with seed + index (prompt KV shared)")
+    st = client.completions.create(model=ARGS.name, prompt=prompts[1], max_tokens=8, temperature=0.9, seed=5, n=3,
+                                   stream=True, extra_body=ids)
+    streamed = {0: [], 1: [], 2: []}
+    for ch in st:
+        for x in ch.choices:
+            streamed[x.index] += getattr(x, "token_ids", None) or []
+    check([streamed[j] for j in range(3)] == lone, "openai n=3 streamed: the same choices")
+    # Prompt lists: one choice per prompt, in order.
+    c = client.completions.create(model=ARGS.name, prompt=[prompts[1], prompts[2]], max_tokens=6, temperature=0,
+                                  extra_body=ids)
+    check([ch.token_ids for ch in sorted(c.choices, key=lambda ch: ch.index)] == [ref[1][:6], ref[2][:6]],
+          "openai: a list of prompts gives one choice per prompt, equal to offline")
+    # logprobs: greedy tokens are the most likely ones; echo gives the prompt with a null first logprob.
+    c = client.completions.create(model=ARGS.name, prompt=prompts[2], max_tokens=6, temperature=0, logprobs=2,
+                                  extra_body=ids)
+    lp = c.choices[0].logprobs
+    check(len(lp.token_logprobs) == 6 and all(abs(v - max(t.values())) < 1e-6 and v <= 0
+                                              for v, t in zip(lp.token_logprobs, lp.top_logprobs))
+          and all(len(t) >= 1 for t in lp.top_logprobs),
+          "openai logprobs=2: each greedy token's logprob is its top-1")
+    e = client.completions.create(model=ARGS.name, prompt=prompts[2], max_tokens=0, echo=True, logprobs=1,
+                                  temperature=0)
+    elp = e.choices[0].logprobs
+    check(e.choices[0].text == decode(prompts[2]) and len(elp.token_logprobs) == len(prompts[2])
+          and elp.token_logprobs[0] is None and all(v is not None and v <= 0 for v in elp.token_logprobs[1:])
+          and e.usage.completion_tokens == 0,
+          "openai echo + logprobs + max_tokens 0: the prompt, a logprob per token after the first")
+    e2 = client.completions.create(model=ARGS.name, prompt=prompts[2], max_tokens=3, echo=True, logprobs=1,
+                                   temperature=0, extra_body={"ignore_eos": True})
+    check(e2.choices[0].logprobs.token_logprobs[1:len(prompts[2])] == elp.token_logprobs[1:]
+          and len(e2.choices[0].logprobs.token_logprobs) == len(prompts[2]) + 3,
+          "openai echo with generation: the same prompt logprobs, then the new tokens'")
+    cl = client.chat.completions.create(model=ARGS.name, messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+                                        temperature=0, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    content = cl.choices[0].logprobs.content
+    check(len(content) == 5 and all(len(x.top_logprobs) == 3 and x.top_logprobs[0].logprob >= x.logprob - 1e-6
+                                    for x in content),
+          "openai chat logprobs + top_logprobs=3")
+    # logit_bias +100 makes greedy pick that token; min_tokens holds off a stop_token_id.
+    c = client.completions.create(model=ARGS.name, prompt=prompts[1], max_tokens=5, temperature=0,
+                                  logit_bias={"42": 100}, extra_body=ids)
+    check(c.choices[0].token_ids == [42] * 5, "openai logit_bias {42: +100}: every greedy token is 42")
+    c = client.completions.create(model=ARGS.name, prompt=prompts[1], max_tokens=10, temperature=0,
+                                  logit_bias={"42": 100}, extra_body=dict(ids, stop_token_ids=[42], min_tokens=3))
+    t = c.choices[0].token_ids
+    check(len(t) == 4 and 42 not in t[:3] and t[3] == 42 and c.choices[0].finish_reason == "stop",
+          f"min_tokens 3 then stop_token_ids [42]: {t}")
+    c = client.completions.create(model=ARGS.name, prompt=prompts[1], max_tokens=6, temperature=0,
+                                  presence_penalty=1.5, frequency_penalty=1.0, extra_body=dict(ids, repetition_penalty=1.3))
+    check(c.choices[0].finish_reason == "length" and len(c.choices[0].token_ids) == 6, "penalties are accepted")
+    # Structured output: a random-weight model, constrained, still writes JSON of the schema.
+    schema = {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"},
+        "tags": {"type": "array", "items": {"enum": ["red", "green"]}, "maxItems": 3}},
+        "required": ["name", "age"]}
+    for seed in (1, 2, 3):
+        r = client.chat.completions.create(
+            model=ARGS.name, messages=[{"role": "user", "content": "A person, as JSON."}], max_tokens=110,
+            temperature=1.0, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
+        txt = r.choices[0].message.content
+        try:
+            v = json.loads(txt)
+            ok = (isinstance(v, dict) and isinstance(v.get("name"), str) and len(v["name"]) <= 12
+                  and isinstance(v.get("age"), int) and set(v) <= {"name", "age", "tags"}
+                  and all(x in ("red", "green") for x in v.get("tags", [])) and len(v.get("tags", [])) <= 3)
+        except ValueError:
+            ok = False
+        check(ok and r.choices[0].finish_reason == "stop", f"json_schema (seed {seed}) -> {txt!r}")
+    status, data = srv.post("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "properties": {"id": {"type": "string", "pattern": "^[a-z]+$"}}}}}})
+    check(status == 400 and "pattern" in json.loads(data)["error"]["message"]
+          and json.loads(data)["error"]["param"] == "response_format",
+          "json_schema with an unsupported keyword -> 400 naming it")
+    # Tools: a forced function gives a call with arguments of its schema; history with tool turns renders.
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
+                                         "unit": {"enum": ["C", "F"]}}, "required": ["city", "unit"]}}}]
+    r = client.chat.completions.create(model=ARGS.name, messages=[{"role": "user", "content": "Weather in Paris?"}],
+                                       tools=tools, max_tokens=100, temperature=0.7, seed=4,
+                                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    calls = r.choices[0].message.tool_calls or []
+    try:
+        args = json.loads(calls[0].function.arguments) if calls else None
+    except ValueError:
+        args = None
+    check(len(calls) == 1 and calls[0].function.name == "get_weather" and isinstance(args, dict)
+          and set(args) == {"city", "unit"} and args["unit"] in ("C", "F"),
+          f"tool_choice get_weather -> {calls[0].function.arguments if calls else None!r}")
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"C\"}"}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "21 degrees"}]
+    r = client.chat.completions.create(model=ARGS.name, messages=history, tools=tools, max_tokens=4, temperature=0)
+    check(r.choices[0].message is not None and r.choices[0].finish_reason in ("stop", "length", "tool_calls"),
+          "a chat with tool_calls and tool turns in its history renders and answers")
+    # Prefix caching: the same long prompt again finds its blocks.
+    long_prompt = "Tell me everything about the history of the Roman Empire. " * 8  # > one 64-token block
+    msgs = [{"role": "user", "content": long_prompt}]
+    client.chat.completions.create(model=ARGS.name, messages=msgs, max_tokens=2, temperature=0)
+    again = client.chat.completions.create(model=ARGS.name, messages=msgs, max_tokens=2, temperature=0)
+    details = again.usage.prompt_tokens_details
+    check(details is not None and details.cached_tokens > 0,
+          f"usage.prompt_tokens_details.cached_tokens on a repeated prompt: {details}")
+
+
 def concurrent_greedy_streams(srv, prompts, max_new, model=None):
     """Streams every prompt at once (greedy, ignore_eos, token ids back); returns
     stream_completion's tuple per prompt."""
@@ -294,8 +417,11 @@ def test_main_server():
         r = json.loads(out.stdout)
         check(r["choices"][0]["token_ids"] == ref[0][:16], "curl completion: greedy tokens equal offline generate")
         check(r["choices"][0]["text"] == decode(ref[0][:16]), "curl completion: text equals decoding those tokens")
-        check(r["usage"] == {"prompt_tokens": len(prompts[0]), "completion_tokens": 16,
-                             "total_tokens": len(prompts[0]) + 16}, "curl completion: usage")
+        usage = dict(r["usage"])
+        details = usage.pop("prompt_tokens_details", None)
+        check(usage == {"prompt_tokens": len(prompts[0]), "completion_tokens": 16,
+                        "total_tokens": len(prompts[0]) + 16}
+              and details is not None and 0 <= details["cached_tokens"] < len(prompts[0]), "curl completion: usage")
         out = subprocess.run(["curl", "-sS", "-N", "-f", f"{srv.base}/v1/completions", "-H",
                               "Content-Type: application/json", "-d", json.dumps(dict(body, stream=True))],
                              capture_output=True, text=True)
@@ -309,6 +435,7 @@ def test_main_server():
             print("SKIP openai-client checks (--no-openai: the package could not be installed)", flush=True)
         else:
             openai_checks(srv, prompts, ref)
+            api_extras_checks(srv, prompts, ref)
         # Stop strings, across token boundaries: stop at a piece of the reference text (raw HTTP).
         full = decode(ref[3][:24])
         stop = full[5:9] if len(full) > 9 else None
