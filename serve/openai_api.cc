@@ -155,6 +155,27 @@ absl::Status RejectUnsupported(const json::object& o, ApiKind kind, int64_t n) {
     }
   }
   if (Field(o, "audio")) return Unsupported("audio", "");
+  // vLLM's extensions that change the output and are not implemented here: a
+  // client that sends them expects their effect.
+  for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+                          "structured_outputs", "allowed_token_ids", "bad_words", "prompt_logprobs",
+                          "truncate_prompt_tokens", "logits_processors", "top_a", "typical_p", "mirostat"}) {
+    if (Field(o, key)) return Unsupported(key, "");
+  }
+  ASSIGN_OR_RETURN(auto beam, GetBool(o, "use_beam_search"));
+  if (beam && *beam) return Unsupported("use_beam_search", "= true");
+  ASSIGN_OR_RETURN(auto length_penalty, GetNumber(o, "length_penalty"));
+  if (length_penalty && *length_penalty != 1) return Unsupported("length_penalty", "other than 1");
+  ASSIGN_OR_RETURN(auto include_stop, GetBool(o, "include_stop_str_in_output"));
+  if (include_stop && *include_stop) return Unsupported("include_stop_str_in_output", "= true");
+  ASSIGN_OR_RETURN(auto skip_special, GetBool(o, "skip_special_tokens"));
+  if (skip_special && !*skip_special) return Unsupported("skip_special_tokens", "= false");
+  ASSIGN_OR_RETURN(auto spaces, GetBool(o, "spaces_between_special_tokens"));
+  if (spaces && !*spaces) return Unsupported("spaces_between_special_tokens", "= false");
+  ASSIGN_OR_RETURN(auto continue_final, GetBool(o, "continue_final_message"));
+  if (continue_final && *continue_final) return Unsupported("continue_final_message", "= true");
+  ASSIGN_OR_RETURN(auto add_generation_prompt, GetBool(o, "add_generation_prompt"));
+  if (add_generation_prompt && !*add_generation_prompt) return Unsupported("add_generation_prompt", "= false");
   return absl::OkStatus();
 }
 

@@ -3,6 +3,11 @@
 // template, stop strings across token boundaries, and the response JSON.
 #include "serve/openai_api.h"
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
 #include <string>
 
 #include "boost/json.hpp"
@@ -178,6 +183,63 @@ TEST(OpenAiParseTest, ChatMessagesAndErrors) {
   EXPECT_EQ(BadParam(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":-1})",
                                       kModel)),
             "max_completion_tokens");
+}
+
+TEST(OpenAiParseTest, VllmExtensionsThatChangeTheOutputAreRejected) {
+  for (const char* body : {R"({"prompt":"a","guided_json":{"type":"object"}})", R"({"prompt":"a","use_beam_search":true})",
+                           R"({"prompt":"a","include_stop_str_in_output":true})",
+                           R"({"prompt":"a","skip_special_tokens":false})", R"({"prompt":"a","prompt_logprobs":1})",
+                           R"({"prompt":"a","allowed_token_ids":[1]})", R"({"prompt":"a","length_penalty":2})"}) {
+    auto r = ParseCompletionRequest(body, kModel);
+    ASSERT_FALSE(r.ok()) << body;
+    const std::string param = ToApiError(r.status()).param;
+    EXPECT_NE(std::string(body).find(param), std::string::npos) << body << " named " << param;
+    EXPECT_FALSE(param.empty()) << body;
+  }
+  // Their no-op values pass.
+  EXPECT_TRUE(ParseCompletionRequest(R"({"prompt":"a","use_beam_search":false,"skip_special_tokens":true,
+      "length_penalty":1,"user":"u"})",
+                                     kModel)
+                  .ok());
+}
+
+TEST(OpenAiParseTest, GenerationConfigDefaultsFillWhatTheRequestLeavesOut) {
+  const std::string dir = std::string(DS_BINARY_DIR) + "/tests/serve/genconfig_" + std::to_string(getpid());
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream f(dir + "/generation_config.json");
+    f << R"({"bos_token_id": 0, "do_sample": true, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 5})";
+  }
+  auto d = GenerationDefaults::FromDirectory(dir);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(*d->temperature, 0.6f);
+  EXPECT_EQ(*d->top_p, 0.95f);
+  EXPECT_FALSE(d->top_k.has_value());
+  PromptBuilder pb(nullptr);
+  pb.set_defaults(*d);
+  auto r = ParseCompletionRequest(R"({"prompt":[1,2,3]})", kModel);
+  ASSERT_TRUE(r.ok());
+  auto g = pb.Build(*r, 100);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->sampling.temperature, 0.6f);
+  EXPECT_EQ(g->sampling.top_p, 0.95f);
+  EXPECT_EQ(g->max_tokens, 5);
+  r = ParseCompletionRequest(R"({"prompt":[1,2,3],"temperature":0,"top_p":0.5,"max_tokens":7})", kModel);
+  g = pb.Build(*r, 100);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(g->sampling.temperature, 0.0f);  // the request wins
+  EXPECT_EQ(g->sampling.top_p, 0.5f);
+  EXPECT_EQ(g->max_tokens, 7);
+  {
+    std::ofstream f(dir + "/generation_config.json");
+    f << R"({"temperature": "hot"})";
+  }
+  auto bad = GenerationDefaults::FromDirectory(dir);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("generation_config.json"), std::string::npos);
+  EXPECT_NE(bad.status().message().find("temperature"), std::string::npos);
+  std::filesystem::remove_all(dir);
+  EXPECT_TRUE(GenerationDefaults::FromDirectory(dir).ok());  // no file: no defaults
 }
 
 TEST(OpenAiParseTest, NewParametersAreRead) {
