@@ -17,7 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "base/status_macros.h"
 #include "launcher/commands.h"
 #include "launcher/flags.h"
@@ -34,7 +36,8 @@ namespace {
 constexpr char kUsage[] =
     "usage: deepshard serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]\n"
     "         [--served-model-name NAME] [--max-waiting 256] [--max-body-bytes 1048576] [--drain-timeout 30]\n"
-    "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST]\n";
+    "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST]\n"
+    "         [--allowed-origins ORIGIN,... | '*']\n";
 constexpr char kUsageNotes[] =
     "\n"
     "  --kv-cache-memory  KV pool per rank (\"4GiB\", \"512MiB\", bytes); each DP slot gets the\n"
@@ -47,7 +50,13 @@ constexpr char kUsageNotes[] =
     "                     1: one plan takes every decode, so pipeline stages take turns)\n"
     "  --drain-timeout    seconds running requests may take after SIGTERM\n"
     "  --no-prefix-cache  do not keep the KV of full blocks after their requests end for\n"
-    "                     requests whose prompts start with the same tokens\n";
+    "                     requests whose prompts start with the same tokens\n"
+    "  --allowed-origins  CORS for browsers: origins allowed to call the API, comma-separated\n"
+    "                     (https://app.example.com,http://localhost:3000), or '*' for any.\n"
+    "                     Off by default (no CORS headers; OPTIONS gets 405)\n"
+    "\n"
+    "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models[/{id}],\n"
+    "POST /tokenize, POST /detokenize, GET /health, GET /metrics (HEAD on every GET)\n";
 
 void PrintUsage(FILE* f) {
   std::fputs(kUsage, f);
@@ -63,12 +72,34 @@ struct Options {
   serve::JobOptions job;
 };
 
+// --allowed-origins: "*", or origins as browsers send them: scheme://host[:port],
+// no path (a trailing "/" is dropped).
+absl::StatusOr<std::vector<std::string>> ParseAllowedOrigins(const std::string& value) {
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(value, ',')) {
+    std::string origin(absl::StripAsciiWhitespace(part));
+    if (!origin.empty() && origin != "*" && origin.back() == '/') origin.pop_back();
+    const size_t scheme = origin.find("://");
+    const bool ok = origin == "*" ||
+                    (scheme != std::string::npos && scheme > 0 && scheme + 3 < origin.size() &&
+                     origin.find_first_of("/?#", scheme + 3) == std::string::npos);
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--allowed-origins: \"", origin, "\" is not an origin; give scheme://host[:port] (e.g. "
+          "https://app.example.com), comma-separated, or '*'"));
+    }
+    out.push_back(std::move(origin));
+  }
+  return out;
+}
+
 absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool* help) {
   ASSIGN_OR_RETURN(Flags flags,
                    Flags::Parse(args,
                                 WithModelRunFlags({"model", "host", "port", "api-key", "served-model-name",
                                                    "max-waiting", "max-body-bytes", "drain-timeout",
-                                                   "heartbeat-timeout", "failure-linger", "control-host"}),
+                                                   "heartbeat-timeout", "failure-linger", "control-host",
+                                                   "allowed-origins"}),
                                 WithModelRunBoolFlags({"help"})));
   *help = flags.Bool("help");
   Options o;
@@ -80,6 +111,9 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   o.http.port = static_cast<int>(port);
   o.http.api_key = flags.String("api-key", "");
   if (flags.Has("api-key") && o.http.api_key.empty()) return absl::InvalidArgumentError("--api-key is empty");
+  if (flags.Has("allowed-origins")) {
+    ASSIGN_OR_RETURN(o.http.allowed_origins, ParseAllowedOrigins(flags.String("allowed-origins", "")));
+  }
   std::string name = std::filesystem::path(o.model_dir).lexically_normal().filename().string();
   if (name.empty() || name == ".") name = "deepseek";
   o.http.model_name = flags.String("served-model-name", name);
