@@ -17,7 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "base/status_macros.h"
 #include "launcher/commands.h"
 #include "launcher/flags.h"
@@ -35,7 +37,8 @@ constexpr char kUsage[] =
     "usage: deepshard serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]\n"
     "         [--served-model-name NAME] [--max-waiting 256] [--max-body-bytes 1048576] [--drain-timeout 30]\n"
     "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST]\n"
-    "         [--tool-call-parser deepseek_v3|none] [--reasoning-parser deepseek_r1|none]\n";
+    "         [--tool-call-parser deepseek_v3|none] [--reasoning-parser deepseek_r1|none]\n"
+    "         [--allowed-origins ORIGIN,... | '*']\n";
 constexpr char kUsageNotes[] =
     "\n"
     "  --kv-cache-memory  KV pool per rank (\"4GiB\", \"512MiB\", bytes); each DP slot gets the\n"
@@ -53,8 +56,14 @@ constexpr char kUsageNotes[] =
     "                     layouts) into `tool_calls` (default deepseek_v3; none: leave them as text)\n"
     "  --reasoning-parser deepseek_r1: text inside <think>...</think> goes to `reasoning_content`\n"
     "                     (default none)\n"
+    "  --allowed-origins  CORS for browsers: origins allowed to call the API, comma-separated\n"
+    "                     (https://app.example.com,http://localhost:3000), or '*' for any.\n"
+    "                     Off by default (no CORS headers; OPTIONS gets 405)\n"
     "  The model's generation_config.json (temperature, top_p, top_k, min_p, repetition_penalty,\n"
-    "  max_new_tokens) gives the defaults of requests that do not set them.\n";
+    "  max_new_tokens) gives the defaults of requests that do not set them.\n"
+    "\n"
+    "Endpoints: POST /v1/completions, POST /v1/chat/completions, GET /v1/models[/{id}],\n"
+    "POST /tokenize, POST /detokenize, GET /health, GET /metrics (HEAD on every GET)\n";
 
 void PrintUsage(FILE* f) {
   std::fputs(kUsage, f);
@@ -70,13 +79,34 @@ struct Options {
   serve::JobOptions job;
 };
 
+// --allowed-origins: "*", or origins as browsers send them: scheme://host[:port],
+// no path (a trailing "/" is dropped).
+absl::StatusOr<std::vector<std::string>> ParseAllowedOrigins(const std::string& value) {
+  std::vector<std::string> out;
+  for (absl::string_view part : absl::StrSplit(value, ',')) {
+    std::string origin(absl::StripAsciiWhitespace(part));
+    if (!origin.empty() && origin != "*" && origin.back() == '/') origin.pop_back();
+    const size_t scheme = origin.find("://");
+    const bool ok = origin == "*" ||
+                    (scheme != std::string::npos && scheme > 0 && scheme + 3 < origin.size() &&
+                     origin.find_first_of("/?#", scheme + 3) == std::string::npos);
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--allowed-origins: \"", origin, "\" is not an origin; give scheme://host[:port] (e.g. "
+          "https://app.example.com), comma-separated, or '*'"));
+    }
+    out.push_back(std::move(origin));
+  }
+  return out;
+}
+
 absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool* help) {
   ASSIGN_OR_RETURN(Flags flags,
                    Flags::Parse(args,
                                 WithModelRunFlags({"model", "host", "port", "api-key", "served-model-name",
                                                    "max-waiting", "max-body-bytes", "drain-timeout",
                                                    "heartbeat-timeout", "failure-linger", "control-host",
-                                                   "tool-call-parser", "reasoning-parser"}),
+                                                   "tool-call-parser", "reasoning-parser", "allowed-origins"}),
                                 WithModelRunBoolFlags({"help"})));
   *help = flags.Bool("help");
   Options o;
@@ -88,6 +118,9 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   o.http.port = static_cast<int>(port);
   o.http.api_key = flags.String("api-key", "");
   if (flags.Has("api-key") && o.http.api_key.empty()) return absl::InvalidArgumentError("--api-key is empty");
+  if (flags.Has("allowed-origins")) {
+    ASSIGN_OR_RETURN(o.http.allowed_origins, ParseAllowedOrigins(flags.String("allowed-origins", "")));
+  }
   std::string name = std::filesystem::path(o.model_dir).lexically_normal().filename().string();
   if (name.empty() || name == ".") name = "deepseek";
   o.http.model_name = flags.String("served-model-name", name);

@@ -30,6 +30,7 @@
 #include "serve/choice_output.h"
 #include "serve/openai_api.h"
 #include "serve/structured_output.h"
+#include "serve/tokenize_api.h"
 
 namespace deepshard::serve {
 
@@ -84,6 +85,36 @@ bool IsDisconnect(const beast::error_code& ec) {
          ec == net::error::broken_pipe || ec == net::error::operation_aborted || ec == beast::error::timeout ||
          ec == net::error::bad_descriptor || ec == net::error::not_connected;
 }
+
+// %XX-decoding of a path segment ("+" stays "+", as in paths); nullopt when a
+// "%" is not followed by two hex digits.
+std::optional<std::string> PercentDecode(std::string_view s) {
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    if (i + 2 >= s.size()) return std::nullopt;
+    const int hi = hex(s[i + 1]), lo = hex(s[i + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
+// CORS preflight answers.
+constexpr char kCorsMethods[] = "GET, POST, HEAD, OPTIONS";
+constexpr char kCorsDefaultHeaders[] = "Authorization, Content-Type";
+constexpr char kCorsMaxAge[] = "600";  // seconds a browser may cache a preflight (Starlette's default)
 
 // Engine sinks may fire after the server is gone: they check this first.
 struct Lifeline {
@@ -218,6 +249,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     parser_->body_limit(srv_.opts.max_body_bytes);
     endpoint_ = "other";
     recorded_ = false;
+    head_ = false;
+    cors_origin_.clear();
     stream_.expires_after(srv_.opts.idle_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
@@ -229,6 +262,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     version_ = req.version();
     keep_alive_ = req.keep_alive();
     SetEndpoint(SV(req.target()));
+    head_ = req.method() == http::verb::head;
+    cors_origin_ = AllowedOrigin(SV(req[http::field::origin]));
     if (auto len = parser_->content_length(); len && *len > srv_.opts.max_body_bytes) {
       return SendBodyTooLarge();
     }
@@ -280,7 +315,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void SetEndpoint(std::string_view target) {
     path_ = std::string(target.substr(0, target.find('?')));
     static constexpr std::string_view kKnown[] = {"/health", "/v1/models", "/metrics", "/v1/completions",
-                                                  "/v1/chat/completions"};
+                                                  "/v1/chat/completions", "/tokenize", "/detokenize"};
     endpoint_ = "other";
     for (std::string_view k : kKnown) {
       if (path_ == k) endpoint_ = std::string(k);
@@ -292,16 +327,19 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void Handle(http::request<http::string_body> req) {
     const http::verb method = req.method();
+    // HEAD is answered wherever GET is (SendText leaves the body out).
     auto method_is = [&](http::verb want, const char* allow) {
-      if (method == want) return true;
-      allow_ = allow;
+      if (method == want || (want == http::verb::get && method == http::verb::head)) return true;
+      allow_ = cors_on() ? absl::StrCat(allow, ", OPTIONS") : allow;
       SendError(http::status::method_not_allowed,
                 Err(405, absl::StrCat("method ", AV(SV(req.method_string())), " is not allowed on ", path_,
                                       "; use ", allow)));
       return false;
     };
+    // A CORS preflight, on any path: browsers send it without the API key.
+    if (method == http::verb::options && cors_on()) return HandlePreflight(req);
     if (path_ == "/health") {
-      if (method_is(http::verb::get, "GET")) HandleHealth();
+      if (method_is(http::verb::get, "GET, HEAD")) HandleHealth();
       return;
     }
     if (!srv_.opts.api_key.empty()) {
@@ -316,21 +354,26 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       }
     }
     if (path_ == "/v1/models") {
-      if (method_is(http::verb::get, "GET")) HandleModels();
+      if (method_is(http::verb::get, "GET, HEAD")) HandleModels();
     } else if (absl::StartsWith(AV(path_), "/v1/models/")) {
-      if (method_is(http::verb::get, "GET")) HandleModel(std::string_view(path_).substr(11));
+      if (method_is(http::verb::get, "GET, HEAD")) HandleModel(std::string_view(path_).substr(11));
     } else if (path_ == "/metrics") {
-      if (method_is(http::verb::get, "GET")) {
+      if (method_is(http::verb::get, "GET, HEAD")) {
         SendText(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", srv_.metrics.Render());
       }
     } else if (path_ == "/v1/completions") {
       if (method_is(http::verb::post, "POST")) HandleGenerate(ApiKind::kCompletion, req.body());
     } else if (path_ == "/v1/chat/completions") {
       if (method_is(http::verb::post, "POST")) HandleGenerate(ApiKind::kChat, req.body());
+    } else if (path_ == "/tokenize") {
+      if (method_is(http::verb::post, "POST")) HandleTokenize(/*detokenize=*/false, req.body());
+    } else if (path_ == "/detokenize") {
+      if (method_is(http::verb::post, "POST")) HandleTokenize(/*detokenize=*/true, req.body());
     } else {
       SendError(http::status::not_found,
                 Err(404, absl::StrCat("no endpoint ", path_, "; this server has /v1/completions, "
-                                      "/v1/chat/completions, /v1/models, /health and /metrics"),
+                                      "/v1/chat/completions, /v1/models, /tokenize, /detokenize, /health "
+                                      "and /metrics"),
                     "invalid_request_error", "not_found"));
     }
   }
@@ -359,7 +402,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   // GET /v1/models/{id} (the openai client's models.retrieve).
-  void HandleModel(std::string_view id) {
+  // The id is percent-decoded: clients send deepseek-ai%2FDeepSeek-V3 or deepseek-ai/DeepSeek-V3.
+  void HandleModel(std::string_view raw_id) {
+    const std::optional<std::string> decoded = PercentDecode(raw_id);
+    if (!decoded) {
+      return SendError(http::status::bad_request,
+                       Err(400, absl::StrCat("the path ", path_, " has an invalid percent-encoding (a % must be "
+                                             "followed by two hex digits)")));
+    }
+    const std::string_view id = *decoded;
     if (id != srv_.opts.model_name) {
       return SendError(http::status::not_found,
                        Err(404, absl::StrCat("the model `", AV(id), "` does not exist; this server serves `",
@@ -367,6 +418,59 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
                            "invalid_request_error", "model_not_found"));
     }
     SendText(http::status::ok, "application/json", json::serialize(ModelObject()));
+  }
+
+  // POST /tokenize, POST /detokenize (serve/tokenize_api.h).
+  void HandleTokenize(bool detokenize, const std::string& body) {
+    auto out = detokenize ? DetokenizeResponseJson(body, srv_.tokenizer, srv_.opts.model_name)
+                          : TokenizeResponseJson(body, srv_.builder, srv_.opts.model_name, srv_.max_context());
+    if (!out.ok()) return SendStatus(out.status());
+    SendText(http::status::ok, "application/json", *std::move(out));
+  }
+
+  // ---- CORS ----
+
+  bool cors_on() const { return !srv_.opts.allowed_origins.empty(); }
+
+  // The Access-Control-Allow-Origin value for a request's Origin ("" none).
+  std::string AllowedOrigin(std::string_view origin) const {
+    if (origin.empty()) return "";
+    for (const std::string& o : srv_.opts.allowed_origins) {
+      if (o == "*") return "*";
+      if (absl::EqualsIgnoreCase(AV(o), AV(origin))) return std::string(origin);
+    }
+    return "";
+  }
+
+  template <class Response>
+  void AddCors(Response& res) const {
+    if (!cors_on()) return;
+    res.set(http::field::vary, "Origin");
+    if (!cors_origin_.empty()) res.set(http::field::access_control_allow_origin, cors_origin_);
+  }
+
+  // OPTIONS with CORS on: 204 with what a browser may send, or 400 for an origin not allowed.
+  void HandlePreflight(const http::request<http::string_body>& req) {
+    const std::string_view origin = SV(req[http::field::origin]);
+    if (!origin.empty() && cors_origin_.empty()) {
+      return SendError(http::status::bad_request,
+                       Err(400, absl::StrCat("the origin ", AV(origin), " is not allowed (--allowed-origins)")));
+    }
+    auto res = std::make_shared<http::response<http::empty_body>>(http::status::no_content, version_ ? version_ : 11);
+    res->set(http::field::server, "deepshard");
+    AddCors(*res);
+    res->set(http::field::access_control_allow_methods, kCorsMethods);
+    const std::string_view asked = SV(req[http::field::access_control_request_headers]);
+    res->set(http::field::access_control_allow_headers, asked.empty() ? std::string_view(kCorsDefaultHeaders) : asked);
+    res->set(http::field::access_control_max_age, kCorsMaxAge);
+    res->keep_alive(keep_alive_);
+    RecordRequest(204);
+    writing_ = true;
+    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      if (ec) return self->OnWriteError();
+      self->AfterResponse(res->keep_alive());
+    });
   }
 
   // ---- generation ----
@@ -471,6 +575,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     res->set(http::field::server, "deepshard");
     res->set(http::field::content_type, "text/event-stream");
     res->set(http::field::cache_control, "no-cache");
+    AddCors(*res);
     res->keep_alive(keep_alive_ && chunked_);
     if (chunked_) res->chunked(true);
     auto sr = std::make_shared<http::response_serializer<http::empty_body>>(*res);
@@ -703,12 +808,23 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     res->set(http::field::content_type, content_type);
     if (!allow_.empty()) res->set(http::field::allow, allow_);
     if (www_authenticate_) res->set(http::field::www_authenticate, "Bearer");
+    AddCors(*res);
     allow_.clear();
     www_authenticate_ = false;
     res->keep_alive(keep_alive_);
     res->body() = std::move(body);
     res->prepare_payload();
     RecordRequest(static_cast<int>(status));
+    if (head_) {  // HEAD: the headers of the GET response (Content-Length too), no body
+      auto sr = std::make_shared<http::response_serializer<http::string_body>>(*res);
+      writing_ = true;
+      http::async_write_header(stream_, *sr, [self = shared_from_this(), res, sr](beast::error_code ec, size_t) {
+        self->writing_ = false;
+        if (ec) return self->OnWriteError();
+        self->AfterResponse(res->keep_alive());
+      });
+      return;
+    }
     writing_ = true;
     http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code ec, size_t) {
       self->writing_ = false;
@@ -765,6 +881,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   Clock::time_point start_;
   bool recorded_ = false;
   std::string allow_;              // Allow header of a 405
+  bool head_ = false;              // a HEAD request: responses go without their body
+  std::string cors_origin_;        // Access-Control-Allow-Origin of the response ("" none)
   bool www_authenticate_ = false;  // WWW-Authenticate header of a 401
 
   // The current generation.

@@ -5,9 +5,21 @@
 //   GET  /health               200 {"status":"ok"} when the engine is healthy and
 //                              accepting, else 503 with the detail; never needs the key
 //   GET  /v1/models            the served model (OpenAI list, with max_model_len)
+//   GET  /v1/models/{id}       the model object; the id is percent-decoded
+//                              (deepseek-ai%2FDeepSeek-V3 = deepseek-ai/DeepSeek-V3;
+//                              bad percent-encoding is a 400 naming the path)
 //   GET  /metrics              Prometheus text (Metrics::Render)
 //   POST /v1/completions       text or token-id prompt
 //   POST /v1/chat/completions  messages rendered with the model's chat template
+//   POST /tokenize             vLLM's: a prompt or a chat -> token ids (serve/tokenize_api.h)
+//   POST /detokenize           vLLM's: token ids -> text
+// HEAD is answered on every GET endpoint: the GET response's status and
+// headers (Content-Length included), no body. CORS (allowed_origins, off when
+// empty): a request whose Origin is allowed gets Access-Control-Allow-Origin
+// (the origin, or * when "*" is allowed) and every response Vary: Origin; an
+// OPTIONS request on any path is a preflight, answered 204 with the allowed
+// methods and headers without the API key (a disallowed Origin: 400). With
+// CORS off, OPTIONS is a 405 like any other method.
 // Unknown paths are 404, wrong methods 405, a missing/wrong API key 401, a body
 // over max_body_bytes 413 (checked on Content-Length before reading), headers
 // over max_header_bytes 431, malformed HTTP 400; all errors have OpenAI's
@@ -50,6 +62,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "text/tokenizer/tokenizer.h"
@@ -77,6 +90,9 @@ struct HttpServerOptions {
   // Sampling defaults from the model's generation_config.json (request values win).
   GenerationDefaults generation_defaults;
   std::chrono::seconds idle_timeout{60};  // keep-alive connection idle / header read limit
+  // CORS (--allowed-origins): origins as browsers send them ("https://app.example:8443"),
+  // or "*" for any. Empty: CORS off (no CORS headers, OPTIONS is a 405).
+  std::vector<std::string> allowed_origins;
 };
 
 class HttpServer {

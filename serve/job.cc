@@ -150,7 +150,11 @@ std::unique_ptr<Job> Job::Start(const RankResources& r, const JobOptions& o, int
     if (root && o.announce) {
       Log(o.command, absl::StrCat("control plane on ", address, ":", port, " (", pc.world - 1, " ranks connected)"));
     }
-    if (o.announce) std::fprintf(stderr, "deepshard %s: rank %d (stage %d, column %d) ready, pid %d\n", o.command.c_str(), pc.rank,
+  }
+  // Every rank's "ready, pid" line, also of a single-process job (scripts find
+  // the process to signal by it).
+  if (o.announce) {
+    std::fprintf(stderr, "deepshard %s: rank %d (stage %d, column %d) ready, pid %d\n", o.command.c_str(), pc.rank,
                  pc.stage, pc.ep_rank, static_cast<int>(getpid()));
     std::fflush(stderr);
   }

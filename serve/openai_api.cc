@@ -9,6 +9,7 @@
 #include <limits>
 #include <random>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "boost/json.hpp"
@@ -172,10 +173,6 @@ absl::Status RejectUnsupported(const json::object& o, ApiKind kind, int64_t n) {
   if (skip_special && !*skip_special) return Unsupported("skip_special_tokens", "= false");
   ASSIGN_OR_RETURN(auto spaces, GetBool(o, "spaces_between_special_tokens"));
   if (spaces && !*spaces) return Unsupported("spaces_between_special_tokens", "= false");
-  ASSIGN_OR_RETURN(auto continue_final, GetBool(o, "continue_final_message"));
-  if (continue_final && *continue_final) return Unsupported("continue_final_message", "= true");
-  ASSIGN_OR_RETURN(auto add_generation_prompt, GetBool(o, "add_generation_prompt"));
-  if (add_generation_prompt && !*add_generation_prompt) return Unsupported("add_generation_prompt", "= false");
   return absl::OkStatus();
 }
 
@@ -700,6 +697,15 @@ absl::StatusOr<ApiRequest> ParseChatRequest(std::string_view body, std::string_v
     if (!v->is_object()) return InvalidParam("chat_template_kwargs", "`chat_template_kwargs` must be an object");
     r.chat_template_kwargs = v->get_object();
   }
+  // vLLM's: continue the last (assistant) message instead of starting a new turn.
+  ASSIGN_OR_RETURN(auto continue_final, GetBool(o, "continue_final_message"));
+  ASSIGN_OR_RETURN(auto add_generation_prompt, GetBool(o, "add_generation_prompt"));
+  r.continue_final_message = continue_final.value_or(false);
+  if (r.continue_final_message && add_generation_prompt.value_or(false)) {
+    return InvalidParam("continue_final_message",
+                        "cannot set both `continue_final_message` and `add_generation_prompt` to true");
+  }
+  r.add_generation_prompt = r.continue_final_message ? false : add_generation_prompt.value_or(true);
   return r;
 }
 
@@ -735,7 +741,7 @@ absl::StatusOr<std::vector<int32_t>> PromptBuilder::RenderChat(const std::vector
   const bool with_tools = request && !request->tools.empty() && request->tool_choice.kind != ToolChoice::kNone;
   context["tools"] = with_tools ? json::value(request->tools) : json::value(nullptr);
   context["documents"] = nullptr;
-  context["add_generation_prompt"] = true;
+  context["add_generation_prompt"] = request ? request->add_generation_prompt : true;
   context["bos_token"] = tokenizer_->bos_token();
   context["eos_token"] = tokenizer_->eos_token();
   if (request) {
@@ -746,6 +752,18 @@ absl::StatusOr<std::vector<int32_t>> PromptBuilder::RenderChat(const std::vector
     // A template's raise_exception (e.g. roles must alternate) is about the input.
     return InvalidParam("messages", absl::StrCat("the chat template rejected `messages`: ",
                                                  rendered.status().message()));
+  }
+  if (request && request->continue_final_message) {
+    // transformers' apply_chat_template(continue_final_message=True): the text
+    // ends right after the last message's (stripped) content.
+    const std::string last(absl::StripAsciiWhitespace(AV(messages.back().content)));
+    const size_t at = rendered->rfind(last);
+    if (last.empty() || at == std::string::npos) {
+      return InvalidParam("continue_final_message",
+                          "`continue_final_message` is set but the final message does not appear in the chat "
+                          "as the template renders it");
+    }
+    rendered->resize(at + last.size());
   }
   if (rendered_out) *rendered_out = *rendered;
   // The template writes BOS itself, as apply_chat_template(tokenize=True) does.

@@ -138,6 +138,8 @@ struct ApiRequest {
   boost::json::array tools;          // tool definitions ({"type": "function", "function": {...}})
   ToolChoice tool_choice;
   boost::json::object chat_template_kwargs;
+  bool add_generation_prompt = true;    // vLLM's; false: no assistant header after the messages
+  bool continue_final_message = false;  // vLLM's: the output continues the last message
   // Common.
   std::optional<int64_t> max_tokens;  // absent: 16 (completions) or the rest of the context (chat); 0 only with echo
   SamplingParams sampling;            // top_k -1 is stored as 0 (off)

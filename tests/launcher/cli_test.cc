@@ -162,6 +162,10 @@ TEST(Cli, BadInputIsAClearError) {
       {"serve --model /nonexistent/dir", 1, "/nonexistent/dir"},
       {"serve" + m + " --api-key=", 2, "--api-key"},
       {"serve" + m + " --drain-timeout inf", 2, "--drain-timeout must be in [0, 86400]"},
+      {"serve" + m + " --allowed-origins example.com", 2, "--allowed-origins: \"example.com\" is not an origin"},
+      {"serve" + m + " --allowed-origins https://a.example/app", 2, "\"https://a.example/app\" is not an origin"},
+      {"serve" + m + " --allowed-origins https://a.example,,http://b.example", 2, "--allowed-origins: \"\""},
+      {"serve" + m + " --allowed-origins=", 2, "--allowed-origins"},
       {"chat --url ftp://x", 2, "ftp://x"},
   };
   for (const Case& c : cases) {
@@ -169,6 +173,22 @@ TEST(Cli, BadInputIsAClearError) {
     EXPECT_EQ(r.code, c.code) << c.args << "\n" << r.out;
     EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
   }
+}
+
+// `serve` without mpirun: flags accepted, the single rank logs its pid like the
+// ranks under mpirun do, then the bind fails (nothing stays running).
+TEST(Cli, SingleProcessServeLogsItsPidAndTakesAllowedOrigins) {
+  const std::string m = " --model " + ModelDir() + " --host 203.0.113.7 --port 0";
+  for (const std::string origins : {"'*'", "'https://app.example, http://localhost:3000/'"}) {
+    Result r = RunCli("serve" + m + " --allowed-origins " + origins);
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("203.0.113.7"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("deepshard serve: rank 0 (stage 0, column 0) ready, pid "), std::string::npos) << r.out;
+  }
+  Result help = RunCli("serve --help");
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("--allowed-origins"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("POST /tokenize, POST /detokenize"), std::string::npos) << help.out;
 }
 
 }  // namespace

@@ -55,6 +55,7 @@ Reply RoundTrip(beast::tcp_stream& stream, http::verb method, const std::string&
   beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
   parser.body_limit(64 << 20);
+  if (method == http::verb::head) parser.skip(true);  // a HEAD response has no body, whatever its Content-Length
   http::read(stream, buffer, parser);
   Reply r;
   r.raw = parser.release();
@@ -66,9 +67,10 @@ Reply RoundTrip(beast::tcp_stream& stream, http::verb method, const std::string&
 
 class HttpServerTest : public ::testing::Test {
  protected:
-  void StartServer(HttpServerOptions o = {}) {
-    o.model_name = kModel;
-    server_ = std::make_unique<HttpServer>(o, &V3(), engine_, metrics_);
+  // The model is kModel unless `o` names another.
+  void StartServer(HttpServerOptions o = {}, const Tokenizer* tokenizer = &V3()) {
+    if (o.model_name == HttpServerOptions{}.model_name) o.model_name = kModel;
+    server_ = std::make_unique<HttpServer>(o, tokenizer, engine_, metrics_);
     ASSERT_TRUE(server_->Start().ok());
     ASSERT_GT(server_->port(), 0);
   }
@@ -89,6 +91,9 @@ class HttpServerTest : public ::testing::Test {
     return RoundTrip(stream, method, target, body, headers);
   }
   Reply Post(const std::string& target, const std::string& body) { return Request(http::verb::post, target, body); }
+  Reply Get(const std::string& target, const std::vector<std::pair<std::string, std::string>>& headers = {}) {
+    return Request(http::verb::get, target, "", headers);
+  }
 
   // The `data:` payloads of an SSE body.
   static std::vector<std::string> Events(const std::string& body) {
@@ -551,6 +556,305 @@ TEST_F(HttpServerTest, StartFailsOnABusyPort) {
   absl::Status s = second.Start();
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_NE(std::string(s.message()).find(std::to_string(server_->port())), std::string::npos);
+}
+
+// ---- protocol details: model ids, HEAD, CORS, /tokenize, /detokenize ----
+
+TEST_F(HttpServerTest, ModelIdIsPercentDecoded) {
+  HttpServerOptions o;
+  o.model_name = "deepseek-ai/DeepSeek-V3";
+  StartServer(o);
+  for (const char* target : {"/v1/models/deepseek-ai%2FDeepSeek-V3", "/v1/models/deepseek-ai%2fDeepSeek-V3",
+                             "/v1/models/deepseek-ai/DeepSeek-V3", "/v1/models/deepseek%2Dai%2FDeepSeek-V3?x=1"}) {
+    Reply r = Get(target);
+    ASSERT_EQ(r.status, 200) << target << ": " << r.body;
+    EXPECT_EQ(json::parse(r.body).at("id"), "deepseek-ai/DeepSeek-V3") << target;
+  }
+  Reply r = Get("/v1/models/other%20model");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_NE(r.body.find("`other model`"), std::string::npos) << r.body;  // named as decoded
+  for (const char* target : {"/v1/models/deepseek-ai%2GDeepSeek-V3", "/v1/models/deepseek-ai%2", "/v1/models/%"}) {
+    r = Get(target);
+    EXPECT_EQ(r.status, 400) << target;
+    EXPECT_NE(json::parse(r.body).at("error").at("message").as_string().find(target), std::string::npos) << r.body;
+  }
+  r = Get("/metrics");
+  EXPECT_NE(r.body.find("deepshard_http_requests_total{endpoint=\"/v1/models/{id}\",status=\"200\"} 4\n"),
+            std::string::npos)
+      << r.body;
+}
+
+TEST_F(HttpServerTest, HeadAnswersEveryGetEndpointWithoutABody) {
+  StartServer();
+  for (const std::string& target : std::vector<std::string>{"/health", "/v1/models", std::string("/v1/models/") + kModel,
+                                                             "/v1/models/nope", "/nope"}) {
+    Reply get = Get(target);
+    Reply head = Request(http::verb::head, target);
+    EXPECT_EQ(head.status, get.status) << target;
+    EXPECT_EQ(head.content_type, get.content_type) << target;
+    EXPECT_EQ(head.raw[http::field::content_length], std::to_string(get.body.size())) << target;
+    EXPECT_TRUE(head.body.empty()) << target;
+  }
+  Reply head = Request(http::verb::head, "/metrics");
+  EXPECT_EQ(head.status, 200);
+  EXPECT_EQ(head.content_type, "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_GT(std::stoul(std::string(head.raw[http::field::content_length])), 100u);
+  // No body bytes on the wire: the next request on the connection is answered in turn.
+  beast::tcp_stream s = Connect();
+  EXPECT_EQ(RoundTrip(s, http::verb::head, "/v1/models", "").status, 200);
+  EXPECT_EQ(RoundTrip(s, http::verb::head, "/metrics", "").status, 200);
+  Reply after = RoundTrip(s, http::verb::get, "/v1/models", "");
+  ASSERT_EQ(after.status, 200);
+  EXPECT_EQ(json::parse(after.body).at("object"), "list");
+  // 405s name HEAD where GET is allowed, and HEAD is no POST.
+  Reply r = Post("/health", "{}");
+  EXPECT_EQ(r.status, 405);
+  EXPECT_EQ(r.raw[http::field::allow], "GET, HEAD");
+  EXPECT_EQ(Post("/v1/models", "{}").raw[http::field::allow], "GET, HEAD");
+  r = Request(http::verb::head, "/v1/completions");
+  EXPECT_EQ(r.status, 405);
+  EXPECT_EQ(r.raw[http::field::allow], "POST");
+  EXPECT_TRUE(engine_.requests().empty());
+}
+
+TEST_F(HttpServerTest, NoCorsByDefault) {
+  StartServer();
+  Reply r = Get("/v1/models", {{"Origin", "https://app.example"}});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.raw.count(http::field::access_control_allow_origin), 0u);
+  EXPECT_EQ(r.raw.count(http::field::vary), 0u);
+  r = Request(http::verb::options, "/v1/chat/completions", "",
+              {{"Origin", "https://app.example"}, {"Access-Control-Request-Method", "POST"}});
+  EXPECT_EQ(r.status, 405);
+  EXPECT_EQ(r.raw[http::field::allow], "POST");
+  EXPECT_EQ(r.raw.count(http::field::access_control_allow_origin), 0u);
+  EXPECT_EQ(r.raw.count(http::field::access_control_allow_methods), 0u);
+}
+
+TEST_F(HttpServerTest, CorsWithAnOriginList) {
+  HttpServerOptions o;
+  o.allowed_origins = {"https://app.example", "http://localhost:3000"};
+  o.api_key = "sekret";
+  StartServer(o);
+  const std::pair<std::string, std::string> auth{"Authorization", "Bearer sekret"};
+  Reply r = Get("/v1/models", {{"Origin", "http://localhost:3000"}, auth});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.raw[http::field::access_control_allow_origin], "http://localhost:3000");
+  EXPECT_EQ(r.raw[http::field::vary], "Origin");
+  r = Get("/v1/models", {{"Origin", "https://evil.example"}, auth});
+  EXPECT_EQ(r.status, 200);  // served, but the browser will not hand it over
+  EXPECT_EQ(r.raw.count(http::field::access_control_allow_origin), 0u);
+  EXPECT_EQ(r.raw[http::field::vary], "Origin");
+  r = Get("/v1/models", {{"Origin", "https://app.example"}});  // no key: still 401, readable by the page
+  EXPECT_EQ(r.status, 401);
+  EXPECT_EQ(r.raw[http::field::access_control_allow_origin], "https://app.example");
+
+  // Preflight: on any path, without the key.
+  r = Request(http::verb::options, "/v1/chat/completions", "",
+              {{"Origin", "https://app.example"},
+               {"Access-Control-Request-Method", "POST"},
+               {"Access-Control-Request-Headers", "authorization,content-type,x-stainless-os"}});
+  EXPECT_EQ(r.status, 204);
+  EXPECT_TRUE(r.body.empty());
+  EXPECT_EQ(r.raw[http::field::access_control_allow_origin], "https://app.example");
+  EXPECT_EQ(r.raw[http::field::vary], "Origin");
+  EXPECT_EQ(r.raw[http::field::access_control_allow_methods], "GET, POST, HEAD, OPTIONS");
+  EXPECT_EQ(r.raw[http::field::access_control_allow_headers], "authorization,content-type,x-stainless-os");
+  EXPECT_EQ(r.raw[http::field::access_control_max_age], "600");
+  r = Request(http::verb::options, "/tokenize", "", {{"Origin", "https://app.example"}});
+  EXPECT_EQ(r.status, 204);
+  EXPECT_EQ(r.raw[http::field::access_control_allow_headers], "Authorization, Content-Type");
+  r = Request(http::verb::options, "/v1/models", "", {{"Origin", "https://evil.example"}});
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.raw.count(http::field::access_control_allow_origin), 0u);
+  EXPECT_NE(r.body.find("https://evil.example"), std::string::npos);
+
+  // Generation responses, streamed too, carry the headers; 405s list OPTIONS.
+  r = Request(http::verb::post, "/v1/completions", R"({"prompt":"a","stream":true})",
+              {{"Origin", "https://app.example"}, auth});
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.content_type, "text/event-stream");
+  EXPECT_EQ(r.raw[http::field::access_control_allow_origin], "https://app.example");
+  r = Request(http::verb::get, "/v1/completions", "", {{"Origin", "https://app.example"}, auth});
+  EXPECT_EQ(r.status, 405);
+  EXPECT_EQ(r.raw[http::field::allow], "POST, OPTIONS");
+  EXPECT_EQ(engine_.requests().size(), 1u);
+}
+
+TEST_F(HttpServerTest, CorsWithAnyOrigin) {
+  HttpServerOptions o;
+  o.allowed_origins = {"*"};
+  StartServer(o);
+  Reply r = Get("/health", {{"Origin", "https://anything.example"}});
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.raw[http::field::access_control_allow_origin], "*");
+  r = Get("/health");  // no Origin: no CORS answer
+  EXPECT_EQ(r.raw.count(http::field::access_control_allow_origin), 0u);
+  r = Request(http::verb::options, "/nowhere", "", {{"Origin", "null"}});
+  EXPECT_EQ(r.status, 204);
+  EXPECT_EQ(r.raw[http::field::access_control_allow_origin], "*");
+}
+
+TEST_F(HttpServerTest, TokenizeAPrompt) {
+  StartServer();
+  Reply r = Post("/tokenize", R"({"model":"deepseek-v3","prompt":"Hello world"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.content_type, "application/json");
+  json::value v = json::parse(r.body);
+  const std::vector<int32_t> want = V3().Encode("Hello world", true);
+  ASSERT_EQ(v.at("tokens").as_array().size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(I(v.at("tokens").at(i)), want[i]);
+  EXPECT_EQ(want.front(), *V3().bos_id());
+  EXPECT_EQ(I(v.at("count")), static_cast<int64_t>(want.size()));
+  EXPECT_EQ(I(v.at("max_model_len")), 4096);
+  EXPECT_FALSE(v.as_object().contains("token_strs"));
+
+  v = json::parse(Post("/tokenize", R"({"prompt":"Hello world","add_special_tokens":false,
+                                        "return_token_strs":true})").body);
+  const std::vector<int32_t> plain = V3().Encode("Hello world", false);
+  ASSERT_EQ(I(v.at("count")), static_cast<int64_t>(plain.size()));
+  ASSERT_EQ(v.at("token_strs").as_array().size(), plain.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    EXPECT_EQ(I(v.at("tokens").at(i)), plain[i]);
+    EXPECT_EQ(v.at("token_strs").at(i).as_string(), V3().IdToToken(plain[i]));
+  }
+  EXPECT_EQ(v.at("token_strs").at(1).as_string(), "Ġworld");
+  EXPECT_TRUE(engine_.requests().empty());  // the engine is not involved
+}
+
+TEST_F(HttpServerTest, TokenizeAChat) {
+  StartServer();
+  const std::string messages = R"("messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi!"}])";
+  auto tokens = [&](const std::string& body) {
+    Reply r = Post("/tokenize", body);
+    EXPECT_EQ(r.status, 200) << body << ": " << r.body;
+    std::vector<int32_t> out;
+    if (r.status != 200) return out;
+    json::value v = json::parse(r.body);
+    for (const json::value& t : v.at("tokens").as_array()) out.push_back(static_cast<int32_t>(I(t)));
+    EXPECT_EQ(I(v.at("count")), static_cast<int64_t>(out.size()));
+    return out;
+  };
+  // What /v1/chat/completions sends to the engine.
+  ASSERT_EQ(Post("/v1/chat/completions", "{" + messages + "}").status, 200);
+  const std::vector<int32_t> chat_prompt = engine_.requests().at(0).prompt;
+  EXPECT_EQ(tokens("{" + messages + "}"), chat_prompt);
+  EXPECT_EQ(tokens("{" + messages + R"(,"add_generation_prompt":true})"), chat_prompt);
+  EXPECT_EQ(V3().Decode(chat_prompt, false), "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi!<｜Assistant｜>");
+  // Without the generation prompt: the same, less "<｜Assistant｜>".
+  std::vector<int32_t> no_gen = tokens("{" + messages + R"(,"add_generation_prompt":false})");
+  EXPECT_EQ(no_gen, std::vector<int32_t>(chat_prompt.begin(), chat_prompt.end() - 1));
+  EXPECT_EQ(tokens("{" + messages + R"(,"chat_template_kwargs":{"add_generation_prompt":false}})"), no_gen);
+  // add_special_tokens: BOS on top of the template's own.
+  std::vector<int32_t> special = tokens("{" + messages + R"(,"add_special_tokens":true})");
+  ASSERT_EQ(special.size(), chat_prompt.size() + 1);
+  EXPECT_EQ(special[0], *V3().bos_id());
+  EXPECT_EQ(std::vector<int32_t>(special.begin() + 1, special.end()), chat_prompt);
+  // continue_final_message: the last (assistant) message is left open.
+  const std::string prefill = R"("messages":[{"role":"user","content":"Hi!"},
+                                             {"role":"assistant","content":"The answer is "}])";
+  std::vector<int32_t> cont = tokens("{" + prefill + R"(,"continue_final_message":true})");
+  EXPECT_EQ(V3().Decode(cont, false), "<｜begin▁of▁sentence｜><｜User｜>Hi!<｜Assistant｜>The answer is");
+  EXPECT_EQ(V3().Decode(tokens("{" + prefill + R"(,"add_generation_prompt":false})"), false),
+            "<｜begin▁of▁sentence｜><｜User｜>Hi!<｜Assistant｜>The answer is <｜end▁of▁sentence｜>");
+  Reply r = Post("/tokenize", "{" + prefill + R"(,"continue_final_message":true,"add_generation_prompt":true})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(ErrorParam(r), "continue_final_message");
+  // token_strs of a chat.
+  json::value v = json::parse(Post("/tokenize", "{" + messages + R"(,"return_token_strs":true})").body);
+  EXPECT_EQ(v.at("token_strs").as_array().back().as_string(), "<｜Assistant｜>");
+}
+
+TEST_F(HttpServerTest, TokenizeErrorsNameTheField) {
+  StartServer();
+  struct Case {
+    std::string body;
+    int status;
+    std::string param;
+  } cases[] = {
+      {R"({"prompt":5})", 400, "prompt"},
+      {R"({"prompt":["a"]})", 400, "prompt"},
+      {R"({})", 400, "prompt"},
+      {R"({"prompt":"a","messages":[{"role":"user","content":"x"}]})", 400, "prompt"},
+      {R"({"prompt":"a","add_special_tokens":"yes"})", 400, "add_special_tokens"},
+      {R"({"prompt":"a","return_token_strs":1})", 400, "return_token_strs"},
+      {R"({"prompt":"a","model":"gpt-4"})", 404, "model"},
+      {R"({"prompt":"a","model":7})", 400, "model"},
+      {R"({"messages":[]})", 400, "messages"},
+      {R"({"messages":[{"role":"wizard","content":"x"}]})", 400, "messages"},
+      {R"({"messages":[{"role":"user","content":"x"}],"add_generation_prompt":"no"})", 400, "add_generation_prompt"},
+      {R"({"messages":[{"role":"user","content":"x"}],"chat_template":"{{ messages }}"})", 400, "chat_template"},
+      {R"({"messages":[{"role":"user","content":"x"}],"model":"gpt-4"})", 404, "model"},
+      {R"(["prompt"])", 400, ""},
+      {R"({"prompt":)", 400, ""},
+  };
+  for (const Case& c : cases) {
+    Reply r = Post("/tokenize", c.body);
+    EXPECT_EQ(r.status, c.status) << c.body << ": " << r.body;
+    EXPECT_EQ(ErrorParam(r), c.param) << c.body << ": " << r.body;
+  }
+  EXPECT_EQ(json::parse(Post("/tokenize", R"({"prompt":"a","model":"gpt-4"})").body).at("error").at("code"),
+            "model_not_found");
+  Reply r = Get("/tokenize");
+  EXPECT_EQ(r.status, 405);
+  EXPECT_EQ(r.raw[http::field::allow], "POST");
+  EXPECT_EQ(Get("/detokenize").status, 405);
+}
+
+TEST_F(HttpServerTest, Detokenize) {
+  StartServer();
+  const std::vector<int32_t> ids = V3().Encode("Hello world", true);
+  json::array a;
+  for (int32_t id : ids) a.push_back(id);
+  Reply r = Post("/detokenize", json::serialize(json::object{{"model", kModel}, {"tokens", a}}));
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.content_type, "application/json");
+  json::value v = json::parse(r.body);
+  EXPECT_EQ(v.as_object().size(), 1u);
+  EXPECT_EQ(v.at("prompt").as_string(), "<｜begin▁of▁sentence｜>Hello world");  // special tokens kept, as vLLM
+  EXPECT_EQ(json::parse(Post("/detokenize", R"({"tokens":[]})").body).at("prompt"), "");
+
+  struct Case {
+    std::string body;
+    int status;
+    std::string param;
+    std::string needle;
+  } cases[] = {
+      {R"({})", 400, "tokens", "`tokens`"},
+      {R"({"tokens":"Hello"})", 400, "tokens", "`tokens`"},
+      {R"({"tokens":[1,"a"]})", 400, "tokens", "`tokens[1]`"},
+      {R"({"tokens":[1,2.5]})", 400, "tokens", "`tokens[1]`"},
+      {R"({"tokens":[-1]})", 400, "tokens", "`tokens[0]` = -1"},
+      {R"({"tokens":[0,999999999]})", 400, "tokens", "`tokens[1]` = 999999999"},
+      {R"({"tokens":[0],"model":"gpt-4"})", 404, "model", "gpt-4"},
+  };
+  for (const Case& c : cases) {
+    r = Post("/detokenize", c.body);
+    EXPECT_EQ(r.status, c.status) << c.body << ": " << r.body;
+    EXPECT_EQ(ErrorParam(r), c.param) << c.body;
+    EXPECT_NE(r.body.find(c.needle), std::string::npos) << c.body << ": " << r.body;
+  }
+  // Counted by endpoint, like the others.
+  ASSERT_EQ(Post("/tokenize", R"({"prompt":"a"})").status, 200);
+  r = Get("/metrics");
+  EXPECT_NE(r.body.find("deepshard_http_requests_total{endpoint=\"/detokenize\",status=\"200\"} 2\n"),
+            std::string::npos)
+      << r.body;
+  EXPECT_NE(r.body.find("deepshard_http_requests_total{endpoint=\"/detokenize\",status=\"400\"} 6\n"),
+            std::string::npos);
+  EXPECT_NE(r.body.find("deepshard_http_requests_total{endpoint=\"/tokenize\",status=\"200\"} 1\n"),
+            std::string::npos);
+}
+
+TEST_F(HttpServerTest, TokenizerEndpointsNeedATokenizer) {
+  StartServer({}, /*tokenizer=*/nullptr);
+  for (const char* path : {"/tokenize", "/detokenize"}) {
+    Reply r = Post(path, R"({"prompt":"a","tokens":[1]})");
+    EXPECT_EQ(r.status, 404) << path;
+    json::value v = json::parse(r.body);
+    EXPECT_EQ(v.at("error").at("code"), "not_found");
+    EXPECT_NE(std::string(v.at("error").at("message").as_string()).find("no tokenizer"), std::string::npos);
+  }
 }
 
 }  // namespace
