@@ -306,6 +306,26 @@ def api_extras_checks(srv, prompts, ref):
     check(len(content) == 5 and all(len(x.top_logprobs) == 3 and x.top_logprobs[0].logprob >= x.logprob - 1e-6
                                     for x in content),
           "openai chat logprobs + top_logprobs=3")
+    st = client.chat.completions.create(model=ARGS.name, messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+                                        temperature=0, logprobs=True, top_logprobs=3, stream=True,
+                                        extra_body={"ignore_eos": True})
+    streamed = []
+    for ch in st:
+        if ch.choices and ch.choices[0].logprobs and ch.choices[0].logprobs.content:
+            streamed += ch.choices[0].logprobs.content
+    check([(x.token, x.logprob, [t.logprob for t in x.top_logprobs]) for x in streamed]
+          == [(x.token, x.logprob, [t.logprob for t in x.top_logprobs]) for x in content],
+          "openai chat logprobs streamed equal the non-streamed ones")
+    es = client.completions.create(model=ARGS.name, prompt=prompts[2], max_tokens=3, echo=True, logprobs=1,
+                                   temperature=0, stream=True, extra_body={"ignore_eos": True})
+    es_lp, es_text = [], ""
+    for ch in es:
+        for x in ch.choices:
+            es_text += x.text
+            if x.logprobs:
+                es_lp += x.logprobs.token_logprobs
+    check(es_lp == e2.choices[0].logprobs.token_logprobs and es_text == e2.choices[0].text,
+          "openai echo + logprobs streamed equal the non-streamed ones")
     # logit_bias +100 makes greedy pick that token; min_tokens holds off a stop_token_id.
     c = client.completions.create(model=ARGS.name, prompt=prompts[1], max_tokens=5, temperature=0,
                                   logit_bias={"42": 100}, extra_body=ids)
