@@ -6,7 +6,8 @@
 # request sent to both back to back; replies must be identical.
 #   tools/bench_prefix_cache.sh [layout ...]     layout = PPxEP, default "1x1 1x2"
 # Environment: CONVERSATIONS (8), TURNS (4), REPS (2), SYSTEM_WORDS (880, ~1,000 tokens),
-# USER_WORDS (30), MAX_TOKENS (16), LAYERS (4), MODEL (made here if absent).
+# USER_WORDS (30), MAX_TOKENS (16), LAYERS (4), MODEL (made here if absent), THREADS
+# (`serve --threads`; default: the node's cores shared among its ranks).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/build/launcher/deepshard"
@@ -30,7 +31,7 @@ fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 CPU="$(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-echo "# $(date -u '+%F %H:%M UTC') $(uname -n): $CPU, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u '+%F %H:%M UTC') $(uname -n): $CPU, $(nproc --all) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# model $(basename "$MODEL") (tiny-v3 widths, $LAYERS layers, bf16, vocab 129280), block size 64"
 
 PIDS=(); LOGS=()
@@ -45,6 +46,7 @@ for LAYOUT in "${LAYOUTS[@]}"; do
     PORT=$(free_port); LOG=$(mktemp); LOGS+=("$LOG")
     # shellcheck disable=SC2086
     "${LAUNCH[@]}" serve --model "$MODEL" --pp "$PP" --ep "$EP" --port "$PORT" --kv-cache-memory 64MiB $FLAG \
+      ${THREADS:+--threads "$THREADS"} \
       >"$LOG" 2>&1 &
     PIDS+=($!); SERVERS+=("$!:$LOG"); URLS+=("http://127.0.0.1:$PORT")
   done
@@ -53,7 +55,7 @@ for LAYOUT in "${LAYOUTS[@]}"; do
     curl -sf "$U/health" >/dev/null || { cat "${LOGS[@]}"; echo "server at $U did not come up" >&2; exit 1; }
   done
   echo
-  echo "## pp $PP x ep $EP ($NP rank$([ "$NP" -gt 1 ] && echo s)): cache = default, no-cache = --no-prefix-cache"
+  echo "## pp $PP x ep $EP ($NP rank$([ "$NP" -gt 1 ] && echo s), threads ${THREADS:-auto}): cache = default, no-cache = --no-prefix-cache"
   T0=$(date +%s)
   RC=0
   python3 "$ROOT/tools/prefix_chat.py" --url "${URLS[0]}" --label cache --url "${URLS[1]}" --label no-cache \
