@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +13,19 @@
 namespace deepshard {
 namespace json = boost::json;
 namespace {
+
+// Supported limits on config.json sizes (ParseModelConfig rejects larger
+// values naming the key). Real DeepSeek checkpoints are far below them
+// (V3: vocab 129280, hidden 7168, 61 layers, 128 heads, 256 experts); they keep
+// every size computed from the config (weight shapes, KV widths, workspaces)
+// well inside int64.
+constexpr int64_t kMaxConfigVocab = int64_t{1} << 24;      // token ids are int32
+constexpr int64_t kMaxConfigDim = int64_t{1} << 20;        // hidden, intermediate, ranks, head dims
+constexpr int64_t kMaxConfigHeads = int64_t{1} << 14;
+constexpr int64_t kMaxConfigLayers = int64_t{1} << 16;
+constexpr int64_t kMaxConfigPositions = int64_t{1} << 24;
+constexpr int64_t kMaxConfigExperts = 1024;                // routed, shared, groups
+
 
 // Reads typed fields from one JSON object and names the file and key in errors.
 class Fields {
@@ -100,13 +114,41 @@ absl::Status RequirePositive(const Fields& f, const std::string& key, int64_t v)
   return absl::OkStatus();
 }
 
+// v in [lo, hi]; `hi` is a supported limit (named in the error).
+absl::Status RequireRange(const Fields& f, const std::string& key, int64_t v, int64_t lo, int64_t hi) {
+  if (v < lo) return f.Error(key, lo == 1 ? absl::StrCat("must be positive, got ", v)
+                                          : absl::StrCat("must be >= ", lo, ", got ", v));
+  if (v > hi) return f.Error(key, absl::StrCat("(", v, ") exceeds the supported ", hi));
+  return absl::OkStatus();
+}
+
+// A finite number in (0, hi].
+absl::Status RequireFinitePositive(const Fields& f, const std::string& key, double v,
+                                   double hi = std::numeric_limits<double>::max()) {
+  if (!std::isfinite(v)) return f.Error(key, absl::StrCat("must be finite, got ", v));
+  if (!(v > 0)) return f.Error(key, absl::StrCat("must be positive, got ", v));
+  if (v > hi) return f.Error(key, absl::StrCat("(", v, ") exceeds ", hi));
+  return absl::OkStatus();
+}
+
+// An explicit token id must be inside [0, vocab_size); -1 means absent.
+absl::Status RequireTokenInVocab(const Fields& f, const std::string& key, int64_t id, int64_t vocab) {
+  if (id == -1 && (!f.Has(key) || f.IsNull(key))) return absl::OkStatus();
+  if (id < 0 || id >= vocab) {
+    return f.Error(key, absl::StrCat("(", id, ") is outside the vocabulary [0, vocab_size (", vocab, "))"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int64_t> TokenId(const Fields& f, const std::string& key) {
   const json::value* v = f.Find(key);
   if (v == nullptr || v->is_null()) return -1;
   if (v->is_array()) {  // some configs list several eos ids; the first is the primary one
     const auto& a = v->as_array();
     if (a.empty()) return -1;
-    if (!a[0].is_int64()) return f.Error(key, "must be an integer or a list of integers");
+    for (const json::value& e : a) {
+      if (!e.is_int64()) return f.Error(key, "must be an integer or a list of integers");
+    }
     return a[0].as_int64();
   }
   return f.Int(key);
@@ -135,10 +177,14 @@ absl::Status ParseRopeScaling(const Fields& top, ModelConfig& c) {
   ASSIGN_OR_RETURN(y.mscale_all_dim, f.Number("mscale_all_dim", 0.0));
   ASSIGN_OR_RETURN(y.original_max_position_embeddings,
                    f.Int("original_max_position_embeddings", 4096));
-  if (!(y.factor > 0)) return f.Error("factor", "must be positive");
+  RETURN_IF_ERROR(RequireFinitePositive(f, "factor", y.factor));
   if (!(y.beta_fast > 0) || !(y.beta_slow > 0)) return f.Error("beta_fast", "and beta_slow must be positive");
-  RETURN_IF_ERROR(RequirePositive(f, "original_max_position_embeddings",
-                                  y.original_max_position_embeddings));
+  RETURN_IF_ERROR(RequireFinitePositive(f, "beta_fast", y.beta_fast));
+  RETURN_IF_ERROR(RequireFinitePositive(f, "beta_slow", y.beta_slow));
+  if (!std::isfinite(y.mscale)) return f.Error("mscale", "must be finite");
+  if (!std::isfinite(y.mscale_all_dim)) return f.Error("mscale_all_dim", "must be finite");
+  RETURN_IF_ERROR(RequireRange(f, "original_max_position_embeddings", y.original_max_position_embeddings, 1,
+                               kMaxConfigPositions));
   c.yarn = y;
   return absl::OkStatus();
 }
@@ -167,6 +213,9 @@ absl::Status ParseQuantization(const Fields& top, ModelConfig& c) {
   q.block_rows = b->as_array()[0].as_int64();
   q.block_cols = b->as_array()[1].as_int64();
   if (q.block_rows <= 0 || q.block_cols <= 0) return f.Error("weight_block_size", "must be positive");
+  if (q.block_rows > kMaxConfigDim || q.block_cols > kMaxConfigDim) {
+    return f.Error("weight_block_size", absl::StrCat("exceeds the supported ", kMaxConfigDim));
+  }
   if (q.block_rows != q.block_cols) {
     return f.Error("weight_block_size", "must be square (DeepSeek uses [128, 128])");
   }
@@ -225,14 +274,26 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
   ASSIGN_OR_RETURN(c.tie_word_embeddings, f.Bool("tie_word_embeddings", false));
   ASSIGN_OR_RETURN(c.bos_token_id, TokenId(f, "bos_token_id"));
   ASSIGN_OR_RETURN(c.eos_token_id, TokenId(f, "eos_token_id"));
-  for (auto key : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                   "num_attention_heads", "num_key_value_heads", "max_position_embeddings"}) {
-    ASSIGN_OR_RETURN(int64_t v, f.Int(key));
-    RETURN_IF_ERROR(RequirePositive(f, key, v));
+  // Upper bounds keep every size computed from these (weight shapes, KV
+  // widths, workspaces) far from int64 overflow; real checkpoints are orders
+  // of magnitude below them (docs/reliability.md, "Limits and validation").
+  RETURN_IF_ERROR(RequireRange(f, "vocab_size", c.vocab_size, 1, kMaxConfigVocab));
+  RETURN_IF_ERROR(RequireRange(f, "hidden_size", c.hidden_size, 1, kMaxConfigDim));
+  RETURN_IF_ERROR(RequireRange(f, "intermediate_size", c.intermediate_size, 1, kMaxConfigDim));
+  RETURN_IF_ERROR(RequireRange(f, "num_hidden_layers", c.num_hidden_layers, 1, kMaxConfigLayers));
+  RETURN_IF_ERROR(RequireRange(f, "num_attention_heads", c.num_attention_heads, 1, kMaxConfigHeads));
+  RETURN_IF_ERROR(RequireRange(f, "num_key_value_heads", c.num_key_value_heads, 1, kMaxConfigHeads));
+  RETURN_IF_ERROR(RequireRange(f, "max_position_embeddings", c.max_position_embeddings, 1, kMaxConfigPositions));
+  RETURN_IF_ERROR(RequireRange(f, "num_nextn_predict_layers", c.num_nextn_predict_layers, 0, kMaxConfigLayers));
+  RETURN_IF_ERROR(RequireFinitePositive(f, "rms_norm_eps", c.rms_norm_eps, 1.0));
+  RETURN_IF_ERROR(RequireFinitePositive(f, "rope_theta", c.rope_theta));
+  RETURN_IF_ERROR(RequireTokenInVocab(f, "bos_token_id", c.bos_token_id, c.vocab_size));
+  RETURN_IF_ERROR(RequireTokenInVocab(f, "eos_token_id", c.eos_token_id, c.vocab_size));
+  if (const json::value* e = f.Find("eos_token_id"); e != nullptr && e->is_array()) {
+    for (const json::value& id : e->as_array()) {
+      RETURN_IF_ERROR(RequireTokenInVocab(f, "eos_token_id", id.as_int64(), c.vocab_size));
+    }
   }
-  if (c.num_nextn_predict_layers < 0) return f.Error("num_nextn_predict_layers", "must be >= 0");
-  if (!(c.rms_norm_eps > 0)) return f.Error("rms_norm_eps", "must be positive");
-  if (!(c.rope_theta > 0)) return f.Error("rope_theta", "must be positive");
 
   ASSIGN_OR_RETURN(std::string act, f.String("hidden_act", std::string("silu")));
   if (act != "silu") return f.Error("hidden_act", absl::StrCat("is \"", act, "\"; only \"silu\" is supported"));
@@ -244,7 +305,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
       c.q_lora_rank = 0;  // V2-Lite: plain q_proj
     } else {
       ASSIGN_OR_RETURN(c.q_lora_rank, f.Int("q_lora_rank"));
-      RETURN_IF_ERROR(RequirePositive(f, "q_lora_rank", c.q_lora_rank));
+      RETURN_IF_ERROR(RequireRange(f, "q_lora_rank", c.q_lora_rank, 1, kMaxConfigDim));
     }
     ASSIGN_OR_RETURN(c.kv_lora_rank, f.Int("kv_lora_rank"));
     ASSIGN_OR_RETURN(c.qk_nope_head_dim, f.Int("qk_nope_head_dim"));
@@ -252,7 +313,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
     ASSIGN_OR_RETURN(c.v_head_dim, f.Int("v_head_dim"));
     for (auto key : {"kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"}) {
       ASSIGN_OR_RETURN(int64_t v, f.Int(key));
-      RETURN_IF_ERROR(RequirePositive(f, key, v));
+      RETURN_IF_ERROR(RequireRange(f, key, v, 1, kMaxConfigDim));
     }
     if (c.qk_rope_head_dim % 2 != 0) return f.Error("qk_rope_head_dim", "must be even");
   } else {
@@ -273,7 +334,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
   ASSIGN_OR_RETURN(c.n_routed_experts, f.Int("n_routed_experts", 0));
   if (c.n_routed_experts > 0) {
     ASSIGN_OR_RETURN(c.moe_intermediate_size, f.Int("moe_intermediate_size"));
-    RETURN_IF_ERROR(RequirePositive(f, "moe_intermediate_size", c.moe_intermediate_size));
+    RETURN_IF_ERROR(RequireRange(f, "moe_intermediate_size", c.moe_intermediate_size, 1, kMaxConfigDim));
     ASSIGN_OR_RETURN(c.num_experts_per_tok, f.Int("num_experts_per_tok"));
     RETURN_IF_ERROR(RequirePositive(f, "num_experts_per_tok", c.num_experts_per_tok));
     if (c.num_experts_per_tok > c.n_routed_experts) {
@@ -284,14 +345,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
     return f.Error("n_routed_experts", "must be >= 0");
   }
   ASSIGN_OR_RETURN(c.n_shared_experts, f.Int("n_shared_experts", 0));
-  if (c.n_shared_experts < 0) return f.Error("n_shared_experts", "must be >= 0");
+  RETURN_IF_ERROR(RequireRange(f, "n_shared_experts", c.n_shared_experts, 0, kMaxConfigExperts));
   ASSIGN_OR_RETURN(c.first_k_dense_replace, f.Int("first_k_dense_replace", 0));
   if (c.first_k_dense_replace < 0 || c.first_k_dense_replace > c.num_hidden_layers) {
     return f.Error("first_k_dense_replace", absl::StrCat("(", c.first_k_dense_replace,
                                                          ") must be in [0, num_hidden_layers]"));
   }
   ASSIGN_OR_RETURN(c.moe_layer_freq, f.Int("moe_layer_freq", 1));
-  RETURN_IF_ERROR(RequirePositive(f, "moe_layer_freq", c.moe_layer_freq));
+  RETURN_IF_ERROR(RequireRange(f, "moe_layer_freq", c.moe_layer_freq, 1, kMaxConfigLayers));
 
   ASSIGN_OR_RETURN(std::string topk, f.String("topk_method", std::string(v3 ? "noaux_tc" : "greedy")));
   if (topk == "greedy") {
@@ -316,16 +377,21 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
   ASSIGN_OR_RETURN(c.topk_group, f.Int("topk_group", v3 ? 4 : 1));
   ASSIGN_OR_RETURN(c.norm_topk_prob, f.Bool("norm_topk_prob", v3));
   ASSIGN_OR_RETURN(c.routed_scaling_factor, f.Number("routed_scaling_factor", v3 ? 2.5 : 1.0));
-  if (!(c.routed_scaling_factor > 0)) return f.Error("routed_scaling_factor", "must be positive");
+  RETURN_IF_ERROR(RequireFinitePositive(f, "routed_scaling_factor", c.routed_scaling_factor));
+  if (c.n_routed_experts > kMaxConfigExperts) {
+    return f.Error("n_routed_experts", absl::StrCat("exceeds the supported ", kMaxConfigExperts));
+  }
+  // The group counts are checked whatever the routing (greedy ignores them,
+  // but a negative count is a broken config, not a harmless one).
+  RETURN_IF_ERROR(RequireRange(f, "n_group", c.n_group, 1, kMaxConfigExperts));
+  RETURN_IF_ERROR(RequirePositive(f, "topk_group", c.topk_group));
+  if (c.topk_group > c.n_group) {
+    return f.Error("topk_group", absl::StrCat("(", c.topk_group, ") exceeds n_group (", c.n_group, ")"));
+  }
   if (c.n_routed_experts > 0 && c.topk_method != TopkMethod::kGreedy) {
-    RETURN_IF_ERROR(RequirePositive(f, "n_group", c.n_group));
-    RETURN_IF_ERROR(RequirePositive(f, "topk_group", c.topk_group));
     if (c.n_routed_experts % c.n_group != 0) {
       return f.Error("n_group", absl::StrCat("(", c.n_group, ") must divide n_routed_experts (",
                                              c.n_routed_experts, ")"));
-    }
-    if (c.topk_group > c.n_group) {
-      return f.Error("topk_group", absl::StrCat("(", c.topk_group, ") exceeds n_group (", c.n_group, ")"));
     }
     const int64_t per_group = c.n_routed_experts / c.n_group;
     if (c.num_experts_per_tok > c.topk_group * per_group) {
@@ -342,7 +408,6 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text, const
   if (c.torch_dtype != "bfloat16" && c.torch_dtype != "float16" && c.torch_dtype != "float32") {
     return f.Error("torch_dtype", absl::StrCat("is \"", c.torch_dtype, "\"; expected bfloat16, float16 or float32"));
   }
-  if (c.n_routed_experts > 1024) return f.Error("n_routed_experts", "exceeds the supported 1024");
   if (c.family == ModelFamily::kDeepseekMoE && f.Find("rope_scaling") && !f.IsNull("rope_scaling")) {
     return f.Error("rope_scaling", "is not supported for model_type \"deepseek\" (DeepSeekMoE 16B ships none)");
   }

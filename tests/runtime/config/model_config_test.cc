@@ -396,6 +396,73 @@ TEST(ModelConfigErrors, Contradictory) {
                        {kSource, Key("attention_bias")}));
 }
 
+// Issue 16: every field against its meaning and the others, whatever the routing.
+TEST(ModelConfigErrors, GroupCountsUnderGreedyRouting) {
+  // DeepSeekMoE 16B and V2-Lite route greedily; n_group / topk_group are still checked.
+  for (const char* base : {"deepseek-moe-16b", "deepseek-v2-lite"}) {
+    SCOPED_TRACE(base);
+    EXPECT_TRUE(Mentions(ParseEdited(base, [](json::object& o) { o["n_group"] = -3; }),
+                         {kSource, Key("n_group"), "must be positive"}));
+    EXPECT_TRUE(Mentions(ParseEdited(base, [](json::object& o) { o["n_group"] = 0; }), {kSource, Key("n_group")}));
+    EXPECT_TRUE(Mentions(ParseEdited(base, [](json::object& o) { o["topk_group"] = -1; }),
+                         {kSource, Key("topk_group"), "must be positive"}));
+    EXPECT_TRUE(Mentions(ParseEdited(base, [](json::object& o) { o["n_group"] = 1; o["topk_group"] = 2; }),
+                         {kSource, Key("topk_group"), "exceeds n_group"}));
+  }
+}
+
+TEST(ModelConfigErrors, TokenIdsInsideTheVocabulary) {
+  EXPECT_TRUE(Mentions(ParseEdited("deepseek-v3", [](json::object& o) { o["bos_token_id"] = 129280; }),
+                       {kSource, Key("bos_token_id"), "vocab_size (129280)"}));
+  EXPECT_TRUE(Mentions(ParseEdited("deepseek-v3", [](json::object& o) { o["eos_token_id"] = -2; }),
+                       {kSource, Key("eos_token_id")}));
+  EXPECT_TRUE(Mentions(ParseEdited("deepseek-v3", [](json::object& o) { o["eos_token_id"] = json::array{1, 999999}; }),
+                       {kSource, Key("eos_token_id"), "vocab_size"}));
+  EXPECT_TRUE(ParseEdited("deepseek-v3", [](json::object& o) { o["eos_token_id"] = json::array{1, 2}; }).ok());
+  EXPECT_TRUE(ParseEdited("deepseek-v3", [](json::object& o) { o["bos_token_id"] = nullptr; }).ok());
+}
+
+TEST(ModelConfigErrors, NonFiniteNumbers) {
+  // JSON has no Inf; an exponent past the double range parses as one.
+  std::string text = ReadConfigText("deepseek-v3");
+  for (const char* key : {"rms_norm_eps", "rope_theta", "routed_scaling_factor"}) {
+    SCOPED_TRACE(key);
+    json::value v = json::parse(text);
+    v.as_object()[key] = 123454321;
+    std::string t = json::serialize(v);
+    const size_t at = t.find("123454321");
+    ASSERT_NE(at, std::string::npos);
+    t.replace(at, 9, "1e999");
+    EXPECT_TRUE(Mentions(ParseModelConfig(t, kSource).status(), {kSource, Key(key), "finite"}));
+  }
+  EXPECT_TRUE(Mentions(ParseEdited("deepseek-v3", [](json::object& o) { o["rms_norm_eps"] = 2.0; }),
+                       {kSource, Key("rms_norm_eps")}));
+}
+
+TEST(ModelConfigErrors, HugeSizesAreRejectedNamingTheKey) {
+  const int64_t huge = INT64_MAX - 7;
+  for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                          "max_position_embeddings", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+                          "v_head_dim", "moe_intermediate_size", "q_lora_rank", "n_shared_experts",
+                          "num_nextn_predict_layers", "moe_layer_freq"}) {
+    for (int64_t bad : {huge, int64_t{1} << 40}) {
+      SCOPED_TRACE(std::string(key) + " = " + std::to_string(bad));
+      EXPECT_TRUE(Mentions(ParseEdited("deepseek-v3", [&](json::object& o) { o[key] = bad; }),
+                           {kSource, Key(key), "exceeds"}));
+    }
+  }
+  EXPECT_TRUE(Mentions(ParseEdited("deepseek-v3", [](json::object& o) { o["num_hidden_layers"] = 1000000000; }),
+                       {kSource, Key("num_hidden_layers"), "exceeds"}));
+  EXPECT_TRUE(Mentions(ParseEdited("deepseek-moe-16b", [](json::object& o) { o["hidden_size"] = int64_t{1} << 40; o["num_attention_heads"] = 1024; }),
+                       {kSource, Key("hidden_size"), "exceeds"}));
+  EXPECT_TRUE(Mentions(
+      ParseEdited("deepseek-v3", [](json::object& o) { o["quantization_config"].as_object()["weight_block_size"] = json::array{huge, huge}; }),
+      {kSource, Key("weight_block_size"), "exceeds"}));
+  EXPECT_TRUE(Mentions(
+      ParseEdited("deepseek-v3", [&](json::object& o) { o["rope_scaling"].as_object()["original_max_position_embeddings"] = huge; }),
+      {kSource, Key("original_max_position_embeddings"), "exceeds"}));
+}
+
 TEST(ModelConfigErrors, UnknownEnumValues) {
   EXPECT_TRUE(Mentions(ParseEdited("deepseek-v3", [](json::object& o) { o["model_type"] = "llama"; }),
                        {kSource, Key("model_type"), "\"llama\""}));
