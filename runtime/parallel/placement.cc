@@ -13,6 +13,8 @@
 namespace deepshard {
 namespace {
 
+constexpr int64_t kMaxPlanRanks = 65536;
+
 // Bytes of one stored Linear weight [rows, cols] (with FP8 block scales).
 double LinearBytes(const ModelConfig& c, int64_t rows, int64_t cols, bool quantizable = true) {
   if (c.fp8 && quantizable) {
@@ -68,7 +70,10 @@ double HeadBytes(const ModelConfig& c) {
 double EmbeddingBytes(const ModelConfig& c) { return LinearBytes(c, c.vocab_size, c.hidden_size, false); }
 
 // Contiguous split of L layers into pp stages minimising the largest stage
-// cost (the pipeline's bottleneck); dynamic programming over split points.
+// cost (the pipeline's bottleneck). Small grids: dynamic programming over
+// split points (O(pp L^2), exact, the lowest cut on ties). Large ones (e.g.
+// 2e5 layers): bisection on the bottleneck with a linear greedy feasibility
+// check, O(L) per step, so planning stays bounded whatever the config.
 std::vector<int64_t> BalancedSplit(const ModelConfig& c, int pp) {
   const int64_t L = c.num_hidden_layers;
   std::vector<double> prefix(L + 1, 0);
@@ -77,6 +82,40 @@ std::vector<int64_t> BalancedSplit(const ModelConfig& c, int pp) {
   auto stage_cost = [&](int s, int64_t a, int64_t b) {
     return prefix[b] - prefix[a] + (s == 0 ? embed_row : 0) + (s == pp - 1 ? head : 0);
   };
+  if (pp == 1) return {L};
+  constexpr double kDpBudget = 64.0 * 1024 * 1024;  // inner DP steps
+  if (static_cast<double>(pp) * static_cast<double>(L) * static_cast<double>(L) / 2 > kDpBudget) {
+    // Greedy for a bottleneck B: the last stage starts as early as B allows
+    // (but leaves a layer for each earlier stage); the others take as many
+    // layers as B allows (but leave one for each later stage).
+    auto fits = [&](double B, std::vector<int64_t>* counts) {
+      int64_t a = L - 1;
+      if (stage_cost(pp - 1, a, L) > B) return false;
+      while (a > pp - 1 && stage_cost(pp - 1, a - 1, L) <= B) --a;
+      int64_t start = 0;
+      for (int s = 0; s < pp - 1; ++s) {
+        const int64_t max_end = a - (pp - 2 - s);
+        int64_t end = start + 1;
+        if (stage_cost(s, start, end) > B) return false;
+        while (end < max_end && stage_cost(s, start, end + 1) <= B) ++end;
+        if (counts) (*counts)[s] = end - start;
+        start = end;
+      }
+      if (start != a) return false;
+      if (counts) (*counts)[pp - 1] = L - a;
+      return true;
+    };
+    double lo = 0, hi = prefix[L] + embed_row + head;  // one stage holding everything bounds any split
+    for (int it = 0; it < 200 && hi - lo > 1e-9 * hi; ++it) {
+      const double mid = lo + (hi - lo) / 2;
+      (fits(mid, nullptr) ? hi : lo) = mid;
+    }
+    std::vector<int64_t> counts(pp);
+    if (fits(hi, &counts)) return counts;
+    std::fill(counts.begin(), counts.end(), L / pp);  // not reached: hi is feasible
+    counts[pp - 1] += L % pp;
+    return counts;
+  }
   constexpr double kInf = std::numeric_limits<double>::infinity();
   // best[s][e]: minimal bottleneck for stages 0..s covering layers [0, e).
   std::vector<std::vector<double>> best(pp, std::vector<double>(L + 1, kInf));
@@ -131,6 +170,10 @@ absl::StatusOr<std::vector<int>> ParseExpertMap(const std::string& s) {
 absl::StatusOr<PlacementPlan> MakePlacementPlan(const ModelConfig& c, const PlacementOptions& o) {
   if (o.pp < 1 || o.pp > 4096) return absl::InvalidArgumentError(absl::StrCat("--pp must be in [1, 4096], got ", o.pp));
   if (o.ep < 1 || o.ep > 4096) return absl::InvalidArgumentError(absl::StrCat("--ep must be in [1, 4096], got ", o.ep));
+  if (static_cast<int64_t>(o.pp) * o.ep > kMaxPlanRanks) {
+    return absl::InvalidArgumentError(absl::StrCat("--pp ", o.pp, " x --ep ", o.ep, " exceeds the supported ",
+                                                   kMaxPlanRanks, " ranks"));
+  }
   const int world = o.pp * o.ep;
   if (o.nodes < 1 || world % o.nodes != 0) {
     return absl::InvalidArgumentError(absl::StrCat("--nodes ", o.nodes, " must divide the ", world, " ranks (pp ",

@@ -2,6 +2,7 @@
 // memory accounting, and errors that name the flag.
 #include "runtime/parallel/placement.h"
 
+#include <chrono>
 #include <numeric>
 
 #include "gtest/gtest.h"
@@ -102,6 +103,38 @@ TEST(Placement, OverridesAndErrorsNameTheFlag) {
   err(bad, "gives rank 1 no experts");
   bad.expert_owner.assign(63, 0);
   err(bad, "--expert-map lists 63");
+}
+
+// Issue 16: the split search is bounded in the layers (2e5 layers and --pp 2
+// took minutes in the O(pp L^2) search), and absurd grids are errors.
+TEST(Placement, ManyLayersSplitQuicklyAndBalanced) {
+  ModelConfig c = Real("deepseek-v3");
+  c.num_hidden_layers = 200000;
+  for (int pp : {2, 7, 4096}) {
+    SCOPED_TRACE(pp);
+    PlacementOptions o;
+    o.pp = pp;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto p = MakePlacementPlan(c, o);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_LT(s, 5.0);
+    ASSERT_EQ(p->stages.size(), static_cast<size_t>(pp));
+    EXPECT_EQ(p->stages.back().layer_end, 200000);
+    double total = 0, worst = 0;
+    for (size_t i = 0; i < p->stages.size(); ++i) {
+      EXPECT_GT(p->stages[i].layer_end, p->stages[i].layer_begin);
+      if (i > 0) EXPECT_EQ(p->stages[i].layer_begin, p->stages[i - 1].layer_end);
+      total += p->stages[i].cost, worst = std::max(worst, p->stages[i].cost);
+    }
+    // Within a few layers of the ideal (the head stage holds fewer).
+    EXPECT_LT(worst, total / pp + 4 * total / 200000 + 2e9);  // + the lm head (1.9 GB)
+  }
+  PlacementOptions big;
+  big.pp = 4096, big.ep = 256;
+  auto p = MakePlacementPlan(c, big);
+  EXPECT_FALSE(p.ok());
+  EXPECT_NE(std::string(p.status().message()).find("ranks"), std::string::npos) << p.status();
 }
 
 }  // namespace
