@@ -1,6 +1,8 @@
 // The deepshard executable: dispatches to a subcommand.
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -28,12 +30,23 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
-  if (cmd == "make-model") return deepshard::RunMakeModel(args);
-  if (cmd == "generate") return deepshard::RunGenerate(args);
-  if (cmd == "plan") return deepshard::RunPlan(args);
-  if (cmd == "tokenize") return deepshard::RunTokenize(args);
-  if (cmd == "serve") return deepshard::RunServe(args);
-  if (cmd == "chat") return deepshard::RunChat(args);
+  // Last resort: sizes are checked before allocating, but no exception may
+  // reach std::terminate (an abort with a core dump and no message).
+  try {
+    if (cmd == "make-model") return deepshard::RunMakeModel(args);
+    if (cmd == "generate") return deepshard::RunGenerate(args);
+    if (cmd == "plan") return deepshard::RunPlan(args);
+    if (cmd == "tokenize") return deepshard::RunTokenize(args);
+    if (cmd == "serve") return deepshard::RunServe(args);
+    if (cmd == "chat") return deepshard::RunChat(args);
+  } catch (const std::bad_alloc& e) {
+    std::fprintf(stderr, "deepshard %s: error: out of memory (%s); a size from the config or the flags is too "
+                 "large for this machine\n", cmd.c_str(), e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "deepshard %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
   std::fprintf(stderr, "deepshard: unknown command \"%s\"\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

@@ -1,5 +1,7 @@
 #include "serve/stage_runner.h"
 
+#include <cmath>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -141,6 +143,22 @@ absl::StatusOr<std::vector<ChunkResult>> StageRunner::Run(const WirePlan& plan) 
       logits_.resize(std::max<int64_t>(1, static_cast<int64_t>(which.size()) * V));
     }
     RETURN_IF_ERROR(model_.Head(rows, logits_.data()));
+    // Non-finite logits (NaN/Inf from the weights or an overflow in the
+    // forward pass) would sample garbage: fail the step naming the sequence.
+    for (size_t j = 0; j < which.size(); ++j) {
+      const float* row = logits_.data() + j * V;
+      bool bad = false;
+      for (int64_t v = 0; v < V; ++v) bad |= !std::isfinite(row[v]);
+      if (bad) {
+        const PlanChunk& ch = mine[which[j]];
+        int64_t v = 0;
+        while (std::isfinite(row[v])) ++v;
+        return absl::InternalError(absl::StrCat("step ", steps_, ": non-finite logits (", row[v], " for token ", v,
+                                                ") for sequence ", ch.seq_id, " at position ",
+                                                ch.start_pos + ch.n_tokens() - 1,
+                                                "; the weights or the forward pass produced NaN/Inf"));
+      }
+    }
     results.reserve(mine.size());
     for (const PlanChunk& ch : mine) results.push_back({ch.seq_id, ch.n_tokens(), -1, false, {}, {}, {}});
     const int32_t eos = static_cast<int32_t>(model_.config().eos_token_id);

@@ -11,6 +11,7 @@
 #include <new>
 #include <vector>
 
+#include "base/checked_math.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/backend.h"
@@ -56,6 +57,7 @@ class CpuBackend final : public Backend {
   MemoryKind memory_kind() const override { return MemoryKind::kHost; }
   absl::StatusOr<Buffer> Allocate(int64_t bytes, std::string_view what) override {
     if (bytes < 0) return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": negative size ", bytes));
+    if (absl::Status st = CheckFitsInMemory(bytes, absl::StrCat("allocating ", std::string(what))); !st.ok()) return st;
     const int64_t rounded = (std::max<int64_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
     void* p = std::aligned_alloc(kAlign, static_cast<size_t>(rounded));
     if (p == nullptr) {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "base/checked_math.h"
 #include "base/status_macros.h"
 
 namespace deepshard {
@@ -67,9 +68,10 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(Backend& back
     return absl::InvalidArgumentError(absl::StrCat("KV cache dtype ", DTypeName(dtype), " is not f32 or bf16"));
   }
   auto pool = std::unique_ptr<PagedKvCache>(new PagedKvCache(backend, config, n_layers, block_size, n_blocks, dtype));
-  ASSIGN_OR_RETURN(pool->pool_, backend.Allocate(BytesPerBlock(config, n_layers, block_size, dtype) * n_blocks,
-                                                 absl::StrCat("the KV pool (", n_blocks, " blocks of ", block_size,
-                                                              " tokens)")));
+  const std::string what = absl::StrCat("the KV pool (", n_blocks, " blocks of ", block_size, " tokens)");
+  ASSIGN_OR_RETURN(const int64_t bytes, CheckedMul({n_layers, block_size, config.kv_cache_width(),
+                                                    static_cast<int64_t>(DTypeSize(dtype)), n_blocks}, what));
+  ASSIGN_OR_RETURN(pool->pool_, backend.Allocate(bytes, what));
   return pool;
 }
 
@@ -77,7 +79,9 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::FromBudget(Backend& 
                                                                        int64_t n_layers, int64_t block_size,
                                                                        int64_t budget_bytes, DType dtype) {
   if (block_size <= 0) return absl::InvalidArgumentError(absl::StrCat("KV block size ", block_size, " must be > 0"));
-  const int64_t per_block = BytesPerBlock(config, n_layers, block_size, dtype);
+  ASSIGN_OR_RETURN(const int64_t per_block,
+                   CheckedMul({n_layers, block_size, config.kv_cache_width(), static_cast<int64_t>(DTypeSize(dtype))},
+                              absl::StrCat("a KV block of ", block_size, " tokens")));
   const int64_t n_blocks = per_block > 0 ? budget_bytes / per_block : 0;
   if (n_blocks < 1) {
     return absl::InvalidArgumentError(absl::StrCat("--kv-cache-memory ", budget_bytes, " bytes holds no KV block (",

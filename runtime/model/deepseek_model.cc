@@ -1,10 +1,13 @@
 #include "runtime/model/deepseek_model.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/checked_math.h"
 #include "base/status_macros.h"
 #include "runtime/model/mla_attention.h"
 #include "runtime/model/moe.h"
@@ -30,7 +33,9 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::st
   m->rt_ = rt;
   ASSIGN_OR_RETURN(m->ckpt_, Checkpoint::Open(dir));
   ASSIGN_OR_RETURN(m->weights_, LoadModelWeights(m->config_, *m->ckpt_, spec));
-  if (rt.prefault) m->ckpt_->Prefault();
+  // NaN/Inf weights would only show as garbage text: one scan of every tensor
+  // this rank holds (it faults every page in too, so it replaces Prefault).
+  RETURN_IF_ERROR(m->ckpt_->CheckFinite());
   const ModelConfig& c = m->config_;
   m->max_context_ = rt.max_context > 0 ? rt.max_context : std::min<int64_t>(c.max_position_embeddings, 16384);
   if (m->max_context_ > c.max_position_embeddings) {
@@ -38,6 +43,16 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::st
                                                    "max_position_embeddings (", c.max_position_embeddings, ")"));
   }
   const int64_t rope_dim = c.is_mla() ? c.qk_rope_head_dim : c.head_dim;
+  {
+    // The RoPE tables (host and backend copies, cos and sin) and the attention
+    // scratch grow with the context: check them before allocating.
+    const std::string what = absl::StrCat("the RoPE tables and attention scratch for --max-context ", m->max_context_);
+    ASSIGN_OR_RETURN(const int64_t rope_bytes, CheckedMul({m->max_context_, rope_dim, 2 * 4}, what));
+    ASSIGN_OR_RETURN(const int64_t scratch_bytes,
+                     CheckedMul({m->max_context_, std::max(1, omp_get_max_threads()), 4}, what));
+    ASSIGN_OR_RETURN(const int64_t total, CheckedAdd(rope_bytes, scratch_bytes, what));
+    RETURN_IF_ERROR(CheckFitsInMemory(total, what));
+  }
   m->rope_ = BuildRopeTable(rope_dim, c.rope_theta, c.yarn, m->max_context_);
   m->router_ = MakeRouterParams(c);
   RETURN_IF_ERROR(m->UploadWeights());

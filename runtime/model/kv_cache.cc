@@ -4,6 +4,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "base/checked_math.h"
+#include "base/status_macros.h"
 
 namespace deepshard {
 
@@ -15,14 +17,16 @@ absl::StatusOr<DType> ParseKvCacheDType(std::string_view text) {
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Contiguous(Backend& backend, const ModelConfig& config,
                                                              int64_t n_layers, int64_t capacity, DType dtype) {
+  const std::string what = absl::StrCat("a KV cache of ", capacity, " tokens");
+  ASSIGN_OR_RETURN(const int64_t stride, CheckedMul({capacity, config.kv_cache_width()}, what));
+  ASSIGN_OR_RETURN(const int64_t bytes, CheckedMul({n_layers, stride, static_cast<int64_t>(DTypeSize(dtype))}, what));
   auto c = std::unique_ptr<KvCache>(new KvCache());
   c->dtype_ = dtype;
   c->width_ = config.kv_cache_width();
   c->block_size_ = std::max<int64_t>(capacity, 1);
-  c->layer_stride_ = capacity * c->width_;
+  c->layer_stride_ = stride;
   c->n_layers_ = n_layers;
-  auto buf = backend.Allocate(n_layers * capacity * c->width_ * DTypeSize(dtype),
-                              absl::StrCat("a KV cache of ", capacity, " tokens"));
+  auto buf = backend.Allocate(bytes, what);
   if (!buf.ok()) return buf.status();
   c->owned_ = *std::move(buf);
   c->base_ = c->owned_.data();

@@ -290,7 +290,7 @@ absl::StatusOr<TensorRef> Checkpoint::Get(const std::string& name, const std::ve
   if (!counted_[name]) {
     counted_[name] = true;
     bytes_requested_ += ref.bytes;
-    requested_.emplace_back(static_cast<const uint8_t*>(ref.data), ref.bytes);
+    requested_.push_back({static_cast<const uint8_t*>(ref.data), ref.bytes, ref.dtype, name, ref.file});
   }
   return ref;
 }
@@ -298,11 +298,70 @@ absl::StatusOr<TensorRef> Checkpoint::Get(const std::string& name, const std::ve
 void Checkpoint::Prefault() const {
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   volatile uint8_t sink = 0;
-  for (const auto& [ptr, bytes] : requested_) {
+  for (const auto& [ptr, bytes, dtype, name, file] : requested_) {
     for (uint64_t off = 0; off < bytes; off += page) sink = sink + ptr[off];
     if (bytes > 0) sink = sink + ptr[bytes - 1];
   }
   (void)sink;
+}
+
+namespace {
+
+// Index of the first non-finite element of n elements of `dtype` at `p`, or -1
+// (integer dtypes: always -1). Non-finite = all exponent bits set (F32, BF16,
+// F16); E4M3 has no infinity, its NaN is S.1111.111.
+template <typename U, U kMask, U kExp>
+int64_t FirstNonFiniteBits(const U* v, int64_t n) {
+  constexpr int64_t kChunk = 4096;
+  for (int64_t a = 0; a < n; a += kChunk) {
+    const int64_t e = std::min(n, a + kChunk);
+    bool bad = false;
+#pragma omp simd reduction(|| : bad)
+    for (int64_t i = a; i < e; ++i) bad = bad || (static_cast<U>(v[i] & kMask) == kExp);
+    if (bad) {
+      for (int64_t i = a; i < e; ++i) {
+        if (static_cast<U>(v[i] & kMask) == kExp) return i;
+      }
+    }
+  }
+  return -1;
+}
+
+int64_t FirstNonFinite(DType dtype, const void* p, int64_t n) {
+  switch (dtype) {
+    case DType::kF32:
+      return FirstNonFiniteBits<uint32_t, 0x7F800000u, 0x7F800000u>(static_cast<const uint32_t*>(p), n);
+    case DType::kBF16:
+      return FirstNonFiniteBits<uint16_t, 0x7F80, 0x7F80>(static_cast<const uint16_t*>(p), n);
+    case DType::kF16:
+      return FirstNonFiniteBits<uint16_t, 0x7C00, 0x7C00>(static_cast<const uint16_t*>(p), n);
+    case DType::kF8E4M3:
+      return FirstNonFiniteBits<uint8_t, 0x7F, 0x7F>(static_cast<const uint8_t*>(p), n);
+    default:
+      return -1;
+  }
+}
+
+}  // namespace
+
+absl::Status Checkpoint::CheckFinite() const {
+  // Tensors in parallel; each is scanned whole (so the error names the first
+  // bad element of the first bad tensor in load order).
+  const int64_t n = static_cast<int64_t>(requested_.size());
+  std::vector<int64_t> bad(n, -1);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < n; ++t) {
+    const Requested& r = requested_[t];
+    const int64_t size = DTypeSize(r.dtype);
+    if (size > 0) bad[t] = FirstNonFinite(r.dtype, r.data, static_cast<int64_t>(r.bytes) / size);
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    if (bad[t] < 0) continue;
+    const Requested& r = requested_[t];
+    return TensorErr(r.file, r.name, absl::StrCat("holds a non-finite value (NaN or Inf) at element ", bad[t],
+                                                  " (", DTypeName(r.dtype), ")"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<WeightView> Checkpoint::GetWeight(const std::string& name, int64_t rows, int64_t cols,

@@ -93,6 +93,10 @@ class Checkpoint {
   // forward steps do not pay page faults (and a rank fails at load, not mid-run,
   // if its memory is short). Tensors never requested are never touched.
   void Prefault() const;
+  // Fails naming the first tensor handed out so far (file and name) that
+  // holds a NaN or an infinity. One pass over the bytes (parallel, vectorised
+  // bit tests), which also faults every page in as Prefault does.
+  absl::Status CheckFinite() const;
 
   // Byte accounting: bytes of tensor data handed out by Get (each tensor once).
   uint64_t bytes_requested() const { return bytes_requested_; }
@@ -106,7 +110,13 @@ class Checkpoint {
   std::map<std::string, std::string> weight_map_;           // tensor -> file name
   std::map<std::string, std::unique_ptr<SafetensorsFile>> files_;  // file name -> opened file
   std::map<std::string, bool> counted_;
-  std::vector<std::pair<const uint8_t*, uint64_t>> requested_;  // data ranges handed out
+  struct Requested {
+    const uint8_t* data;
+    uint64_t bytes;
+    DType dtype;
+    std::string name, file;
+  };
+  std::vector<Requested> requested_;  // data ranges handed out
   uint64_t bytes_requested_ = 0;
 };
 

@@ -3,8 +3,10 @@
 #include <sys/wait.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -173,6 +175,64 @@ TEST(Cli, BadInputIsAClearError) {
     EXPECT_EQ(r.code, c.code) << c.args << "\n" << r.out;
     EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
   }
+}
+
+// Issue 16: absurd sizes in config.json or the flags are quick, clear errors
+// (exit 1 naming the key), never std::terminate, minutes of work or garbage.
+std::string EditedModel(const std::string& name, const std::string& key, const std::string& value) {
+  const std::string dir = ::testing::TempDir() + "/deepshard_cli_" + name + "_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(ModelDir(), dir);
+  std::ifstream in(dir + "/config.json");
+  std::string cfg((std::istreambuf_iterator<char>(in)), {});
+  in.close();
+  const size_t at = cfg.find("\"" + key + "\": ");
+  EXPECT_NE(at, std::string::npos) << key;
+  const size_t v = at + key.size() + 4, end = cfg.find_first_of(",\n}", v);
+  cfg.replace(v, end - v, value);
+  std::ofstream(dir + "/config.json") << cfg;
+  return dir;
+}
+
+TEST(Cli, AbsurdSizesAreQuickClearErrors) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Result layers = RunCli("plan --model " + EditedModel("layers", "num_hidden_layers", "1000000000") + " --pp 2");
+  EXPECT_EQ(layers.code, 1) << layers.out;
+  EXPECT_NE(layers.out.find("\"num_hidden_layers\" (1000000000) exceeds"), std::string::npos) << layers.out;
+  Result pos = RunCli("generate --model " + EditedModel("pos", "max_position_embeddings", "1000000000") +
+                      " --prompt-ids 1 --max-context 100000000");
+  EXPECT_EQ(pos.code, 1) << pos.out;
+  EXPECT_NE(pos.out.find("max_position_embeddings"), std::string::npos) << pos.out;
+  Result group = RunCli("generate --model " + EditedModel("group", "n_group", "-3") + " --prompt-ids 1");
+  EXPECT_EQ(group.code, 1) << group.out;
+  EXPECT_NE(group.out.find("\"n_group\" must be positive"), std::string::npos) << group.out;
+  // 65536 layers (the supported bound) and --pp 2: planned in well under a second.
+  Result many = RunCli("plan --model " + EditedModel("many", "num_hidden_layers", "65536") + " --pp 2");
+  EXPECT_EQ(many.code, 0) << many.out.substr(0, 2000);
+  for (const Result* r : {&layers, &pos, &group, &many}) {
+    EXPECT_EQ(r->out.find("terminate"), std::string::npos) << r->out;
+  }
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 20.0);
+}
+
+// A NaN in the weights: the load fails naming the tensor (exit 1), no garbage text.
+TEST(Cli, NonFiniteWeightsAreAnError) {
+  const std::string dir = ::testing::TempDir() + "/deepshard_cli_nan_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(ModelDir(), dir);
+  std::fstream f(dir + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+  uint64_t len = 0;
+  f.read(reinterpret_cast<char*>(&len), 8);
+  std::string header(len, ' ');
+  f.read(header.data(), len);
+  // The first tensor's data starts right after the header; every tensor is bf16 or f32 here.
+  const uint16_t nan[2] = {0x7FC0, 0x7FC0};
+  f.seekp(8 + len);
+  f.write(reinterpret_cast<const char*>(nan), 4);
+  f.close();
+  Result r = RunCli("generate --model " + dir + " --prompt-ids 1,2 --max-new-tokens 2");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("non-finite"), std::string::npos) << r.out;
 }
 
 // `serve` without mpirun: flags accepted, the single rank logs its pid like the

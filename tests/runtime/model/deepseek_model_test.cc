@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <numeric>
 
+#include "boost/json.hpp"
 #include "gtest/gtest.h"
 #include "runtime/weights/safetensors.h"
 #include "tests/runtime/model/test_models.h"
@@ -207,6 +209,61 @@ TEST(DeepseekModel, BadInputsAreErrorsNotCrashes) {
   const std::vector<int32_t> long_prompt(9, 3);
   ch = SequenceChunk{cache.get(), 0, long_prompt.data(), 9};
   EXPECT_EQ(m->Forward({&ch, 1}, false, logits.data()).code(), absl::StatusCode::kOutOfRange);
+}
+
+// Issue 16: a NaN or Inf in any weight fails the load naming the tensor.
+void PokeTensor(const std::string& file, const std::string& tensor, const void* bytes, size_t n) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  uint64_t len = 0;
+  f.read(reinterpret_cast<char*>(&len), 8);
+  std::string header(len, ' ');
+  f.read(header.data(), len);
+  const boost::json::value root = boost::json::parse(header);
+  const auto& info = root.as_object().at(tensor).as_object();
+  const int64_t begin = info.at("data_offsets").as_array()[0].as_int64();
+  f.seekp(8 + len + begin + 8);  // the third element (an f32 or two bf16 values in)
+  f.write(static_cast<const char*>(bytes), n);
+}
+
+TEST(DeepseekModel, NonFiniteWeightsFailTheLoadNamingTheTensor) {
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF8E4M3}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    const std::string src = TinyModel("tiny-v2-lite", dtype);
+    const std::string dir = ::testing::TempDir() + "/deepshard_nan_" + std::to_string(::getpid());
+    std::filesystem::remove_all(dir);
+    std::filesystem::copy(src, dir);
+    const std::string tensor = dtype == DType::kF8E4M3 ? "model.layers.0.self_attn.o_proj.weight" : "model.norm.weight";
+    if (dtype == DType::kF32) {
+      const float inf = INFINITY;
+      PokeTensor(dir + "/model.safetensors", tensor, &inf, 4);
+    } else if (dtype == DType::kBF16) {
+      const uint16_t nan = 0x7FC0;
+      PokeTensor(dir + "/model.safetensors", tensor, &nan, 2);
+    } else {
+      const uint8_t nan = 0xFF;
+      PokeTensor(dir + "/model.safetensors", tensor, &nan, 1);
+    }
+    auto m = DeepseekModel::Load(dir, RuntimeConfig{});
+    ASSERT_FALSE(m.ok());
+    const std::string msg(m.status().message());
+    EXPECT_NE(msg.find(tensor), std::string::npos) << msg;
+    EXPECT_NE(msg.find("non-finite"), std::string::npos) << msg;
+    std::filesystem::remove_all(dir);
+  }
+}
+
+// Issue 16: sizes computed from huge values are checked, never overflowed.
+TEST(DeepseekModel, HugeKvCacheSizesAreErrorsNotOverflow) {
+  auto m = Load(TinyModel("tiny-v3"));
+  for (int64_t capacity : {INT64_MAX / 16, int64_t{1} << 50}) {
+    SCOPED_TRACE(capacity);
+    auto c = KvCache::Contiguous(m->backend(), m->config(), 61, capacity, DType::kF32);
+    ASSERT_FALSE(c.ok());
+    EXPECT_NE(std::string(c.status().message()).find("KV cache"), std::string::npos) << c.status();
+  }
+  auto over = KvCache::Contiguous(m->backend(), m->config(), int64_t{1} << 40, int64_t{1} << 40, DType::kF32);
+  ASSERT_FALSE(over.ok());
+  EXPECT_NE(std::string(over.status().message()).find("overflows"), std::string::npos) << over.status();
 }
 
 }  // namespace
