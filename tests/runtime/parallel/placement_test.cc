@@ -124,7 +124,9 @@ TEST(Placement, ManyLayersSplitQuicklyAndBalanced) {
     double total = 0, worst = 0;
     for (size_t i = 0; i < p->stages.size(); ++i) {
       EXPECT_GT(p->stages[i].layer_end, p->stages[i].layer_begin);
-      if (i > 0) EXPECT_EQ(p->stages[i].layer_begin, p->stages[i - 1].layer_end);
+      if (i > 0) {
+        EXPECT_EQ(p->stages[i].layer_begin, p->stages[i - 1].layer_end);
+      }
       total += p->stages[i].cost, worst = std::max(worst, p->stages[i].cost);
     }
     // Within a few layers of the ideal (the head stage holds fewer).
