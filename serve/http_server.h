@@ -80,6 +80,9 @@ struct HttpServerOptions {
   size_t max_header_bytes = 16 << 10;   // larger request headers get 431
   size_t max_queued_bytes = 16 << 20;   // a stream whose client stops reading is cancelled past this
   int threads = 2;                      // io_context threads
+  // Connections open at once; past it a new connection is answered 503 and
+  // closed (0: no cap but the descriptor limit, where the same happens).
+  int max_connections = 0;
   std::string model_name = "deepseek";  // the id in /v1/models; requests may name it
   int64_t max_model_len = 0;            // 0: Engine::max_context()
   // Chat output parsers (docs/serving.md): DeepSeek tool calls, for requests
