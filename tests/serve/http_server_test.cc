@@ -983,6 +983,31 @@ TEST_F(HttpServerTest, HalfClosedClientGetsItsResponse) {
   EXPECT_TRUE(engine_.cancelled().empty());
 }
 
+TEST_F(HttpServerTest, MaxConnectionsAnswers503Beyond) {
+  HttpServerOptions o;
+  o.max_connections = 2;
+  StartServer(o);
+  beast::tcp_stream a = Connect();
+  beast::tcp_stream b = Connect();
+  EXPECT_EQ(RoundTrip(a, http::verb::get, "/health", "").status, 200);
+  EXPECT_EQ(RoundTrip(b, http::verb::get, "/health", "").status, 200);
+  const int fd = RawConnect(server_->port());
+  const std::string got = ReadAll(fd, std::chrono::seconds(1));
+  ::close(fd);
+  EXPECT_EQ(got.rfind("HTTP/1.1 503", 0), 0u) << got;
+  EXPECT_NE(got.find("\"code\":\"overloaded\""), std::string::npos) << got;
+  EXPECT_EQ(metrics_.Value("deepshard_http_connections_refused_total", {{"reason", "max_connections"}}), 1);
+  a.close();
+  // Once a connection is gone, a new one is served.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  int status = 0;
+  while (status != 200 && std::chrono::steady_clock::now() < deadline) {
+    status = Request(http::verb::get, "/health").status;
+    if (status != 200) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(status, 200);
+}
+
 // Out of descriptors: no busy accept loop, waiting clients get a 503, the
 // failures are counted, and the server serves again once descriptors free up.
 TEST_F(HttpServerTest, OutOfDescriptorsBacksOffAndAnswers503) {
