@@ -12,7 +12,9 @@
 // /health with 503, and end the job with a non-zero exit after
 // --failure-linger seconds; a worker that loses rank 0 exits at once.
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "boost/asio/ip/address.hpp"
 #include "base/status_macros.h"
 #include "launcher/commands.h"
 #include "launcher/flags.h"
@@ -34,9 +37,10 @@ namespace deepshard {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: deepshard serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]\n"
+    "usage: deepshard serve --model DIR [--host 127.0.0.1] [--port 8000]\n"
+    "         [--api-key KEY | --api-key-file PATH] [--max-connections N]\n"
     "         [--served-model-name NAME] [--max-waiting 256] [--max-body-bytes 1048576] [--drain-timeout 30]\n"
-    "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST]\n"
+    "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST] [--control-bind ADDR]\n"
     "         [--tool-call-parser deepseek_v3|none] [--reasoning-parser deepseek_r1|none]\n"
     "         [--allowed-origins ORIGIN,... | '*']\n";
 constexpr char kUsageNotes[] =
@@ -56,6 +60,15 @@ constexpr char kUsageNotes[] =
     "                     layouts) into `tool_calls` (default deepseek_v3; none: leave them as text)\n"
     "  --reasoning-parser deepseek_r1: text inside <think>...</think> goes to `reasoning_content`\n"
     "                     (default none)\n"
+    "  --api-key-file     read the API key from a file (first line; keeps it out of `ps`); the\n"
+    "                     environment variable DEEPSHARD_API_KEY is used when neither is given.\n"
+    "                     Without a key on a non-loopback --host, a warning is logged\n"
+    "  --max-connections  open HTTP connections at once; beyond, new ones get 503 (default 0: only\n"
+    "                     the descriptor limit, where the same happens)\n"
+    "  --control-bind     the address rank 0's control plane listens on (default 0.0.0.0 on several\n"
+    "                     nodes, 127.0.0.1 on one); --control-host is the address the other ranks\n"
+    "                     dial (default: --control-bind when it names one address, else rank 0's\n"
+    "                     hostname)\n"
     "  --allowed-origins  CORS for browsers: origins allowed to call the API, comma-separated\n"
     "                     (https://app.example.com,http://localhost:3000), or '*' for any.\n"
     "                     Off by default (no CORS headers; OPTIONS gets 405)\n"
@@ -106,6 +119,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
                                 WithModelRunFlags({"model", "host", "port", "api-key", "served-model-name",
                                                    "max-waiting", "max-body-bytes", "drain-timeout",
                                                    "heartbeat-timeout", "failure-linger", "control-host",
+                                                   "control-bind", "api-key-file", "max-connections",
                                                    "tool-call-parser", "reasoning-parser", "allowed-origins"}),
                                 WithModelRunBoolFlags({"help"})));
   *help = flags.Bool("help");
@@ -118,6 +132,25 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   o.http.port = static_cast<int>(port);
   o.http.api_key = flags.String("api-key", "");
   if (flags.Has("api-key") && o.http.api_key.empty()) return absl::InvalidArgumentError("--api-key is empty");
+  if (flags.Has("api-key-file")) {
+    if (flags.Has("api-key")) return absl::InvalidArgumentError("give only one of --api-key and --api-key-file");
+    const std::string path = flags.String("api-key-file", "");
+    std::ifstream in(path);
+    std::string key;
+    if (!in || !std::getline(in, key)) {
+      return absl::InvalidArgumentError(absl::StrCat("--api-key-file: cannot read \"", path, "\""));
+    }
+    key = std::string(absl::StripAsciiWhitespace(key));
+    if (key.empty()) return absl::InvalidArgumentError(absl::StrCat("--api-key-file: \"", path, "\" has no key on its first line"));
+    o.http.api_key = key;
+  } else if (!flags.Has("api-key")) {
+    if (const char* env = std::getenv("DEEPSHARD_API_KEY"); env != nullptr && *env != '\0') o.http.api_key = env;
+  }
+  ASSIGN_OR_RETURN(int64_t max_connections, flags.Int("max-connections", 0));
+  if (max_connections < 0 || max_connections > (1 << 24)) {
+    return absl::InvalidArgumentError(absl::StrCat("--max-connections must be in [0, 16777216], got ", max_connections));
+  }
+  o.http.max_connections = static_cast<int>(max_connections);
   if (flags.Has("allowed-origins")) {
     ASSIGN_OR_RETURN(o.http.allowed_origins, ParseAllowedOrigins(flags.String("allowed-origins", "")));
   }
@@ -145,6 +178,9 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   ASSIGN_OR_RETURN(j.heartbeat_timeout, flags.Double("heartbeat-timeout", 3));
   ASSIGN_OR_RETURN(j.failure_linger, flags.Double("failure-linger", 2));
   j.control_host = flags.String("control-host", "");
+  j.control_bind = flags.String("control-bind", "");
+  if (flags.Has("control-bind") && j.control_bind.empty()) return absl::InvalidArgumentError("--control-bind is empty");
+  if (flags.Has("control-host") && j.control_host.empty()) return absl::InvalidArgumentError("--control-host is empty");
   if (j.max_waiting < 1) return absl::InvalidArgumentError("--max-waiting must be >= 1");
   if (body < 1) return absl::InvalidArgumentError("--max-body-bytes must be >= 1");
   o.http.max_body_bytes = static_cast<size_t>(body);
@@ -165,6 +201,13 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
 
 void Log(const std::string& m) { serve::Log("serve", m); }
 
+bool IsLoopback(const std::string& host) {
+  if (host == "localhost") return true;
+  boost::system::error_code ec;
+  const auto a = boost::asio::ip::make_address(host, ec);
+  return !ec && a.is_loopback();
+}
+
 // Rank 0's tokenizer (token-id prompts still work without one).
 std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& dir) {
   auto tok = Tokenizer::FromDirectory(dir);
@@ -179,6 +222,10 @@ int Serve(const Options& o, RankShare& share, serve::StopSignals& signals) {
   auto job = serve::Job::Start(JobResources(share, "serve"), o.job, &code);
   if (!job) return code;
   if (!job->is_root()) return job->RunWorker(&signals);
+  if (o.http.api_key.empty() && !IsLoopback(o.http.host)) {
+    Log(absl::StrCat("warning: listening on ", o.http.host, " (not loopback) without an API key: anyone who can reach "
+                     "it can use the model; set --api-key-file or DEEPSHARD_API_KEY"));
+  }
   auto tokenizer = LoadTokenizer(o.model_dir);
   return serve::RunServer(*job, o.http, tokenizer.get(), signals);
 }

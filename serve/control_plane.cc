@@ -46,6 +46,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "serve/rate_limited_log.h"
 #include "serve/wire.h"
 
 namespace deepshard::serve {
@@ -474,6 +475,7 @@ class ControlServer::Impl {
       if (stopping_ || rank < 1 || rank >= world_size_) return;
       peer = by_rank_[rank];
     }
+    if (type == FrameType::kShutdown) shutdown_sent_ = true;
     if (peer) peer->Enqueue(type, std::move(payload));
   }
 
@@ -486,6 +488,7 @@ class ControlServer::Impl {
         if (p) peers.push_back(p);
       }
     }
+    if (type == FrameType::kShutdown) shutdown_sent_ = true;
     for (const auto& p : peers) p->Enqueue(type, payload);
   }
 
@@ -551,7 +554,9 @@ class ControlServer::Impl {
       if (stopping_ || ec == asio::error::operation_aborted) return;
       if (ec) {
         // E.g. EMFILE: back off instead of spinning on the same error.
-        Log(0, "accept failed: " + ec.message());
+        accept_log_.Print(absl::StrCat("deepshard control (rank 0): accept failed: ", ec.message(),
+                                       "; retrying in 50 ms"),
+                          "accept failures");
         accept_retry_.expires_after(std::chrono::milliseconds(50));
         accept_retry_.async_wait([this](error_code ec) {
           if (!ec && !stopping_) Accept();
@@ -590,6 +595,16 @@ class ControlServer::Impl {
 
   void Sweep() {
     const Clock::time_point now = Clock::now();
+    // This thread did not run for longer than a heartbeat timeout (the process
+    // was stopped, or starved): the workers' silence is ours, not theirs. Give
+    // them a round to be heard before timing anyone out, and remember it.
+    const Clock::duration gap = now - last_sweep_;
+    last_sweep_ = now;
+    if (gap > Seconds(opts_.heartbeat_timeout_s)) {
+      stalled_for_ = gap;
+      stalled_at_ = now;
+    }
+    const bool own_stall = gap > Seconds(opts_.heartbeat_timeout_s) / 2;
     const std::vector<std::shared_ptr<ServerPeer>> snapshot(peers_.begin(), peers_.end());
     for (const auto& p : snapshot) {
       if (p->closed()) continue;
@@ -600,7 +615,7 @@ class ControlServer::Impl {
         continue;
       }
       const Clock::duration silent = now - p->last_rx();
-      if (silent > Seconds(opts_.heartbeat_timeout_s) && !p->HasUnreadInput()) {
+      if (!own_stall && silent > Seconds(opts_.heartbeat_timeout_s) && !p->HasUnreadInput()) {
         Lose(p, absl::StrFormat("heartbeat timeout: no frame for %.2f s (limit %.2f s)", ToSeconds(silent),
                                 opts_.heartbeat_timeout_s));
         continue;
@@ -617,11 +632,29 @@ class ControlServer::Impl {
     p->Close();
     peers_.erase(p);
     ++rejected_;
-    Log(0, absl::StrCat("rejected connection from ", p->peer(), ": ", why));
+    reject_log_.Print(absl::StrCat("deepshard control (rank 0): rejected connection from ", p->peer(), ": ", why),
+                      "rejected connections");
   }
 
   // An authenticated rank's connection.
-  void Lose(const std::shared_ptr<ServerPeer>& p, const std::string& why) {
+  void Lose(const std::shared_ptr<ServerPeer>& p, const std::string& cause) {
+    std::string why = cause;
+    const bool after_shutdown = shutdown_sent_;
+    if (after_shutdown) {
+      why = absl::StrCat("left after the shutdown (", cause, ")");
+    } else {
+      // Rank 0 itself was stopped (SIGSTOP, a debugger) or starved: the worker
+      // most likely timed out on rank 0 and left. Say so, rather than blame it.
+      const Clock::time_point now = Clock::now();
+      Clock::duration stall = now - last_sweep_;
+      if (now - stalled_at_ < 2 * Seconds(opts_.heartbeat_timeout_s)) stall = std::max(stall, stalled_for_);
+      if (stall > Seconds(opts_.heartbeat_timeout_s)) {
+        why = absl::StrFormat(
+            "%s, after rank 0 itself did not run for %.2f s (it was stopped or stalled; the heartbeat timeout is "
+            "%.2f s): rank %d most likely gave up on rank 0",
+            cause, ToSeconds(stall), opts_.heartbeat_timeout_s, p->rank);
+      }
+    }
     p->Close();
     peers_.erase(p);
     const int r = p->rank;
@@ -634,7 +667,11 @@ class ControlServer::Impl {
     }
     cv_.notify_all();
     if (stopping_) return;
-    Log(0, absl::StrCat("lost rank ", r, " (", p->peer(), "): ", why));
+    if (after_shutdown) {
+      Log(0, absl::StrCat("rank ", r, " (", p->peer(), ") ", why));
+    } else {
+      Log(0, absl::StrCat("lost rank ", r, " (", p->peer(), "): ", why));
+    }
     if (handler && *handler) (*handler)(r, why);
   }
 
@@ -701,6 +738,13 @@ class ControlServer::Impl {
   std::shared_ptr<const FrameHandler> on_frame_;
   std::shared_ptr<const LostHandler> on_rank_lost_;
   std::atomic<int64_t> rejected_{0};
+  std::atomic<bool> shutdown_sent_{false};  // a kShutdown went out: workers leaving is the plan
+  // Io thread: when Sweep last ran, and the last time this thread was found stalled.
+  Clock::time_point last_sweep_ = Clock::now();
+  Clock::time_point stalled_at_{};
+  Clock::duration stalled_for_{};
+  RateLimitedLog reject_log_{5, std::chrono::seconds(10)};
+  RateLimitedLog accept_log_{3, std::chrono::seconds(10)};
 };
 
 void ControlServer::Impl::OnPeerFrame(const std::shared_ptr<ServerPeer>& p, Frame frame) {

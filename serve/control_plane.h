@@ -24,8 +24,15 @@
 //
 // Hostile or confused connections (wrong secret, bad rank, bad magic, unknown
 // type, over-long payload, no hello in time, closing early) are dropped, logged
-// to stderr with the peer's address and the reason, and counted in
+// to stderr with the peer's address and the reason (rate-limited: the first 5
+// in 10 s, then one line with the count of those left out), and counted in
 // rejected_connections(); nothing else is affected.
+//
+// Loss messages say what happened: a worker that leaves after rank 0 sent
+// kShutdown "left after the shutdown" (not a loss in the log); a worker lost
+// just after rank 0's own io thread did not run for longer than the heartbeat
+// timeout (rank 0 was stopped or stalled) is reported as such, and that own
+// stall does not time out the workers.
 //
 // Threads: each side runs one io thread. Send/Broadcast are thread-safe and
 // never block: frames are queued per connection and written in order. Handlers

@@ -10,7 +10,15 @@
 //   AfterResponse cancels the watch read, then ReadHeader or close.
 #include "serve/http_server.h"
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
+#include <functional>
 #include <cstdio>
 #include <deque>
 #include <mutex>
@@ -29,6 +37,7 @@
 #include "boost/json.hpp"
 #include "serve/choice_output.h"
 #include "serve/openai_api.h"
+#include "serve/rate_limited_log.h"
 #include "serve/structured_output.h"
 #include "serve/tokenize_api.h"
 
@@ -50,10 +59,51 @@ constexpr char kTimeToFirstToken[] = "deepshard_time_to_first_token_seconds";
 constexpr char kInterTokenLatency[] = "deepshard_inter_token_latency_seconds";
 constexpr char kRequestLatency[] = "deepshard_request_latency_seconds";
 constexpr char kInFlight[] = "deepshard_requests_in_flight";
+constexpr char kAcceptFailures[] = "deepshard_http_accept_failures_total";
+constexpr char kRefused[] = "deepshard_http_connections_refused_total";
 
 constexpr size_t kMaxPipelinedBytes = 64 << 10;  // kept from a client while it waits for a generation
 constexpr size_t kMaxDrainBytes = 1 << 20;       // read and dropped before closing after an error
 constexpr auto kDrainTime = std::chrono::seconds(2);
+constexpr auto kAcceptBackoff = std::chrono::milliseconds(50);  // after EMFILE/ENFILE
+constexpr auto kPeerCheckPeriod = std::chrono::milliseconds(10);  // a half-closed client: is it still there?
+
+// What a connection refused for lack of descriptors (or over --max-connections) gets.
+const std::string& Refusal() {
+  static const std::string* r = [] {
+    const std::string body =
+        R"({"error":{"message":"the server has too many open connections; retry later","type":"server_error",)"
+        R"("param":null,"code":"overloaded"}})";
+    return new std::string(absl::StrCat(
+        "HTTP/1.1 503 Service Unavailable\r\nServer: deepshard\r\nContent-Type: application/json\r\n"
+        "Retry-After: 1\r\nConnection: close\r\nContent-Length: ",
+        body.size(), "\r\n\r\n", body));
+  }();
+  return *r;
+}
+
+// Answers an accepted connection with Refusal() and closes it (never blocks).
+void RefuseFd(int fd) {
+  (void)::send(fd, Refusal().data(), Refusal().size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  ::shutdown(fd, SHUT_WR);
+  char sink[4096];
+  while (::recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0) {
+  }
+  ::close(fd);
+}
+
+// After the client's EOF: whether its side is gone (closed and reset on our
+// next write) rather than half-closed and waiting for the response.
+bool PeerReset(int fd) {
+#ifdef __linux__
+  struct tcp_info info {};
+  socklen_t len = sizeof info;
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0) return info.tcpi_state == TCP_CLOSE;
+#endif
+  char c;
+  const ssize_t r = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  return r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
 
 std::string_view SV(beast::string_view s) { return std::string_view(s.data(), s.size()); }
 // Debian's Abseil has its own string_view type.
@@ -136,6 +186,10 @@ void DescribeHttpMetrics(Metrics& m) {
   m.Describe(kRequestLatency, MetricType::kHistogram,
              "Seconds from a generation request's arrival to its last byte.", LatencyBuckets());
   m.Describe(kInFlight, MetricType::kGauge, "Generation requests submitted to the engine and not finished.");
+  m.Describe(kAcceptFailures, MetricType::kCounter,
+             "Failed accepts of HTTP connections by reason (fd_limit: EMFILE/ENFILE, then a 50 ms back-off; other).");
+  m.Describe(kRefused, MetricType::kCounter,
+             "HTTP connections answered 503 and closed at once (reason: fd_limit, max_connections).");
 }
 
 class HttpSession;
@@ -156,13 +210,22 @@ class HttpServer::Impl {
                     .count()),
         lifeline(std::make_shared<Lifeline>()),
         ioc(std::max(1, opts.threads)),
-        acceptor(net::make_strand(ioc)) {
+        acceptor(net::make_strand(ioc)),
+        accept_timer(acceptor.get_executor()) {
     DescribeHttpMetrics(metrics);
+  }
+  ~Impl() {
+    if (reserve_fd >= 0) ::close(reserve_fd);
   }
 
   absl::Status Start();
   void Stop(double grace_s);
   void DoAccept();
+  void OnAcceptExhausted(const beast::error_code& ec);
+  size_t SessionCount() {
+    std::lock_guard<std::mutex> lock(sessions_mu);
+    return sessions.size();
+  }
 
   void Register(const std::shared_ptr<HttpSession>& s);
   void Unregister(HttpSession* s) {
@@ -193,6 +256,10 @@ class HttpServer::Impl {
 
   net::io_context ioc;
   tcp::acceptor acceptor;  // on its own strand: the accept loop and Stop's close
+  net::steady_timer accept_timer;  // the back-off after EMFILE/ENFILE (acceptor's strand)
+  int reserve_fd = -1;             // released to accept-and-refuse when out of descriptors
+  RateLimitedLog accept_log{3, std::chrono::seconds(10)};
+  RateLimitedLog client_log{5, std::chrono::seconds(10)};
   std::vector<std::thread> threads;
   std::atomic<int> running{0};
   std::atomic<int> generating{0};  // sessions between Submit and the end of their response
@@ -206,7 +273,8 @@ class HttpServer::Impl {
 
 class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
-  HttpSession(HttpServer::Impl& srv, tcp::socket socket) : srv_(srv), stream_(std::move(socket)) {}
+  HttpSession(HttpServer::Impl& srv, tcp::socket socket)
+      : srv_(srv), stream_(std::move(socket)), peer_timer_(stream_.get_executor()) {}
   ~HttpSession() { srv_.Unregister(this); }
 
   void Start() { ReadHeader(); }
@@ -592,6 +660,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void OnEvent(uint64_t seq, size_t index, TokenEvent ev) {
     if (!gen_ || gen_->seq != seq || gen_->done || index >= gen_->choices.size()) return;  // stale
+    // A client that sent EOF: still there (half-closed) or gone? Checked every step.
+    if (peer_eof_ && PeerReset(stream_.socket().native_handle())) return ClientGone();
     Generation& g = *gen_;
     Choice& c = g.choices[index];
     if (c.done) return;  // stopped by a stop string: its kCancelled event is ignored
@@ -730,6 +800,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     net::async_write(stream_, net::buffer(current_), [self = shared_from_this()](beast::error_code ec, size_t) {
       self->writing_ = false;
       if (ec) return self->OnWriteError();
+      if (self->after_write_ && self->out_.empty()) {
+        auto next = std::move(self->after_write_);
+        self->after_write_ = nullptr;
+        return next();
+      }
       self->Pump();
     });
   }
@@ -748,29 +823,74 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   // ---- the read that watches the socket during a generation ----
 
+  // Past kMaxPipelinedBytes of pipelined input the rest is read and dropped
+  // (the read must go on: it is how a close is noticed), and the connection
+  // closes after the current response.
   void Watch() {
-    if (watching_ || closed_) return;
+    if (watching_ || closed_ || peer_eof_) return;
     watching_ = true;
-    stream_.async_read_some(buffer_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
-      self->OnWatch(ec, n);
-    });
+    auto on_read = [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnWatch(ec, n); };
+    if (overflow_) {
+      drain_buffer_.resize(16 << 10);
+      stream_.async_read_some(net::buffer(drain_buffer_), std::move(on_read));
+    } else {
+      stream_.async_read_some(buffer_.prepare(4096), std::move(on_read));
+    }
   }
 
   void OnWatch(beast::error_code ec, size_t n) {
     watching_ = false;
-    if (!ec) buffer_.commit(n);
+    if (!ec && !overflow_) buffer_.commit(n);
     if (next_ != Next::kNone && (!ec || ec == net::error::operation_aborted)) {
       const Next next = next_;
       next_ = Next::kNone;
-      return next == Next::kRead ? ReadHeader() : Close();
+      return next == Next::kRead && !overflow_ ? ReadHeader() : GracefulClose();
     }
     if (!ec) {
-      // A pipelined request: keep it for later, keep watching (within limits).
-      if (generating_ && buffer_.size() < kMaxPipelinedBytes) Watch();
+      // A pipelined request: keep it for later, keep watching.
+      if (!overflow_ && buffer_.size() >= kMaxPipelinedBytes) {
+        overflow_ = true;
+        keep_alive_ = false;
+        buffer_.consume(buffer_.size());
+        srv_.client_log.Print(absl::StrCat("deepshard http: a client pipelined more than ", kMaxPipelinedBytes,
+                                           " bytes behind a generation; dropping them, closing after its response"));
+      }
+      if (generating_) Watch();
       return;
     }
     if (ec == net::error::operation_aborted && closed_) return;
+    if (ec == net::error::eof || ec == http::error::end_of_stream) return OnPeerEof();
     ClientGone();
+  }
+
+  // The client sent EOF during a generation: either it closed the socket (gone:
+  // cancel) or it half-closed and waits for the response. A write tells them
+  // apart (a closed socket answers it with a reset): the stream's own events,
+  // or else a probe that changes nothing for the client (an SSE comment, or an
+  // interim "100 Continue", which HTTP/1.1 clients skip). The state is then
+  // checked at every engine event and every kPeerCheckPeriod.
+  void OnPeerEof() {
+    peer_eof_ = true;
+    keep_alive_ = false;  // nothing more can come: close after this response
+    if (!gen_ || gen_->done) return;  // the response is being written: let it finish
+    if (gen_->stream) {
+      QueueSse(": waiting\n\n");
+    } else if (version_ >= 11) {
+      out_.push_back("HTTP/1.1 100 Continue\r\n\r\n");
+      Pump();
+    } else {
+      return ClientGone();  // HTTP/1.0 has no interim responses to probe with
+    }
+    CheckPeerLater();
+  }
+
+  void CheckPeerLater() {
+    peer_timer_.expires_after(kPeerCheckPeriod);
+    peer_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->closed_ || !self->gen_ || self->gen_->done) return;
+      if (PeerReset(self->stream_.socket().native_handle())) return self->ClientGone();
+      self->CheckPeerLater();
+    });
   }
 
   // The response of a request is fully written: the next request, or close.
@@ -803,6 +923,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void SendError(http::status status, const ApiError& e) { SendText(status, "application/json", ErrorJson(e)); }
 
   void SendText(http::status status, std::string_view content_type, std::string body) {
+    if (writing_) {  // a probe (100 Continue) is being written: the response goes after it
+      after_write_ = [self = shared_from_this(), status, type = std::string(content_type),
+                      body = std::move(body)]() mutable { self->SendText(status, type, std::move(body)); };
+      return;
+    }
     auto res = std::make_shared<http::response<http::string_body>>(status, version_ ? version_ : 11);
     res->set(http::field::server, "deepshard");
     res->set(http::field::content_type, content_type);
@@ -863,6 +988,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (closed_) return;
     closed_ = true;
     SetGenerating(false);
+    peer_timer_.cancel();
+    after_write_ = nullptr;
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.close();
@@ -897,8 +1024,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::deque<std::string> out_;
   size_t queued_bytes_ = 0;  // in out_
   std::string current_;
+  std::function<void()> after_write_;  // a response held back while a probe is written
 
   // Socket state.
+  net::steady_timer peer_timer_;  // checks a half-closed client (OnPeerEof)
+  bool peer_eof_ = false;         // the client sent EOF
+  bool overflow_ = false;         // over kMaxPipelinedBytes: reading and dropping
   bool watching_ = false;
   Next next_ = Next::kNone;
   bool closed_ = false;
@@ -933,6 +1064,10 @@ absl::Status HttpServer::Impl::Start() {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", where, ": ", ec.message()));
   }
   port = acceptor.local_endpoint().port();
+  acceptor.native_non_blocking(true, ec);  // OnAcceptExhausted's accept must not block
+  // Kept in reserve: when the process is out of descriptors, it is closed to
+  // accept one waiting connection, answer it 503 and close it (then reopened).
+  reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   started = true;
   DoAccept();
   const int n = std::max(1, opts.threads);
@@ -949,7 +1084,20 @@ absl::Status HttpServer::Impl::Start() {
 void HttpServer::Impl::DoAccept() {
   acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
     if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
-    if (!ec) {
+    if (ec == net::error::no_descriptors || ec.value() == ENFILE || ec == net::error::no_buffer_space ||
+        ec == net::error::no_memory) {
+      return OnAcceptExhausted(ec);
+    }
+    if (ec) {
+      metrics.Add(kAcceptFailures, {{"reason", "other"}});
+      accept_log.Print(absl::StrCat("deepshard http: accept failed: ", ec.message()), "accept failures");
+    } else if (opts.max_connections > 0 && SessionCount() >= static_cast<size_t>(opts.max_connections)) {
+      metrics.Add(kRefused, {{"reason", "max_connections"}});
+      accept_log.Print(absl::StrCat("deepshard http: ", opts.max_connections,
+                                    " connections open (--max-connections): answering 503 to new ones"),
+                       "refused connections");
+      RefuseFd(socket.release());
+    } else {
       beast::error_code ignored;
       socket.set_option(tcp::no_delay(true), ignored);  // SSE events are small and latency matters
       auto session = std::make_shared<HttpSession>(*this, std::move(socket));
@@ -960,12 +1108,39 @@ void HttpServer::Impl::DoAccept() {
   });
 }
 
+// Out of descriptors: the waiting connection cannot be accepted, and accepting
+// again at once would fail the same way (a busy loop). Answer one waiting
+// client 503 with the reserve descriptor, then wait kAcceptBackoff.
+void HttpServer::Impl::OnAcceptExhausted(const beast::error_code& ec) {
+  metrics.Add(kAcceptFailures, {{"reason", "fd_limit"}});
+  accept_log.Print(absl::StrCat("deepshard http: cannot accept a connection: ", ec.message(),
+                                " (raise `ulimit -n` or lower --max-connections); answering 503 and retrying in ",
+                                kAcceptBackoff.count(), " ms"),
+                   "accept failures");
+  if (reserve_fd >= 0) {
+    ::close(reserve_fd);
+    reserve_fd = -1;
+    const int fd = ::accept4(acceptor.native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) {
+      RefuseFd(fd);
+      metrics.Add(kRefused, {{"reason", "fd_limit"}});
+    }
+    reserve_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  accept_timer.expires_after(kAcceptBackoff);
+  accept_timer.async_wait([this](beast::error_code ec) {
+    if (ec || !acceptor.is_open()) return;
+    DoAccept();
+  });
+}
+
 void HttpServer::Impl::Stop(double grace_s) {
   if (!started || stopped) return;
   stopped = true;
   net::post(acceptor.get_executor(), [this] {
     beast::error_code ec;
     acceptor.close(ec);
+    accept_timer.cancel();
   });
   // Let responses whose final event was already delivered finish writing.
   const auto grace = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(grace_s));

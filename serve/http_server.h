@@ -34,9 +34,17 @@
 //     "lifeline" flag, cleared by Stop() under a mutex, makes sinks that fire
 //     after Stop() do nothing, so the engine may outlive the server;
 //   - while a request is generating (streaming or not), a read stays pending on
-//     the socket: EOF or a reset means the client went away, and Engine::Cancel
-//     is called at once; a write error also cancels. Bytes that arrive instead
-//     (a pipelined request) are kept for the next request;
+//     the socket: a reset means the client went away, and Engine::Cancel is
+//     called at once; a write error also cancels. An EOF is a close or a
+//     half-close: a probe (an SSE comment, or an interim 100 Continue) makes a
+//     closed client answer with a reset, checked at every engine event and
+//     every 10 ms; a half-closed one gets its response, then the connection
+//     closes. Bytes that arrive instead (a pipelined request) are kept for the
+//     next request, up to 64 KiB; beyond, they are read and dropped (so a
+//     close is still seen) and the connection closes after the response;
+//   - out of descriptors (EMFILE/ENFILE) or over max_connections, a new
+//     connection is answered 503 and closed (a reserve descriptor makes that
+//     possible at the limit), and accepting pauses 50 ms after EMFILE/ENFILE;
 //   - streams are `text/event-stream` with chunked transfer (HTTP/1.1; HTTP/1.0
 //     gets the raw events and a close), one `data: ...\n\n` event per chunk,
 //     each written as soon as the previous write completes (events that arrive
@@ -48,7 +56,8 @@
 // (status 499 = the client went away mid-generation), deepshard_prompt_tokens_total,
 // deepshard_generation_tokens_total, deepshard_time_to_first_token_seconds,
 // deepshard_inter_token_latency_seconds, deepshard_request_latency_seconds{endpoint},
-// deepshard_requests_in_flight.
+// deepshard_requests_in_flight, deepshard_http_accept_failures_total{reason},
+// deepshard_http_connections_refused_total{reason}.
 //
 // Example:
 //   HttpServer server({.port = 8000, .model_name = "deepseek-v3"}, tokenizer.get(), engine, metrics);
@@ -80,6 +89,9 @@ struct HttpServerOptions {
   size_t max_header_bytes = 16 << 10;   // larger request headers get 431
   size_t max_queued_bytes = 16 << 20;   // a stream whose client stops reading is cancelled past this
   int threads = 2;                      // io_context threads
+  // Connections open at once; past it a new connection is answered 503 and
+  // closed (0: no cap but the descriptor limit, where the same happens).
+  int max_connections = 0;
   std::string model_name = "deepseek";  // the id in /v1/models; requests may name it
   int64_t max_model_len = 0;            // 0: Engine::max_context()
   // Chat output parsers (docs/serving.md): DeepSeek tool calls, for requests

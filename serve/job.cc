@@ -88,11 +88,16 @@ std::unique_ptr<Job> Job::Start(const RankResources& r, const JobOptions& o, int
       ControlOptions co;
       co.heartbeat_timeout_s = o.heartbeat_timeout;
       const std::string s = NewJobSecret();
-      auto server = ControlServer::Start(one_node ? "127.0.0.1" : "0.0.0.0", 0, s, pc.world, co);
+      const std::string bind = !o.control_bind.empty() ? o.control_bind : one_node ? "127.0.0.1" : "0.0.0.0";
+      auto server = ControlServer::Start(bind, 0, s, pc.world, co);
       if (server.ok()) {
         job->control_ = *std::move(server);
         port = job->control_->port();
         std::string host = o.control_host;
+        // A --control-bind that names one address is where the others dial.
+        if (host.empty() && !o.control_bind.empty() && o.control_bind != "0.0.0.0" && o.control_bind != "::") {
+          host = o.control_bind;
+        }
         if (host.empty()) {
           char name[200] = {0};
           gethostname(name, sizeof(name) - 1);

@@ -51,6 +51,7 @@ struct JobOptions {
   double heartbeat_timeout = 3;   // seconds without a frame before a rank is lost
   double failure_linger = 2;      // seconds rank 0 keeps answering after a failure
   double drain_timeout = 30;      // seconds running requests get after a drain request
+  std::string control_bind;       // rank 0's control plane listens here (default: 0.0.0.0, or 127.0.0.1 on one node)
   std::string control_host;       // rank 0's address for the others (default: its hostname, or 127.0.0.1 on one node)
   bool announce = true;           // log the control plane and every rank's "ready, pid" line (serve)
 };

@@ -5,6 +5,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -249,6 +250,50 @@ TEST(Cli, SingleProcessServeLogsItsPidAndTakesAllowedOrigins) {
   EXPECT_EQ(help.code, 0);
   EXPECT_NE(help.out.find("--allowed-origins"), std::string::npos) << help.out;
   EXPECT_NE(help.out.find("POST /tokenize, POST /detokenize"), std::string::npos) << help.out;
+}
+
+// Issue 16 #5: --control-bind, the API key from a file or the environment, and
+// a warning for a non-loopback address without a key. (The runs fail at the
+// HTTP bind of 203.0.113.7, after the flags are parsed and the warning logged.)
+TEST(Cli, ServeKeySourcesControlBindAndOpenBindWarning) {
+  const std::string m = " --model " + ModelDir() + " --host 203.0.113.7 --port 0";
+  const std::string key_file = ::testing::TempDir() + "/deepshard_cli_key_" + std::to_string(::getpid());
+  {
+    FILE* f = std::fopen(key_file.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fputs("s3cret\n", f);
+    std::fclose(f);
+  }
+  const std::string warning = "without an API key";
+  Result open = RunCli("serve" + m);
+  EXPECT_EQ(open.code, 1) << open.out;
+  EXPECT_NE(open.out.find(warning), std::string::npos) << open.out;
+  Result from_file = RunCli("serve" + m + " --api-key-file " + key_file + " --control-bind 10.1.2.3 --max-connections 100");
+  EXPECT_EQ(from_file.code, 1) << from_file.out;
+  EXPECT_EQ(from_file.out.find(warning), std::string::npos) << from_file.out;
+  ::setenv("DEEPSHARD_API_KEY", "s3cret", 1);
+  Result from_env = RunCli("serve" + m);
+  ::unsetenv("DEEPSHARD_API_KEY");
+  EXPECT_EQ(from_env.code, 1) << from_env.out;
+  EXPECT_EQ(from_env.out.find(warning), std::string::npos) << from_env.out;
+  struct Case {
+    std::string args;
+    std::string needle;
+  } cases[] = {
+      {" --api-key-file /nonexistent/key", "--api-key-file: cannot read"},
+      {" --api-key k --api-key-file " + key_file, "only one of --api-key and --api-key-file"},
+      {" --control-bind=", "--control-bind is empty"},
+      {" --max-connections -1", "--max-connections must be in"},
+  };
+  for (const Case& c : cases) {
+    Result r = RunCli("serve" + m + c.args);
+    EXPECT_EQ(r.code, 2) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
+  }
+  Result help = RunCli("serve --help");
+  EXPECT_NE(help.out.find("--control-bind"), std::string::npos);
+  EXPECT_NE(help.out.find("DEEPSHARD_API_KEY"), std::string::npos);
+  std::remove(key_file.c_str());
 }
 
 }  // namespace

@@ -817,4 +817,73 @@ TEST_F(ControlPlaneTest, StopIsIdempotentAndHandlersStop) {
 }
 
 }  // namespace
+// ------------------------------------------------------ issue 16 (#4, #6) ----
+
+int CountLines(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t pos = 0; (pos = text.find(needle, pos)) != std::string::npos; pos += needle.size()) ++n;
+  return n;
+}
+
+TEST_F(ControlPlaneTest, RejectedConnectionLogsAreRateLimited) {
+  StartServer(2);
+  ::testing::internal::CaptureStderr();
+  std::vector<std::unique_ptr<RawSocket>> raws;
+  for (int i = 0; i < 60; ++i) {
+    raws.push_back(std::make_unique<RawSocket>(server_->port()));
+    raws.back()->Write(RawHeader(kFrameMagic + 1, 1, 8));
+  }
+  const bool all = Eventually([&] { return server_->rejected_connections() == 60; });
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(all) << server_->rejected_connections();
+  EXPECT_LE(CountLines(log, "rejected connection"), 5) << log;
+  EXPECT_GE(CountLines(log, "rejected connection"), 1) << log;
+}
+
+TEST_F(ControlPlaneTest, AWorkerLeavingAfterTheShutdownIsNotLost) {
+  StartServer(2);
+  auto c1 = Connect(1);
+  ASSERT_NE(c1, nullptr);
+  ASSERT_TRUE(server_->WaitForWorkers(5).ok());
+  ::testing::internal::CaptureStderr();
+  server_->Broadcast(FrameType::kShutdown, "");
+  absl::StatusOr<Frame> f = c1->Receive(5.0);
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->type, FrameType::kShutdown);
+  c1->Stop();
+  const bool gone = Eventually([&] {
+    std::lock_guard<std::mutex> lock(recorder_.mu);
+    return recorder_.lost.count(1) == 1;
+  });
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(gone);
+  EXPECT_EQ(log.find("lost rank"), std::string::npos) << log;
+  EXPECT_NE(log.find("rank 1 (127.0.0.1:"), std::string::npos) << log;
+  std::lock_guard<std::mutex> lock(recorder_.mu);
+  EXPECT_NE(recorder_.lost[1].find("left after the shutdown"), std::string::npos) << recorder_.lost[1];
+}
+
+TEST_F(ControlPlaneTest, AStalledRankZeroSaysSoInsteadOfBlamingTheWorker) {
+  ControlOptions o = TestOptions();
+  o.heartbeat_timeout_s = 0.3;
+  StartServer(2, o);
+  auto c1 = Connect(1);
+  ASSERT_NE(c1, nullptr);
+  ASSERT_TRUE(server_->WaitForWorkers(5).ok());
+  // Rank 0's io thread stops for longer than the worker's heartbeat timeout
+  // (as under SIGSTOP): the worker gives up and leaves.
+  server_->set_on_frame([](int, Frame f) {
+    if (f.type == FrameType::kResults) std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  });
+  c1->Send(FrameType::kResults, "x");
+  ASSERT_TRUE(Eventually([&] { return !c1->connected(); }));
+  c1->Stop();
+  ASSERT_TRUE(Eventually([&] {
+    std::lock_guard<std::mutex> lock(recorder_.mu);
+    return recorder_.lost.count(1) == 1;
+  }));
+  std::lock_guard<std::mutex> lock(recorder_.mu);
+  EXPECT_NE(recorder_.lost[1].find("rank 0 itself did not run"), std::string::npos) << recorder_.lost[1];
+}
+
 }  // namespace deepshard::serve

@@ -4,13 +4,23 @@
 // engine errors, keep-alive, client disconnects, and /metrics.
 #include "serve/http_server.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <thread>
 #include <string>
 #include <vector>
 
 #include "boost/asio.hpp"
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
+#include "absl/strings/str_cat.h"
 #include "boost/json.hpp"
 #include "gtest/gtest.h"
 #include "text/chat/chat_template.h"
@@ -858,4 +868,190 @@ TEST_F(HttpServerTest, TokenizerEndpointsNeedATokenizer) {
 }
 
 }  // namespace
+// ---- issue 16: connections that go away in odd ways, and descriptor shortage ----
+
+std::string RawRequest(const std::string& body, const std::string& target = "/v1/completions") {
+  return absl::StrCat("POST ", target, " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ",
+                      body.size(), "\r\n\r\n", body);
+}
+
+// Reads until EOF or `timeout`; returns what came.
+std::string ReadAll(int fd, std::chrono::milliseconds timeout) {
+  std::string out;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    const int left = static_cast<int>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count());
+    if (::poll(&p, 1, std::max(left, 1)) <= 0) break;
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+int RawConnect(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  return fd;
+}
+
+void SendAll(int fd, const std::string& s) {
+  size_t sent = 0;
+  while (sent < s.size()) {
+    const ssize_t n = ::send(fd, s.data() + sent, s.size() - sent, MSG_NOSIGNAL);
+    ASSERT_GT(n, 0);
+    sent += static_cast<size_t>(n);
+  }
+}
+
+TEST_F(HttpServerTest, PipelinedOverflowStillNoticesTheClose) {
+  engine_.SetScript({std::vector<int32_t>(100000, 19923), FinishReason::kStop, "", std::chrono::milliseconds(2)});
+  engine_.SetMaxContext(1 << 20);
+  StartServer();
+  const int fd = RawConnect(server_->port());
+  SendAll(fd, RawRequest(R"({"prompt":"a","max_tokens":100000})"));
+  ASSERT_TRUE(engine_.WaitForRequests(1, std::chrono::seconds(2)));
+  // 256 KiB of pipelined requests behind it, then the client goes away.
+  std::string pipelined;
+  while (pipelined.size() < (256u << 10)) pipelined += "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  SendAll(fd, pipelined);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ::close(fd);
+  EXPECT_TRUE(engine_.WaitForCancels(1, std::chrono::seconds(1)));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (metrics_.Value("deepshard_requests_in_flight") != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(metrics_.Value("deepshard_requests_in_flight"), 0);
+}
+
+TEST_F(HttpServerTest, PipelinedOverflowGetsItsResponseThenClose) {
+  engine_.SetScript({tokens_, FinishReason::kStop, "", std::chrono::milliseconds(10)});
+  StartServer();
+  const int fd = RawConnect(server_->port());
+  SendAll(fd, RawRequest(R"({"prompt":"a"})"));
+  ASSERT_TRUE(engine_.WaitForRequests(1, std::chrono::seconds(2)));
+  std::string pipelined;
+  while (pipelined.size() < (256u << 10)) pipelined += "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  SendAll(fd, pipelined);
+  const std::string got = ReadAll(fd, std::chrono::seconds(2));
+  ::close(fd);
+  EXPECT_EQ(got.rfind("HTTP/1.1 200 OK", 0), 0u) << got.substr(0, 200);
+  EXPECT_NE(got.find(Text()), std::string::npos);
+}
+
+TEST_F(HttpServerTest, FireAndForgetRequestsAreCancelled) {
+  engine_.SetScript({std::vector<int32_t>(100000, 19923), FinishReason::kStop, "", std::chrono::milliseconds(2)});
+  engine_.SetMaxContext(1 << 20);
+  StartServer();
+  constexpr int kClients = 20;
+  for (int i = 0; i < kClients; ++i) {
+    const int fd = RawConnect(server_->port());
+    SendAll(fd, RawRequest(i % 2 ? R"({"prompt":"a","max_tokens":100000})"
+                                 : R"({"prompt":"a","max_tokens":100000,"stream":true})"));
+    ::close(fd);
+  }
+  ASSERT_TRUE(engine_.WaitForRequests(kClients, std::chrono::seconds(2)));
+  EXPECT_TRUE(engine_.WaitForCancels(kClients, std::chrono::seconds(1))) << engine_.cancelled().size();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (metrics_.Value("deepshard_requests_in_flight") != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(metrics_.Value("deepshard_requests_in_flight"), 0);
+}
+
+TEST_F(HttpServerTest, HalfClosedClientGetsItsResponse) {
+  engine_.SetScript({tokens_, FinishReason::kStop, "", std::chrono::milliseconds(5)});
+  StartServer();
+  for (const bool stream : {false, true}) {
+    const int fd = RawConnect(server_->port());
+    SendAll(fd, RawRequest(stream ? R"({"prompt":"a","stream":true})" : R"({"prompt":"a"})"));
+    ::shutdown(fd, SHUT_WR);
+    const std::string got = ReadAll(fd, std::chrono::seconds(2));
+    ::close(fd);
+    // An interim 100 Continue may come first.
+    EXPECT_NE(got.find("HTTP/1.1 200 OK"), std::string::npos) << "stream=" << stream << ": " << got;
+    EXPECT_NE(got.find(stream ? "[DONE]" : "\"finish_reason\":\"stop\""), std::string::npos) << got;
+  }
+  EXPECT_TRUE(engine_.cancelled().empty());
+}
+
+TEST_F(HttpServerTest, MaxConnectionsAnswers503Beyond) {
+  HttpServerOptions o;
+  o.max_connections = 2;
+  StartServer(o);
+  beast::tcp_stream a = Connect();
+  beast::tcp_stream b = Connect();
+  EXPECT_EQ(RoundTrip(a, http::verb::get, "/health", "").status, 200);
+  EXPECT_EQ(RoundTrip(b, http::verb::get, "/health", "").status, 200);
+  const int fd = RawConnect(server_->port());
+  const std::string got = ReadAll(fd, std::chrono::seconds(1));
+  ::close(fd);
+  EXPECT_EQ(got.rfind("HTTP/1.1 503", 0), 0u) << got;
+  EXPECT_NE(got.find("\"code\":\"overloaded\""), std::string::npos) << got;
+  EXPECT_EQ(metrics_.Value("deepshard_http_connections_refused_total", {{"reason", "max_connections"}}), 1);
+  a.close();
+  // Once a connection is gone, a new one is served.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  int status = 0;
+  while (status != 200 && std::chrono::steady_clock::now() < deadline) {
+    status = Request(http::verb::get, "/health").status;
+    if (status != 200) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(status, 200);
+}
+
+// Out of descriptors: no busy accept loop, waiting clients get a 503, the
+// failures are counted, and the server serves again once descriptors free up.
+TEST_F(HttpServerTest, OutOfDescriptorsBacksOffAndAnswers503) {
+  StartServer();
+  constexpr int kClients = 3;
+  std::vector<int> clients;
+  for (int i = 0; i < kClients; ++i) clients.push_back(::socket(AF_INET, SOCK_STREAM, 0));
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  int max_fd = 0;
+  for (int fd = 0; fd < 65536 && fd < static_cast<int>(old.rlim_cur); ++fd) {
+    if (::fcntl(fd, F_GETFD) != -1) max_fd = fd;
+  }
+  rlimit low = old;
+  low.rlim_cur = static_cast<rlim_t>(max_fd + 1);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> fillers;  // every free descriptor below the limit
+  for (int fd; (fd = ::open("/dev/null", O_RDONLY)) >= 0;) fillers.push_back(fd);
+  ::close(fillers.back());  // room for exactly one connection
+  fillers.pop_back();
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(server_->port()));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (int fd : clients) ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  timespec c0{}, c1{};
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+  const double cpu = (c1.tv_sec - c0.tv_sec) + (c1.tv_nsec - c0.tv_nsec) * 1e-9;
+  EXPECT_LT(cpu, 0.1) << "the accept loop spins";
+  int refused = 0;
+  for (int i = 1; i < kClients; ++i) {
+    const std::string got = ReadAll(clients[i], std::chrono::milliseconds(300));
+    if (got.rfind("HTTP/1.1 503", 0) == 0) ++refused;
+  }
+  for (int fd : fillers) ::close(fd);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+  for (int fd : clients) ::close(fd);
+  EXPECT_EQ(refused, kClients - 1);
+  EXPECT_GE(metrics_.Value("deepshard_http_accept_failures_total", {{"reason", "fd_limit"}}), 1);
+  EXPECT_EQ(metrics_.Value("deepshard_http_connections_refused_total", {{"reason", "fd_limit"}}), kClients - 1);
+  EXPECT_EQ(Request(http::verb::get, "/health").status, 200);
+}
+
 }  // namespace deepshard::serve
