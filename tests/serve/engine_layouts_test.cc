@@ -292,7 +292,9 @@ TEST(EngineLayouts, EchoLogprobsMatchOfflineLogSoftmax) {
       got[k].prompt_lps.insert(got[k].prompt_lps.end(), ev.prompt_logprobs.begin(), ev.prompt_logprobs.end());
     });
     ASSERT_TRUE(id.ok()) << id.status();
-    if (k == 0) ASSERT_TRUE(engine.Run(/*until_idle=*/true).ok());
+    if (k == 0) {
+      ASSERT_TRUE(engine.Run(/*until_idle=*/true).ok());
+    }
   }
   ASSERT_TRUE(engine.Run(/*until_idle=*/true).ok());
   l.job->Shutdown();
