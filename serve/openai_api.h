@@ -137,6 +137,7 @@ struct ApiRequest {
   // kChat.
   boost::json::array tools;          // tool definitions ({"type": "function", "function": {...}})
   ToolChoice tool_choice;
+  bool parallel_tool_calls = true;   // false: at most one call (tool_choice "required" is held to one)
   boost::json::object chat_template_kwargs;
   // Common.
   std::optional<int64_t> max_tokens;  // absent: 16 (completions) or the rest of the context (chat); 0 only with echo
