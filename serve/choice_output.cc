@@ -13,6 +13,13 @@ namespace {
 
 double Finite(float lp) { return std::isfinite(lp) ? static_cast<double>(lp) : -9999.0; }
 
+// OpenAI's text_offset counts characters (code points), not UTF-8 bytes.
+int64_t CodePoints(std::string_view s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
 json::array Bytes(std::string_view s) {
   json::array a;
   for (unsigned char c : s) a.push_back(static_cast<int64_t>(c));
@@ -129,7 +136,7 @@ json::value ChoiceOutput::LogprobsJson(const std::vector<TokenLogprob>& lps, boo
     const std::string s = TokenString(l.token);
     tokens.push_back(json::string(s));
     text_offset.push_back(text_offset_);
-    text_offset_ += static_cast<int64_t>(s.size());
+    text_offset_ += CodePoints(s);
     if (i == 0 && with_null_first) {  // the prompt's first token has no logprob
       token_logprobs.push_back(nullptr);
       top_logprobs.push_back(nullptr);

@@ -147,7 +147,7 @@ absl::Status RejectUnsupported(const json::object& o, ApiKind kind, int64_t n) {
   }
   if (Field(o, "function_call")) return Unsupported("function_call", "(the legacy form; send `tool_choice`)");
   ASSIGN_OR_RETURN(auto parallel, GetBool(o, "parallel_tool_calls"));
-  if (parallel && !*parallel) return Unsupported("parallel_tool_calls", "= false");
+  if (parallel && !*parallel && kind != ApiKind::kChat) return Unsupported("parallel_tool_calls", "= false");
   if (Field(o, "prediction")) return Unsupported("prediction", "(predicted outputs)");
   if (const json::value* v = Field(o, "modalities")) {
     const json::array* a = v->if_array();
@@ -585,6 +585,14 @@ absl::Status ParseTools(const json::object& o, ApiRequest& r) {
                                                         "`, which is not in `tools`"));
       }
     }
+  }
+  // false: at most one call. A named function makes exactly one and "required"
+  // is constrained to one (structured_output.cc); "auto" output is not
+  // constrained, so it cannot be held to one.
+  ASSIGN_OR_RETURN(auto parallel, GetBool(o, "parallel_tool_calls"));
+  r.parallel_tool_calls = parallel.value_or(true);
+  if (!r.parallel_tool_calls && !r.tools.empty() && r.tool_choice.kind == ToolChoice::kAuto) {
+    return Unsupported("parallel_tool_calls", "= false with tool_choice \"auto\"");
   }
   return absl::OkStatus();
 }

@@ -137,6 +137,7 @@ struct ApiRequest {
   // kChat.
   boost::json::array tools;          // tool definitions ({"type": "function", "function": {...}})
   ToolChoice tool_choice;
+  bool parallel_tool_calls = true;   // false: at most one call (tool_choice "required" is held to one)
   boost::json::object chat_template_kwargs;
   bool add_generation_prompt = true;    // vLLM's; false: no assistant header after the messages
   bool continue_final_message = false;  // vLLM's: the output continues the last message

@@ -47,7 +47,9 @@ absl::StatusOr<json::value> StructuredOutput::ToolChoiceSchema(const ApiRequest&
     alternatives.push_back(json::object{
         {"type", "object"}, {"properties", std::move(props)}, {"required", json::array{"name", "parameters"}}});
   }
-  return json::object{{"type", "array"}, {"minItems", 1}, {"items", json::object{{"anyOf", std::move(alternatives)}}}};
+  json::object calls{{"type", "array"}, {"minItems", 1}, {"items", json::object{{"anyOf", std::move(alternatives)}}}};
+  if (!r.parallel_tool_calls) calls["maxItems"] = 1;
+  return calls;
 }
 
 absl::StatusOr<std::shared_ptr<TokenConstraint>> StructuredOutput::ConstraintFor(const ApiRequest& r) {

@@ -15,7 +15,8 @@
 //   named function  -> the function's `parameters` schema (an object); the
 //                      output is that call's arguments;
 //   "required"      -> [{"name": <one of the tools>, "parameters": {...}}, ...]
-//                      with at least one element; each is a call.
+//                      with at least one element (exactly one with
+//                      parallel_tool_calls false); each is a call.
 #pragma once
 
 #include <cstdint>

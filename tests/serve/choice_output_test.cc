@@ -203,6 +203,35 @@ TEST(ChoiceOutput, CompletionLogprobsWithEcho) {
   EXPECT_EQ(c.completion_tokens(), 1);
 }
 
+TEST(ChoiceOutput, TextOffsetCountsCharactersNotBytes) {
+  ChoiceOptions o;
+  o.kind = ApiKind::kCompletion;
+  o.tokenizer = &Tok();
+  o.logprobs = 0;
+  o.echo = true;
+  o.echo_text = "h\u00e9\u00e9 \u00fcn\u00ef";  // héé ünï: 7 characters, 11 bytes
+  o.prompt_ids = Tok().Encode(o.echo_text, /*add_special_tokens=*/false);
+  ChoiceOutput c(o);
+  TokenEvent prompt;
+  for (size_t i = 1; i < o.prompt_ids.size(); ++i) prompt.prompt_logprobs.push_back({o.prompt_ids[i], -1.0f, {}});
+  (void)c.Add(prompt);
+  const int32_t e = Tok().Encode("\u00e9", false)[0];
+  TokenEvent tok = Event({e}, true, FinishReason::kLength);
+  tok.logprobs.push_back({e, -0.5f, {}});
+  (void)c.Add(tok);
+  const json::object choice = c.FinalChoice("length");
+  const json::array& tokens = choice.at("logprobs").at("tokens").as_array();
+  const json::array& offsets = choice.at("logprobs").at("text_offset").as_array();
+  ASSERT_EQ(tokens.size(), o.prompt_ids.size() + 1);
+  int64_t chars = 0;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    EXPECT_EQ(offsets[i].as_int64(), chars) << i;
+    for (unsigned char ch : std::string_view(tokens[i].as_string())) chars += (ch & 0xC0) != 0x80;
+  }
+  EXPECT_EQ(chars, 8);  // the text, "héé ünïé"
+  EXPECT_EQ(offsets.back().as_int64(), 7);
+}
+
 TEST(ChoiceOutput, ChatLogprobsCarryBytesAndTop) {
   ChoiceOptions o = Chat();
   o.logprobs = 1;

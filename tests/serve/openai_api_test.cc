@@ -12,6 +12,7 @@
 
 #include "boost/json.hpp"
 #include "gtest/gtest.h"
+#include "serve/structured_output.h"
 #include "text/chat/chat_template.h"
 #include "tests/util/tokenizers.h"
 
@@ -280,6 +281,32 @@ TEST(OpenAiParseTest, NewParametersAreRead) {
   c = ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"logprobs":true})", kModel);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c->logprobs, 0);
+}
+
+// parallel_tool_calls false (LangChain's with_structured_output(method="function_calling")
+// sends it with a named tool_choice): a named function is one call anyway, "required"
+// is constrained to one call, "auto" cannot be held to one (400).
+TEST(OpenAiParseTest, ParallelToolCallsFalse) {
+  const std::string kTools =
+      R"("messages":[{"role":"user","content":"x"}],"parallel_tool_calls":false,
+      "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}])";
+  auto named = ParseChatRequest(
+      "{" + kTools + R"(,"tool_choice":{"type":"function","function":{"name":"f"}}})", kModel);
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_FALSE(named->parallel_tool_calls);
+  auto schema = StructuredOutput::ToolChoiceSchema(*named);
+  ASSERT_TRUE(schema.ok());
+  EXPECT_EQ(schema->as_object().at("type").as_string(), "object");  // the arguments: one call
+  auto required = ParseChatRequest("{" + kTools + R"(,"tool_choice":"required"})", kModel);
+  ASSERT_TRUE(required.ok()) << required.status();
+  schema = StructuredOutput::ToolChoiceSchema(*required);
+  ASSERT_TRUE(schema.ok());
+  EXPECT_EQ(schema->as_object().at("maxItems").as_int64(), 1);
+  required->parallel_tool_calls = true;
+  EXPECT_FALSE(StructuredOutput::ToolChoiceSchema(*required)->as_object().contains("maxItems"));
+  EXPECT_EQ(BadParam(ParseChatRequest("{" + kTools + "}", kModel)), "parallel_tool_calls");
+  EXPECT_TRUE(ParseChatRequest(R"({"messages":[{"role":"user","content":"x"}],"parallel_tool_calls":false})", kModel)
+                  .ok());  // no tools: nothing to hold back
 }
 
 TEST(OpenAiParseTest, HostileBodiesAreErrorsNotCrashes) {
