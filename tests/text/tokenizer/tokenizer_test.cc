@@ -3,6 +3,8 @@
 // (every code point against Oniguruma), UTF-8 repair, BPE merge strategies and the
 // streaming detokenizer's edge cases.
 #include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <thread>
@@ -420,6 +422,50 @@ TEST(TokenizerStreaming, CleanUpSpacesHeldBack) {
     out += stream.Flush();
     EXPECT_EQ(out, tok.Decode(ids, false)) << text;
   }
+}
+
+
+// ---------------------------------------------------------------------------------
+// Untrusted input (issue 16): sizes in the file are bounded by the file, amplifying
+// components fail with an error, and long inputs stay linear.
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+TEST(TokenizerUntrusted, HugeVocabIdIsAnErrorNotAnAllocation) {
+  // Before: id 2^26 - 1 sized the id table at 2^26 strings (2.1 GB).
+  const std::string tj =
+      R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 67108863}, "merges": []}})";
+  std::string err = LoadError(tj);
+  EXPECT_TRUE(Contains(err, "dir/tokenizer.json: model.vocab.b: token id 67108863")) << err;
+  // Ids may have holes, within a bound set by the number of entries.
+  EXPECT_EQ(LoadError(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1000}, "merges": []}})"), "OK");
+}
+
+TEST(TokenizerUntrusted, AmplifyingReplaceIsRefusedAtLoad) {
+  // Before: every "a" became 1 MB, and Encode("aaaa...") died of bad_alloc.
+  const std::string big(1 << 20, 'x');
+  std::string err = LoadError(MiniTokenizerJson(
+      "null", R"({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Replace", "pattern": {"String": "a"}, "content": ")" +
+                  big + R"("}]})"));
+  EXPECT_TRUE(Contains(err, "dir/tokenizer.json: normalizer.normalizers[1]: Replace may grow the text")) << err.substr(0, 200);
+  // A regex may match between every two characters: content + 1 per byte.
+  err = LoadError(MiniTokenizerJson("null", R"({"type": "Replace", "pattern": {"Regex": ""}, "content": ")" +
+                                                std::string(64, 'x') + R"("})"));
+  EXPECT_TRUE(Contains(err, "normalizer: Replace may grow the text 65x")) << err;
+  // Growth multiplies along a Sequence: 8 x 8 is fine, 8 x 8 x 2 is not.
+  const std::string x8 = R"({"type": "Replace", "pattern": {"String": "a"}, "content": "xxxxxxxx"})";
+  EXPECT_EQ(LoadError(MiniTokenizerJson("null", R"({"type": "Sequence", "normalizers": [)" + x8 + "," + x8 + "]}")), "OK");
+  err = LoadError(MiniTokenizerJson("null", R"({"type": "Sequence", "normalizers": [)" + x8 + "," + x8 + "," +
+                                                R"({"type": "Replace", "pattern": {"String": "x"}, "content": "yy"}]})"));
+  EXPECT_TRUE(Contains(err, "normalizer.normalizers[2]: Replace may grow the text 128x")) << err;
+  // Llama's normalizer (Prepend "▁", Replace " " -> "▁") loads.
+  EXPECT_EQ(LoadError(MiniTokenizerJson("null", R"({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+      {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]})")), "OK");
+  // A Prepend is added to every piece of text: its length is bounded.
+  err = LoadError(MiniTokenizerJson("null", R"({"type": "Prepend", "prepend": ")" + std::string(30000, 'a') + R"("})"));
+  EXPECT_TRUE(Contains(err, "normalizer.prepend: Prepend of 30000 bytes exceeds the limit of 256 bytes")) << err;
 }
 
 }  // namespace
