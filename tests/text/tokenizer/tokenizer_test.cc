@@ -468,5 +468,39 @@ TEST(TokenizerUntrusted, AmplifyingReplaceIsRefusedAtLoad) {
   EXPECT_TRUE(Contains(err, "normalizer.prepend: Prepend of 30000 bytes exceeds the limit of 256 bytes")) << err;
 }
 
+TEST(TokenizerUntrusted, LongAddedTokensMatchInLinearTime) {
+  // Before: added tokens were matched by a trie walk from every position, O(text x
+  // content length): 30 KB contents of "a...a" against 30 KB of "a" (as made by a
+  // long Prepend in front of normalized added tokens) took about a minute.
+  const std::string long_a(30000, 'a');
+  for (const char* flags : {R"("special": true)", R"("special": false, "normalized": true)"}) {
+    const std::string added = R"([{"id": 4, "content": ")" + long_a + R"(c", )" + flags + R"(},
+                                  {"id": 5, "content": ")" + long_a + R"(", )" + flags + R"(}])";
+    auto tok = Tokenizer::FromJson(MiniTokenizerJson("null", "null", "null", "null", "", R"(["a b"])", added), "");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    const int32_t long_id = *(*tok)->TokenToId(long_a);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<int32_t> ids = (*tok)->Encode(long_a.substr(1) + "b", false);
+    const double secs = SecondsSince(t0);
+    std::printf("# %s: 30 KB without a match in %.3f s\n", flags, secs);
+    EXPECT_LT(secs, 0.5);
+    std::vector<int32_t> want(29998, 0);
+    want.push_back(2);  // "ab"
+    EXPECT_EQ(ids, want);
+    // "a" + long_a + "c": the longest content at 0 is long_a, then "ac" is text.
+    EXPECT_EQ((*tok)->Encode(long_a + "ac", false), (std::vector<int32_t>{long_id, 0}));
+  }
+  // Leftmost-longest on small cases.
+  const std::string added = R"([{"id": 4, "content": "ab", "special": true}, {"id": 5, "content": "abab", "special": true},
+                                {"id": 6, "content": "bab", "special": true}])";
+  auto tok = Tokenizer::FromJson(MiniTokenizerJson("null", "null", "null", "null", "", R"(["a b"])", added), "");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const int32_t ab = *(*tok)->TokenToId("ab"), abab = *(*tok)->TokenToId("abab"), bab = *(*tok)->TokenToId("bab");
+  EXPECT_EQ((*tok)->Encode("ababab", false), (std::vector<int32_t>{abab, ab}));
+  EXPECT_EQ((*tok)->Encode("aabab", false), (std::vector<int32_t>{0, abab}));
+  EXPECT_EQ((*tok)->Encode("bbabab", false), (std::vector<int32_t>{1, bab, ab}));
+  EXPECT_EQ((*tok)->Encode("babab", false), (std::vector<int32_t>{bab, ab}));
+}
+
 }  // namespace
 }  // namespace deepshard
