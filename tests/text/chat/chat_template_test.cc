@@ -390,6 +390,36 @@ TEST(chat_template, LimitsStringBuildingFiltersAreBounded) {
   }
 }
 
+// Before: the lexer computed each token's column from the start of its line, so a
+// 100k-link chain on one line took 15-55 s to reach the parser's height limit.
+TEST(chat_template, LimitsLongAttributeChainsParseInLinearTime) {
+  using clock = std::chrono::steady_clock;
+  for (const char* link : {".b", "['b']", "|trim", "()", ".b()"}) {
+    std::string t = "{{ a";
+    for (int i = 0; i < 100000; ++i) t += link;
+    t += " }}";
+    const auto t0 = clock::now();
+    auto r = ChatTemplate::Parse(t);
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    std::printf("# %.3f s: chain of 100000 '%s': %s\n", dt, link,
+                r.ok() ? "ok" : std::string(r.status().message()).substr(0, 120).c_str());
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(r.status().message().find("too long a chain") != std::string::npos) << r.status();
+    EXPECT_LT(dt, 1.0) << link;
+  }
+}
+
+TEST(chat_template, ErrorsColumnsOnLongLines) {
+  // Columns count code points, continued across tokens of the same line.
+  std::string t = "{{ 'é' }}" + std::string(1000, ' ') + "{{ x.y.z +* 1 }}";
+  auto r = ChatTemplate::Parse(t);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(std::string(r.status().message()).rfind("chat template line 1 col 1020:", 0), 0u) << r.status();
+  r = ChatTemplate::Parse("{{ a }}\n  {{ 'é' }} {{ +* }}");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(std::string(r.status().message()).rfind("chat template line 2 col 17:", 0), 0u) << r.status();
+}
+
 // Random and mutated templates: errors are fine, crashes and hangs are not.
 TEST(chat_template, FuzzRandomAndMutatedTemplatesNeverCrash) {
   std::vector<std::string> seeds;
