@@ -463,6 +463,11 @@ TEST(TokenizerUntrusted, AmplifyingReplaceIsRefusedAtLoad) {
   // Llama's normalizer (Prepend "▁", Replace " " -> "▁") loads.
   EXPECT_EQ(LoadError(MiniTokenizerJson("null", R"({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
       {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]})")), "OK");
+  // The Replace decoder is bounded the same way.
+  err = LoadError(MiniTokenizerJson("null", "null", R"({"type": "Replace", "pattern": {"String": "a"}, "content": ")" +
+                                                        std::string(1000, 'x') + R"("})"));
+  EXPECT_TRUE(Contains(err, "dir/tokenizer.json: decoder.content: Replace may grow the text 1000x")) << err;
+  EXPECT_EQ(LoadError(MiniTokenizerJson("null", "null", R"({"type": "Replace", "pattern": {"String": "▁"}, "content": " "})")), "OK");
   // A Prepend is added to every piece of text: its length is bounded.
   err = LoadError(MiniTokenizerJson("null", R"({"type": "Prepend", "prepend": ")" + std::string(30000, 'a') + R"("})"));
   EXPECT_TRUE(Contains(err, "normalizer.prepend: Prepend of 30000 bytes exceeds the limit of 256 bytes")) << err;
