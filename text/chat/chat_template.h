@@ -51,7 +51,11 @@
 // Parse errors cover syntax and unsupported statements/filters/tests; render
 // errors cover type errors, undefined values used as real ones, raise_exception
 // and exhausted budgets (RenderLimits: steps, output size, nesting). No
-// template or input can crash or hang the renderer.
+// template or input can crash or hang the renderer: strings are bounded while
+// they are built (tojson with any indent, str()/repr() of containers, replace,
+// join, indent, ~, +, *), failing with "... exceeds the limit of N bytes
+// (RenderLimits::max_string_bytes)", and parsing is linear in the template's
+// length (expression height at most 250). See docs/reliability.md.
 #pragma once
 
 #include <memory>

@@ -241,7 +241,7 @@ std::string Replace(const std::string& s, const std::string& old, const std::str
     // Python inserts `repl` between every character (and at both ends).
     std::u32string cps = utf8::Decode(s);
     int64_t done = 0;
-    for (size_t i = 0; i <= cps.size(); ++i) {
+    for (size_t i = 0; i <= cps.size() && out.size() <= ReprCap(); ++i) {
       if (count < 0 || done < count) {
         out += repl;
         ++done;
@@ -252,7 +252,7 @@ std::string Replace(const std::string& s, const std::string& old, const std::str
   }
   size_t start = 0;
   int64_t done = 0;
-  while (count < 0 || done < count) {
+  while ((count < 0 || done < count) && out.size() <= ReprCap()) {  // the caller refuses an oversized result
     const size_t p = s.find(old, start);
     if (p == std::string::npos) break;
     out.append(s, start, p - start);

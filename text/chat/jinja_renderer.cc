@@ -80,7 +80,8 @@ absl::Status Renderer::Charge(int64_t units) {
 absl::Status Renderer::ChargeString(size_t bytes) {
   if (bytes > limits_.max_string_bytes) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("string of ", bytes, " bytes exceeds the limit of ", limits_.max_string_bytes));
+        absl::StrCat("string of ", bytes, " bytes exceeds the limit of ", limits_.max_string_bytes,
+                     " bytes (RenderLimits::max_string_bytes)"));
   }
   return Charge(static_cast<int64_t>(bytes / 64));
 }
@@ -104,7 +105,8 @@ absl::Status Renderer::CheckDepth(const Value& v) {
 absl::Status Renderer::Append(std::string& out, std::string_view text) {
   if (out.size() + text.size() > limits_.max_string_bytes) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("rendered output exceeds the limit of ", limits_.max_string_bytes, " bytes"));
+        absl::StrCat("rendered output exceeds the limit of ", limits_.max_string_bytes,
+                     " bytes (RenderLimits::max_string_bytes)"));
   }
   RETURN_IF_ERROR(Charge(static_cast<int64_t>(text.size() / 64)));
   out.append(text);
@@ -112,6 +114,8 @@ absl::Status Renderer::Append(std::string& out, std::string_view text) {
 }
 
 absl::StatusOr<std::string> Renderer::Render(DictData context) {
+  // str()/repr()/tojson/replace stop building past the limit (see ReprCap).
+  ReprCapScope repr_cap(limits_.max_string_bytes + 1);
   DictData globals;
   AddGlobals(globals);
   auto builtins = std::make_shared<Scope>(nullptr);

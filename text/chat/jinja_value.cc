@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 
 #include "absl/status/status.h"
@@ -294,6 +295,8 @@ void AppendStringRepr(std::string& out, const std::string& s) {
   out.push_back(quote);
 }
 
+thread_local size_t repr_cap = SIZE_MAX;
+
 void AppendRepr(std::string& out, const Value& v, int depth);
 
 void AppendStr(std::string& out, const Value& v, int depth) {
@@ -309,6 +312,7 @@ void AppendStr(std::string& out, const Value& v, int depth) {
 }
 
 void AppendRepr(std::string& out, const Value& v, int depth) {
+  if (out.size() > repr_cap) return;  // the caller's size check refuses it
   if (depth > kMaxReprDepth) {
     out += "...";
     return;
@@ -337,6 +341,7 @@ void AppendRepr(std::string& out, const Value& v, int depth) {
       out.push_back(tuple ? '(' : '[');
       const auto& items = v.items();
       for (size_t i = 0; i < items.size(); ++i) {
+        if (out.size() > repr_cap) break;
         if (i) out += ", ";
         AppendRepr(out, items[i], depth + 1);
       }
@@ -351,6 +356,7 @@ void AppendRepr(std::string& out, const Value& v, int depth) {
       out.push_back('{');
       bool first = true;
       for (const auto& [k, item] : d.items()) {
+        if (out.size() > repr_cap) break;
         if (!first) out += ", ";
         first = false;
         AppendStringRepr(out, k);
@@ -368,6 +374,10 @@ void AppendRepr(std::string& out, const Value& v, int depth) {
 }
 
 }  // namespace
+
+size_t ReprCap() { return repr_cap; }
+ReprCapScope::ReprCapScope(size_t cap) : saved_(repr_cap) { repr_cap = cap; }
+ReprCapScope::~ReprCapScope() { repr_cap = saved_; }
 
 std::string PyStr(const Value& v) {
   if (v.is_string()) return v.as_string();
@@ -561,9 +571,16 @@ void AppendJsonString(std::string& out, const std::string& s, bool ensure_ascii)
   out.push_back('"');
 }
 
+absl::Status TooLong(size_t bytes) {
+  return absl::ResourceExhaustedError(absl::StrCat("tojson: output of more than ", bytes,
+                                                   " bytes exceeds the limit of ", repr_cap - 1,
+                                                   " bytes (RenderLimits::max_string_bytes)"));
+}
+
 absl::Status DumpAt(std::string& out, const Value& v, const JsonDumpOptions& o, const std::string& item_sep,
                     int level) {
   if (level > kMaxReprDepth) return absl::InvalidArgumentError("tojson: value nested too deeply");
+  if (out.size() > repr_cap) return TooLong(out.size());
   switch (v.kind()) {
     case Kind::kNone: out += "null"; return absl::OkStatus();
     case Kind::kBool: out += v.as_bool() ? "true" : "false"; return absl::OkStatus();
@@ -590,6 +607,9 @@ absl::Status DumpAt(std::string& out, const Value& v, const JsonDumpOptions& o, 
       out.push_back('[');
       std::string newline_indent;
       if (o.indent) {
+        if (o.indent->size() * static_cast<size_t>(level + 1) > repr_cap) {
+          return TooLong(o.indent->size() * static_cast<size_t>(level + 1));
+        }
         newline_indent = "\n";
         for (int i = 0; i <= level; ++i) newline_indent += *o.indent;
         out += newline_indent;
@@ -621,6 +641,9 @@ absl::Status DumpAt(std::string& out, const Value& v, const JsonDumpOptions& o, 
       out.push_back('{');
       std::string newline_indent;
       if (o.indent) {
+        if (o.indent->size() * static_cast<size_t>(level + 1) > repr_cap) {
+          return TooLong(o.indent->size() * static_cast<size_t>(level + 1));
+        }
         newline_indent = "\n";
         for (int i = 0; i <= level; ++i) newline_indent += *o.indent;
         out += newline_indent;

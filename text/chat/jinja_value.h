@@ -150,6 +150,24 @@ bool Truthy(const Value& v);
 
 // str(x): what {{ x }} prints. Undefined prints as "", None as "None", floats
 // as Python's repr ("1.0", "1e-05"), containers as Python's repr of them.
+// Text that str()/repr()/json.dumps() of a container, or a string built by the
+// built-ins (replace), may reach before building stops: the renderer sets it to
+// RenderLimits::max_string_bytes + 1 for the duration of a render (ReprCapScope),
+// so that an oversized result stops growing there and is then refused by the
+// renderer's size check with an error naming the limit (rather than allocating
+// gigabytes first). Unlimited outside a render.
+size_t ReprCap();
+class ReprCapScope {
+ public:
+  explicit ReprCapScope(size_t cap);
+  ~ReprCapScope();
+  ReprCapScope(const ReprCapScope&) = delete;
+  ReprCapScope& operator=(const ReprCapScope&) = delete;
+
+ private:
+  size_t saved_;
+};
+
 std::string PyStr(const Value& v);
 // repr(x).
 std::string PyRepr(const Value& v);

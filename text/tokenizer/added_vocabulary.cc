@@ -55,22 +55,25 @@ void AddedVocabulary::Trie::Build(const std::vector<std::pair<std::string, int32
   root_.assign(256, -1);
   edges_.clear();
   terminal_.assign(1, -1);  // node 0 is the root
+  depth_.assign(1, 0);
+  can_start_.fill(false);
   n_patterns_ = 0;
+  std::vector<int32_t> parent(1, -1);
+  std::vector<unsigned char> byte(1, 0);
   for (const auto& [content, id] : patterns) {
     if (content.empty()) continue;  // an empty pattern would match everywhere
     ++n_patterns_;
+    can_start_[static_cast<unsigned char>(content.front())] = true;
     int32_t node = 0;
-    for (size_t k = 0; k < content.size(); ++k) {
+    for (size_t k = content.size(); k-- > 0;) {  // reversed
       unsigned char b = static_cast<unsigned char>(content[k]);
-      int32_t child = -1;
-      if (node == 0) {
-        child = root_[b];
-      } else if (auto it = edges_.find((static_cast<uint64_t>(node) << 8) | b); it != edges_.end()) {
-        child = it->second;
-      }
+      int32_t child = Child(node, b);
       if (child < 0) {
         child = static_cast<int32_t>(terminal_.size());
         terminal_.push_back(-1);
+        depth_.push_back(depth_[static_cast<size_t>(node)] + 1);
+        parent.push_back(node);
+        byte.push_back(b);
         if (node == 0) {
           root_[b] = child;
         } else {
@@ -82,24 +85,50 @@ void AddedVocabulary::Trie::Build(const std::vector<std::pair<std::string, int32
     // With duplicate contents the first pattern wins, as in Aho-Corasick.
     if (terminal_[static_cast<size_t>(node)] < 0) terminal_[static_cast<size_t>(node)] = id;
   }
+  // Failure links in breadth-first order (by depth; a counting sort).
+  const size_t n = terminal_.size();
+  int32_t max_depth = 0;
+  for (int32_t d : depth_) max_depth = std::max(max_depth, d);
+  std::vector<int32_t> start(static_cast<size_t>(max_depth) + 2, 0), order(n);
+  for (int32_t d : depth_) ++start[static_cast<size_t>(d) + 1];
+  for (size_t d = 1; d < start.size(); ++d) start[d] += start[d - 1];
+  for (size_t v = 0; v < n; ++v) order[static_cast<size_t>(start[static_cast<size_t>(depth_[v])]++)] = static_cast<int32_t>(v);
+  fail_.assign(n, 0);
+  best_.assign(n, -1);
+  for (int32_t v : order) {
+    const size_t vi = static_cast<size_t>(v);
+    if (v != 0 && parent[vi] != 0) {
+      int32_t f = fail_[static_cast<size_t>(parent[vi])];
+      while (true) {
+        int32_t c = Child(f, byte[vi]);
+        if (c >= 0) {
+          fail_[vi] = c;
+          break;
+        }
+        if (f == 0) break;
+        f = fail_[static_cast<size_t>(f)];
+      }
+    }
+    best_[vi] = terminal_[vi] >= 0 ? v : (v == 0 ? -1 : best_[static_cast<size_t>(fail_[vi])]);
+  }
 }
 
-size_t AddedVocabulary::Trie::LongestAt(std::string_view text, size_t pos, int32_t* id) const {
-  int32_t node = root_[static_cast<unsigned char>(text[pos])];
-  size_t best = 0;
-  size_t k = pos + 1;
-  while (node >= 0) {
-    if (terminal_[static_cast<size_t>(node)] >= 0) {
-      best = k - pos;
-      *id = terminal_[static_cast<size_t>(node)];
+void AddedVocabulary::Trie::LongestStarting(std::string_view text, std::vector<int32_t>* len,
+                                            std::vector<int32_t>* id) const {
+  len->assign(text.size(), 0);
+  id->assign(text.size(), -1);
+  int32_t state = 0;
+  for (size_t p = text.size(); p-- > 0;) {
+    const unsigned char b = static_cast<unsigned char>(text[p]);
+    int32_t next;
+    while ((next = Child(state, b)) < 0 && state != 0) state = fail_[static_cast<size_t>(state)];
+    state = next < 0 ? 0 : next;
+    const int32_t best = best_[static_cast<size_t>(state)];
+    if (best >= 0) {
+      (*len)[p] = depth_[static_cast<size_t>(best)];
+      (*id)[p] = terminal_[static_cast<size_t>(best)];
     }
-    if (k >= text.size()) break;
-    auto it = edges_.find((static_cast<uint64_t>(node) << 8) | static_cast<unsigned char>(text[k]));
-    if (it == edges_.end()) break;
-    node = it->second;
-    ++k;
   }
-  return best;
 }
 
 // ---------------------------------------------------------------------------------
@@ -186,15 +215,14 @@ void AddedVocabulary::FindMatches(std::string_view text, const Trie& trie, std::
   const size_t n = text.size();
   size_t start_offset = 0;
   size_t i = 0;
-  while ((i = trie.NextCandidate(text, i)) < n) {
-    int32_t id = -1;
-    size_t len = trie.LongestAt(text, i, &id);
-    if (len == 0) {
-      ++i;
-      continue;
-    }
-    size_t start = i, stop = i + len;
-    i = stop;  // matches do not overlap; the search resumes after this one
+  while (i < n && !trie.CanStart(static_cast<unsigned char>(text[i]))) ++i;
+  std::vector<int32_t> longest, ids;
+  if (i < n) trie.LongestStarting(text, &longest, &ids);
+  for (; i < n; ++i) {
+    if (longest[i] == 0) continue;
+    const int32_t id = ids[i];
+    size_t start = i, stop = i + static_cast<size_t>(longest[i]);
+    i = stop - 1;  // matches do not overlap; the search resumes after this one
     const AddedToken* tok = Find(id);
     if (tok == nullptr) continue;
     if (tok->single_word) {

@@ -1,5 +1,6 @@
 #include "text/tokenizer/bpe.h"
 
+#include <algorithm>
 #include <climits>
 #include <queue>
 
@@ -15,6 +16,10 @@ constexpr int32_t kNoRank = INT32_MAX;
 // quadratic scan, which is faster when there are only a few symbols.
 constexpr size_t kScanMaxSymbols = 48;
 constexpr int32_t kMaxVocabId = (1 << 26) - 1;
+// The id table is dense, sized by the largest id: ids must stay below
+// 2 x (number of entries) + kVocabIdSlack, so that its size is bounded by the file's
+// (an id near 2^26 in a tiny file would otherwise allocate gigabytes).
+constexpr int64_t kVocabIdSlack = 1 << 16;
 
 enum MergeMode { kAuto = 0, kScan = 1, kHeap = 2 };
 
@@ -67,6 +72,7 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Parse(const JsonNode& model)
   JsonNode vocab_node = model["vocab"];
   ASSIGN_OR_RETURN(const boost::json::object* vocab, vocab_node.Object());
   bpe->vocab_.reserve(vocab->size());
+  const int64_t id_bound = std::min<int64_t>(kMaxVocabId, 2 * static_cast<int64_t>(vocab->size()) + kVocabIdSlack - 1);
   int32_t max_id = -1;
   for (const auto& kv : *vocab) {
     std::string_view token(kv.key().data(), kv.key().size());
@@ -80,6 +86,11 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Parse(const JsonNode& model)
     }
     if (id < 0 || id > kMaxVocabId) {
       return vocab_node[token].Error(absl::StrCat("token id ", id, " is out of range [0, ", kMaxVocabId, "]"));
+    }
+    if (id > id_bound) {
+      return vocab_node[token].Error(absl::StrCat("token id ", id, " is out of range [0, ", id_bound,
+                                                  "]: ids must be below 2 x the number of entries (",
+                                                  vocab->size(), ") + ", kVocabIdSlack));
     }
     bpe->vocab_[token] = static_cast<int32_t>(id);
     max_id = std::max(max_id, static_cast<int32_t>(id));

@@ -1,6 +1,7 @@
 #include "text/tokenizer/decoder.h"
 
 #include "base/status_macros.h"
+#include "text/tokenizer/normalizer.h"
 #include "text/tokenizer/pre_tokenizer.h"
 #include "text/tokenizer/regex.h"
 #include "text/tokenizer/unicode.h"
@@ -206,6 +207,13 @@ absl::StatusOr<std::unique_ptr<Decoder>> ParseDecoder(const JsonNode& node) {
   if (type == "Replace") {
     ASSIGN_OR_RETURN(Regex pattern, ParsePattern(node["pattern"]));
     ASSIGN_OR_RETURN(std::string content, node["content"].String());
+    // As for the Replace normalizer (normalizer.h): the decoded text may grow at
+    // most kMaxNormalizerGrowth times through one Replace.
+    ASSIGN_OR_RETURN(std::string literal, node["pattern"]["String"].StringOr(""));
+    const size_t growth = literal.empty() ? content.size() + 1 : (content.size() + literal.size() - 1) / literal.size();
+    if (growth > static_cast<size_t>(kMaxNormalizerGrowth)) {
+      return node["content"].Error(absl::StrCat("Replace may grow the text ", growth, "x (its content is long for its pattern); the limit is ", kMaxNormalizerGrowth, "x"));
+    }
     return std::make_unique<ReplaceDecoder>(std::move(pattern), std::move(content));
   }
   if (type == "Strip") {

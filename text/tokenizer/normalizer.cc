@@ -2,6 +2,7 @@
 
 #include <unicode/uchar.h>  // u_charType (StripAccents)
 
+#include <algorithm>
 #include <vector>
 
 #include "base/status_macros.h"
@@ -133,9 +134,18 @@ class StripAccentsNormalizer : public Normalizer {
   }
 };
 
+absl::Status GrowthError(const JsonNode& node, int64_t growth) {
+  return node.Error(absl::StrCat("Replace may grow the text ", growth, "x (its content is long for its pattern); "
+                                 "the normalizers together may grow it at most ", kMaxNormalizerGrowth, "x"));
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(const JsonNode& node) {
+// How much a normalizer may grow a piece: |out| <= growth x |in| + constant. Only
+// Replace multiplies (Prepend adds kMaxPrependBytes at most; the Unicode forms and
+// Lowercase grow by small fixed factors and are not counted). A Sequence multiplies
+// the growth of its parts.
+absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizerImpl(const JsonNode& node, int64_t* growth) {
   RETURN_IF_ERROR(node.Object().status());
   ASSIGN_OR_RETURN(std::string type, node["type"].String());
   if (type == "Sequence") {
@@ -143,7 +153,10 @@ absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(const JsonNode& node
     ASSIGN_OR_RETURN(const boost::json::array* arr, list.Array());
     std::vector<std::unique_ptr<Normalizer>> parts;
     for (size_t i = 0; i < arr->size(); ++i) {
-      ASSIGN_OR_RETURN(auto part, ParseNormalizer(list[i]));
+      int64_t part_growth = 1;
+      ASSIGN_OR_RETURN(auto part, ParseNormalizerImpl(list[i], &part_growth));
+      *growth *= part_growth;
+      if (*growth > kMaxNormalizerGrowth) return GrowthError(list[i], *growth);
       parts.push_back(std::move(part));
     }
     return std::make_unique<SequenceNormalizer>(std::move(parts));
@@ -157,10 +170,22 @@ absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(const JsonNode& node
   if (type == "Replace") {
     ASSIGN_OR_RETURN(Regex pattern, ParsePattern(node["pattern"]));
     ASSIGN_OR_RETURN(std::string content, node["content"].String());
+    // A literal of L bytes becomes `content` (each match consumes L bytes); a regex
+    // may match empty strings, between every two characters.
+    int64_t c = static_cast<int64_t>(std::min<size_t>(content.size(), kMaxNormalizerGrowth + 1));
+    ASSIGN_OR_RETURN(std::string literal, node["pattern"]["String"].StringOr(""));
+    *growth = !literal.empty() ? std::max<int64_t>(1, (c + static_cast<int64_t>(literal.size()) - 1) /
+                                                          static_cast<int64_t>(literal.size()))
+                               : c + 1;
+    if (*growth > kMaxNormalizerGrowth) return GrowthError(node, *growth);
     return std::make_unique<ReplaceNormalizer>(std::move(pattern), std::move(content));
   }
   if (type == "Prepend") {
     ASSIGN_OR_RETURN(std::string prefix, node["prepend"].String());
+    if (prefix.size() > kMaxPrependBytes) {
+      return node["prepend"].Error(absl::StrCat("Prepend of ", prefix.size(), " bytes exceeds the limit of ",
+                                                kMaxPrependBytes, " bytes (it is added to every piece of text)"));
+    }
     return std::make_unique<PrependNormalizer>(std::move(prefix));
   }
   if (type == "Strip") {
@@ -171,6 +196,11 @@ absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(const JsonNode& node
   return node["type"].Error(absl::StrCat("unsupported normalizer \"", type,
                                          "\" (supported: Sequence, NFC, NFKC, NFD, NFKD, Lowercase, "
                                          "Replace, Prepend, Strip, StripAccents)"));
+}
+
+absl::StatusOr<std::unique_ptr<Normalizer>> ParseNormalizer(const JsonNode& node) {
+  int64_t growth = 1;
+  return ParseNormalizerImpl(node, &growth);
 }
 
 }  // namespace deepshard::tokenizer_internal

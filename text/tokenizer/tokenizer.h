@@ -31,6 +31,13 @@
 //   post-processors TemplateProcessing, ByteLevel, Sequence, BertProcessing,
 //   RobertaProcessing; decoders ByteLevel, Sequence, Replace, Strip, Fuse, ByteFallback.
 //
+// Untrusted input (docs/reliability.md, "Tokenizer and templates"): sizes in the
+// files are bounded by the files before anything is allocated, each error naming
+// the file and key: vocab ids below 2 x entries + 65536 (and 2^26), normalizers
+// (and the Replace decoder) growing text at most 64x, Prepend at most 256 bytes.
+// Encode is linear in its input (added tokens match through an Aho-Corasick
+// automaton, see added_vocabulary.h).
+//
 // Thread safety: Encode and Decode may be called from several threads at once (the
 // only mutable state, the BPE word cache, is locked).
 //

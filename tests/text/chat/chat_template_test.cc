@@ -335,6 +335,91 @@ TEST(chat_template, LimitsNamespaceCyclesAreHarmless) {
   EXPECT_TRUE(r.ok()) << r.status();
 }
 
+// Untrusted templates (issue 16): filters that build strings are bounded by
+// RenderLimits::max_string_bytes (an error naming the limit, not bad_alloc).
+TEST(chat_template, LimitsStringBuildingFiltersAreBounded) {
+  using clock = std::chrono::steady_clock;
+  // The issue's case under the default limits. Before: std::bad_alloc (6.5 GB).
+  auto r = Render("{{ range(100000) | list | tojson(indent=65536) }}");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.status().message().find("exceeds the limit of 67108864 bytes (RenderLimits::max_string_bytes)") !=
+              std::string::npos)
+      << r.status();
+  // The others under a 1 MB limit (fast). Each built its whole result before its
+  // size was checked: tojson, str()/repr() of lists, replace.
+  jinja::RenderLimits limits;
+  limits.max_string_bytes = 1 << 20;
+  const std::vector<std::string> amplifiers = {
+      "{{ range(3000) | list | tojson(indent=4096) }}",
+      "{{ [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]] | tojson(indent=65536) }}",
+      "{{ {'a': range(3000) | list} | tojson(indent=4096) }}",
+      "{{ ['x' * 1000000] * 100000 }}",
+      "{{ (['x' * 1000000] * 100000) | string }}",
+      "{{ {'a': ['x' * 1000000] * 100000} | string }}",
+      "{{ (['x' * 1000000] * 100000) | tojson }}",
+      "{{ ('a\n' * 10000) | indent(100000) }}",
+      "{{ range(100000) | join('x' * 100000) }}",
+      "{{ ('a' * 100000) | replace('a', 'x' * 100000) }}",
+      "{{ ('a' * 100000).replace('a', 'x' * 100000) }}",
+      "{{ ('a' * 100000) | replace('', 'x' * 100000) }}",
+      "{{ ('x' * 100000).join(range(100000) | map('string')) }}",
+      "{{ ('x' * 1000000) ~ ('y' * 1000000) }}",
+      "{{ ('x' * 1000000) + ('y' * 1000000) }}",
+  };
+  for (const std::string& t : amplifiers) {
+    auto ast = jinja::ParseTemplate(t);
+    ASSERT_TRUE(ast.ok()) << t << ": " << ast.status();
+    const auto t0 = clock::now();
+    jinja::Renderer renderer(*ast, limits);
+    auto out = renderer.Render({});
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    EXPECT_FALSE(out.ok()) << t;
+    if (!out.ok()) {
+      const std::string msg(out.status().message());
+      EXPECT_TRUE(msg.find("RenderLimits::max_string_bytes") != std::string::npos ||
+                  msg.find("render budget exceeded") != std::string::npos)
+          << t << ": " << msg;
+    }
+    EXPECT_LT(dt, 0.5) << t;
+  }
+  // printf and str.format widths are clamped (to 100000) by design.
+  for (const char* t : {"{{ '%1000000000s' % 'a' }}", "{{ '{:>1000000000}'.format(1) }}"}) {
+    r = Render(t);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_LE(r->size(), 100001u);
+  }
+}
+
+// Before: the lexer computed each token's column from the start of its line, so a
+// 100k-link chain on one line took 15-55 s to reach the parser's height limit.
+TEST(chat_template, LimitsLongAttributeChainsParseInLinearTime) {
+  using clock = std::chrono::steady_clock;
+  for (const char* link : {".b", "['b']", "|trim", "()", ".b()"}) {
+    std::string t = "{{ a";
+    for (int i = 0; i < 100000; ++i) t += link;
+    t += " }}";
+    const auto t0 = clock::now();
+    auto r = ChatTemplate::Parse(t);
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    std::printf("# %.3f s: chain of 100000 '%s': %s\n", dt, link,
+                r.ok() ? "ok" : std::string(r.status().message()).substr(0, 120).c_str());
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(r.status().message().find("too long a chain") != std::string::npos) << r.status();
+    EXPECT_LT(dt, 1.0) << link;
+  }
+}
+
+TEST(chat_template, ErrorsColumnsOnLongLines) {
+  // Columns count code points, continued across tokens of the same line.
+  std::string t = "{{ 'é' }}" + std::string(1000, ' ') + "{{ x.y.z +* 1 }}";
+  auto r = ChatTemplate::Parse(t);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(std::string(r.status().message()).rfind("chat template line 1 col 1020:", 0), 0u) << r.status();
+  r = ChatTemplate::Parse("{{ a }}\n  {{ 'é' }} {{ +* }}");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(std::string(r.status().message()).rfind("chat template line 2 col 17:", 0), 0u) << r.status();
+}
+
 // Random and mutated templates: errors are fine, crashes and hangs are not.
 TEST(chat_template, FuzzRandomAndMutatedTemplatesNeverCrash) {
   std::vector<std::string> seeds;

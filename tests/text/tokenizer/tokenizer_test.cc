@@ -3,6 +3,8 @@
 // (every code point against Oniguruma), UTF-8 repair, BPE merge strategies and the
 // streaming detokenizer's edge cases.
 #include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <thread>
@@ -420,6 +422,89 @@ TEST(TokenizerStreaming, CleanUpSpacesHeldBack) {
     out += stream.Flush();
     EXPECT_EQ(out, tok.Decode(ids, false)) << text;
   }
+}
+
+
+// ---------------------------------------------------------------------------------
+// Untrusted input (issue 16): sizes in the file are bounded by the file, amplifying
+// components fail with an error, and long inputs stay linear.
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+TEST(TokenizerUntrusted, HugeVocabIdIsAnErrorNotAnAllocation) {
+  // Before: id 2^26 - 1 sized the id table at 2^26 strings (2.1 GB).
+  const std::string tj =
+      R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 67108863}, "merges": []}})";
+  std::string err = LoadError(tj);
+  EXPECT_TRUE(Contains(err, "dir/tokenizer.json: model.vocab.b: token id 67108863")) << err;
+  // Ids may have holes, within a bound set by the number of entries.
+  EXPECT_EQ(LoadError(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1000}, "merges": []}})"), "OK");
+}
+
+TEST(TokenizerUntrusted, AmplifyingReplaceIsRefusedAtLoad) {
+  // Before: every "a" became 1 MB, and Encode("aaaa...") died of bad_alloc.
+  const std::string big(1 << 20, 'x');
+  std::string err = LoadError(MiniTokenizerJson(
+      "null", R"({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Replace", "pattern": {"String": "a"}, "content": ")" +
+                  big + R"("}]})"));
+  EXPECT_TRUE(Contains(err, "dir/tokenizer.json: normalizer.normalizers[1]: Replace may grow the text")) << err.substr(0, 200);
+  // A regex may match between every two characters: content + 1 per byte.
+  err = LoadError(MiniTokenizerJson("null", R"({"type": "Replace", "pattern": {"Regex": ""}, "content": ")" +
+                                                std::string(64, 'x') + R"("})"));
+  EXPECT_TRUE(Contains(err, "normalizer: Replace may grow the text 65x")) << err;
+  // Growth multiplies along a Sequence: 8 x 8 is fine, 8 x 8 x 2 is not.
+  const std::string x8 = R"({"type": "Replace", "pattern": {"String": "a"}, "content": "xxxxxxxx"})";
+  EXPECT_EQ(LoadError(MiniTokenizerJson("null", R"({"type": "Sequence", "normalizers": [)" + x8 + "," + x8 + "]}")), "OK");
+  err = LoadError(MiniTokenizerJson("null", R"({"type": "Sequence", "normalizers": [)" + x8 + "," + x8 + "," +
+                                                R"({"type": "Replace", "pattern": {"String": "x"}, "content": "yy"}]})"));
+  EXPECT_TRUE(Contains(err, "normalizer.normalizers[2]: Replace may grow the text 128x")) << err;
+  // Llama's normalizer (Prepend "▁", Replace " " -> "▁") loads.
+  EXPECT_EQ(LoadError(MiniTokenizerJson("null", R"({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+      {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]})")), "OK");
+  // The Replace decoder is bounded the same way.
+  err = LoadError(MiniTokenizerJson("null", "null", R"({"type": "Replace", "pattern": {"String": "a"}, "content": ")" +
+                                                        std::string(1000, 'x') + R"("})"));
+  EXPECT_TRUE(Contains(err, "dir/tokenizer.json: decoder.content: Replace may grow the text 1000x")) << err;
+  EXPECT_EQ(LoadError(MiniTokenizerJson("null", "null", R"({"type": "Replace", "pattern": {"String": "▁"}, "content": " "})")), "OK");
+  // A Prepend is added to every piece of text: its length is bounded.
+  err = LoadError(MiniTokenizerJson("null", R"({"type": "Prepend", "prepend": ")" + std::string(30000, 'a') + R"("})"));
+  EXPECT_TRUE(Contains(err, "normalizer.prepend: Prepend of 30000 bytes exceeds the limit of 256 bytes")) << err;
+}
+
+TEST(TokenizerUntrusted, LongAddedTokensMatchInLinearTime) {
+  // Before: added tokens were matched by a trie walk from every position, O(text x
+  // content length): 30 KB contents of "a...a" against 30 KB of "a" (as made by a
+  // long Prepend in front of normalized added tokens) took about a minute.
+  const std::string long_a(30000, 'a');
+  for (const char* flags : {R"("special": true)", R"("special": false, "normalized": true)"}) {
+    const std::string added = R"([{"id": 4, "content": ")" + long_a + R"(c", )" + flags + R"(},
+                                  {"id": 5, "content": ")" + long_a + R"(", )" + flags + R"(}])";
+    auto tok = Tokenizer::FromJson(MiniTokenizerJson("null", "null", "null", "null", "", R"(["a b"])", added), "");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    const int32_t long_id = *(*tok)->TokenToId(long_a);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<int32_t> ids = (*tok)->Encode(long_a.substr(1) + "b", false);
+    const double secs = SecondsSince(t0);
+    std::printf("# %s: 30 KB without a match in %.3f s\n", flags, secs);
+    EXPECT_LT(secs, 0.5);
+    std::vector<int32_t> want(29998, 0);
+    want.push_back(2);  // "ab"
+    EXPECT_EQ(ids, want);
+    // "a" + long_a + "c": the longest content at 0 is long_a, then "ac" is text.
+    EXPECT_EQ((*tok)->Encode(long_a + "ac", false), (std::vector<int32_t>{long_id, 0}));
+  }
+  // Leftmost-longest on small cases.
+  const std::string added = R"([{"id": 4, "content": "ab", "special": true}, {"id": 5, "content": "abab", "special": true},
+                                {"id": 6, "content": "bab", "special": true}])";
+  auto tok = Tokenizer::FromJson(MiniTokenizerJson("null", "null", "null", "null", "", R"(["a b"])", added), "");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const int32_t ab = *(*tok)->TokenToId("ab"), abab = *(*tok)->TokenToId("abab"), bab = *(*tok)->TokenToId("bab");
+  EXPECT_EQ((*tok)->Encode("ababab", false), (std::vector<int32_t>{abab, ab}));
+  EXPECT_EQ((*tok)->Encode("aabab", false), (std::vector<int32_t>{0, abab}));
+  EXPECT_EQ((*tok)->Encode("bbabab", false), (std::vector<int32_t>{1, bab, ab}));
+  EXPECT_EQ((*tok)->Encode("babab", false), (std::vector<int32_t>{bab, ab}));
 }
 
 }  // namespace
