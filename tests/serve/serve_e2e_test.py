@@ -718,6 +718,17 @@ def test_tight_pool():
         pre = m.get("deepshard_preemptions_total", 0)
         check(pre > 0, f"tight pool: sequences were preempted and recomputed ({pre:.0f} preemptions)")
         check(srv.kv_used() == 0, "tight pool: every block free afterwards")
+        # One slot holds 8 x 16 = 128 tokens, less than the context: max_model_len says so,
+        # and a chat request without max_tokens (the openai client's default) is served
+        # with the rest of those 128 tokens rather than refused (issue 16).
+        status, data = srv.get("/v1/models")
+        mml = json.loads(data)["data"][0].get("max_model_len") if status == 200 else None
+        check(mml == 128, f"tight pool: /v1/models max_model_len is the slot's 128 tokens (got {mml})")
+        status, data = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                         "temperature": 0, "ignore_eos": True})
+        usage = json.loads(data).get("usage", {}) if status == 200 else {}
+        check(status == 200 and usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0) == 128,
+              f"tight pool: a chat without max_tokens fills the slot's 128 tokens ({status}, {usage})")
     finally:
         srv.kill()
 
