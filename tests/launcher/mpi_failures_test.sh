@@ -142,8 +142,11 @@ fi
 # heartbeat watchdog must end the job non-zero within ~the heartbeat timeout
 # (3 s) with the stopped rank named, not hang forever (issue 16). Once for a
 # worker and once for rank 0.
+# With a third argument "load", the rank is stopped while loading (as soon as it
+# maps a model file), before the job's control plane exists: the start-up watch
+# (launcher/rank_setup.cc) covers that window.
 stop_case() {
-  local want_rank="$1"
+  local want_rank="$1" when="${2:-run}"
   "${MPI[@]}" -n 2 "$BIN" generate --model "$TMP/big" --ep 2 --prompt-ids "$prompts;$prompts;$prompts;$prompts;$prompts;$prompts;$prompts;$prompts" \
     --max-new-tokens 64 --ignore-eos >"$TMP/stop.out" 2>&1 &
   local job=$! victim="" p
@@ -155,9 +158,16 @@ stop_case() {
     done
     [ -n "$victim" ] && break
   done
-  sleep 1.5
+  if [ "$when" == "load" ]; then
+    for _ in $(seq 1 1000); do
+      grep -q "$TMP/big/model" "/proc/$victim/maps" 2>/dev/null && break
+      sleep 0.005
+    done
+  else
+    sleep 1.5
+  fi
   if [ -z "$victim" ] || ! kill -0 "$job" 2>/dev/null; then
-    echo "FAIL stop rank $want_rank: the job was not running (victim '$victim')"
+    echo "FAIL stop rank $want_rank ($when): the job was not running (victim '$victim')"
     cat "$TMP/stop.out"
     fails=$((fails + 1))
     kill -9 "$job" 2>/dev/null
@@ -171,7 +181,7 @@ stop_case() {
     sleep 0.1
   done
   if kill -0 "$job" 2>/dev/null; then
-    echo "FAIL stop rank $want_rank: mpiexec still running 15 s after SIGSTOP:"
+    echo "FAIL stop rank $want_rank ($when): mpiexec still running 15 s after SIGSTOP:"
     sed 's/^/     /' "$TMP/stop.out" | tail -20
     kill -CONT "$victim" 2>/dev/null
     kill -9 "$victim" "$job" 2>/dev/null
@@ -185,16 +195,18 @@ stop_case() {
   kill -CONT "$victim" 2>/dev/null
   kill -9 "$victim" 2>/dev/null
   if [ "$rc" -ne 0 ] && grep -q "rank $want_rank" "$TMP/stop.out" && grep -qi "heartbeat" "$TMP/stop.out"; then
-    echo "ok   rank $want_rank stopped mid-run: job exited $rc ${secs}s after SIGSTOP, naming the rank"
+    echo "ok   rank $want_rank stopped ($when): job exited $rc ${secs}s after SIGSTOP, naming the rank"
     pass=$((pass + 1))
   else
-    echo "FAIL stop rank $want_rank: exit $rc after ${secs}s; output:"
+    echo "FAIL stop rank $want_rank ($when): exit $rc after ${secs}s; output:"
     sed 's/^/     /' "$TMP/stop.out" | tail -20
     fails=$((fails + 1))
   fi
 }
 stop_case 1
 stop_case 0
+stop_case 1 load
+stop_case 0 load
 
 echo "$pass passed, $fails failed"
 [ "$fails" -eq 0 ]
