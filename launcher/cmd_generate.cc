@@ -234,6 +234,7 @@ int Generate(Options& o, RankShare& share, const Tokenizer* tok) {
   o.job.max_waiting = std::max<int64_t>(o.job.max_waiting, static_cast<int64_t>(o.prompts.size()) + 1);
   int code = 0;
   auto job = serve::Job::Start(JobResources(share, "generate"), o.job, &code);
+  EndStartupWatch(share);  // the job's own heartbeats watch the ranks from here
   if (!job) return code;
   if (!job->is_root()) return job->RunWorker(nullptr);
   code = GenerateOnRoot(o, *job, tok);

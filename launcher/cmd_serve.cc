@@ -220,6 +220,7 @@ std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& dir) {
 int Serve(const Options& o, RankShare& share, serve::StopSignals& signals) {
   int code = 0;
   auto job = serve::Job::Start(JobResources(share, "serve"), o.job, &code);
+  EndStartupWatch(share);  // the job's own heartbeats watch the ranks from here
   if (!job) return code;
   if (!job->is_root()) return job->RunWorker(&signals);
   if (o.http.api_key.empty() && !IsLoopback(o.http.host)) {

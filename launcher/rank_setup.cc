@@ -1,12 +1,19 @@
 #include "launcher/rank_setup.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "serve/control_plane.h"
+#include "serve/signals.h"
 #include "comm/mpi_communicator.h"
 #include "base/status_macros.h"
 #include "runtime/batching/paged_kv_cache.h"
@@ -110,11 +117,105 @@ absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, Placement
   return absl::OkStatus();
 }
 
+class StartupWatch {
+ public:
+  // Collective over MPI_COMM_WORLD (one broadcast). Null on any failure (then
+  // start-up simply goes unwatched, as before).
+  static std::shared_ptr<StartupWatch> Start(const std::string& command, const ParallelConfig& pc) {
+    auto w = std::make_shared<StartupWatch>();
+    w->command_ = command;
+    const bool one_node = pc.n_nodes == 1;
+    char address[256] = {0}, secret[128] = {0};
+    int32_t port = 0;
+    if (pc.rank == 0) {
+      const std::string s = serve::NewJobSecret();
+      auto server = serve::ControlServer::Start(one_node ? "127.0.0.1" : "0.0.0.0", 0, s, pc.world);
+      if (server.ok()) {
+        w->server_ = *std::move(server);
+        port = w->server_->port();
+        std::string host = "127.0.0.1";
+        if (!one_node) {
+          char name[200] = {0};
+          gethostname(name, sizeof(name) - 1);
+          host = name;
+        }
+        std::snprintf(address, sizeof(address), "%s", host.c_str());
+        std::snprintf(secret, sizeof(secret), "%s", s.c_str());
+        std::atomic<bool>* done = &w->done_;
+        w->server_->set_on_frame([](int, serve::Frame) {});
+        w->server_->set_on_rank_lost([done, command](int rank, std::string why) {
+          if (*done) return;
+          serve::Log(command, absl::StrCat("error: rank ", rank, " stopped responding during start-up (", why,
+                                           "); the other ranks would wait for it forever: exiting"));
+          serve::ExitNow(1);
+        });
+      }
+    }
+    MPI_Bcast(&port, 1, MPI_INT32_T, 0, MPI_COMM_WORLD);
+    MPI_Bcast(address, sizeof(address), MPI_CHAR, 0, MPI_COMM_WORLD);
+    MPI_Bcast(secret, sizeof(secret), MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (port == 0) return nullptr;
+    if (pc.rank != 0) {
+      auto c = serve::ControlClient::Connect(address, port, secret, pc.rank, /*connect_timeout_s=*/30);
+      std::memset(secret, 0, sizeof(secret));
+      if (!c.ok()) return w;  // rank 0 sees this rank missing and waits no longer than WaitForWorkers
+      w->client_ = *std::move(c);
+      serve::ControlClient* client = w->client_.get();
+      std::atomic<bool>* done = &w->done_;
+      const int rank = pc.rank;
+      w->poller_ = std::thread([client, done, command, rank] {
+        // Rank 0 sends kShutdown when its start-up is over (EndStartupWatch).
+        while (!*done) {
+          auto f = client->Receive(0.1);
+          if (f.ok()) {
+            if (f->type == serve::FrameType::kShutdown) return;
+            continue;
+          }
+          if (f.status().code() == absl::StatusCode::kDeadlineExceeded || *done) continue;
+          serve::Log(command, absl::StrCat("rank ", rank, ": rank 0 stopped responding during start-up (",
+                                           f.status().message(), "); exiting"));
+          serve::ExitNow(1);
+        }
+      });
+    } else {
+      std::memset(secret, 0, sizeof(secret));
+      (void)w->server_->WaitForWorkers(30);  // a rank that never connects is simply not watched
+    }
+    return w;
+  }
+  // Rank 0 tells the workers and closes its side quietly (a kShutdown first:
+  // their clients then take the close as planned).
+  void End() {
+    if (done_.exchange(true)) return;
+    if (server_ != nullptr) {
+      server_->Broadcast(serve::FrameType::kShutdown, "");
+      server_->Stop(/*flush_timeout_s=*/1.0);
+    }
+  }
+  ~StartupWatch() {
+    End();
+    if (poller_.joinable()) poller_.join();
+  }
+
+ private:
+  std::string command_;
+  std::atomic<bool> done_{false};
+  std::unique_ptr<serve::ControlServer> server_;
+  std::unique_ptr<serve::ControlClient> client_;
+  std::thread poller_;
+};
+
+void EndStartupWatch(RankShare& share) {
+  if (share.startup_watch) share.startup_watch->End();
+}
+
 std::optional<RankShare> SetUpRankShare(const std::string& command, const std::string& model_dir,
                                         const PlacementOptions& place, RuntimeConfig rt, MpiSession& mpi,
                                         int* exit_code, const std::function<std::string()>& before_load) {
   const int rank = mpi.rank();
+  std::shared_ptr<StartupWatch> watch;
   auto fail = [&](int code, const std::string& m) {
+    if (watch) watch->End();  // every rank fails here together: no rank is stalled
     if (rank == 0 && !m.empty()) std::fprintf(stderr, "deepshard %s: error: %s\n", command.c_str(), m.c_str());
     *exit_code = code;
     return std::nullopt;
@@ -123,6 +224,9 @@ std::optional<RankShare> SetUpRankShare(const std::string& command, const std::s
   auto pc = ParallelConfig::FromMpi(MPI_COMM_WORLD, place.pp, place.ep);
   if (!pc.ok()) return fail(2, std::string(pc.status().message()));
   share.pc = *pc;
+  // Heartbeats from here: a rank stopped while loading ends the job.
+  if (mpi.size() > 1) watch = StartupWatch::Start(command, share.pc);
+  share.startup_watch = watch;
   // Each rank reads the config and fingerprints the files it sees.
   auto config = LoadModelConfig(model_dir);
   auto fp = ModelFilesFingerprint(model_dir);

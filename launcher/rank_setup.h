@@ -27,7 +27,18 @@
 
 namespace deepshard {
 
+// Start-up liveness of a multi-rank job (issue 16): from just after MPI_Init
+// until the job's own control plane is up, a rank that stops (SIGSTOP, a hung
+// load) would leave the others blocked in an MPI collective forever. Rank 0
+// runs a small control plane (serve/control_plane.h) for that window; every
+// worker connects and heartbeats from its io thread, so a stopped rank is
+// lost after the heartbeat timeout and the job ends naming it. Ended by
+// EndStartupWatch once serve::Job::Start has returned (rank 0 sends the
+// workers a shutdown frame and closes its side; nothing is logged).
+class StartupWatch;
+
 struct RankShare {
+  std::shared_ptr<StartupWatch> startup_watch;  // declared first: destroyed last
   ParallelConfig pc;
   ModelConfig config;
   PlacementPlan placement;
@@ -35,6 +46,9 @@ struct RankShare {
   std::unique_ptr<Communicator> world;   // every rank
   std::unique_ptr<Communicator> stage;   // this rank's stage, ordered by ep_rank
 };
+
+// From now on a lost rank is the job's business (serve::Job), not a start-up stall.
+void EndStartupWatch(RankShare& share);
 
 // The value flags every model-running command (generate, serve) shares:
 // --device cpu, --math exact|fast, --mla auto|naive|absorbed, --threads,

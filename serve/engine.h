@@ -23,6 +23,7 @@
 // deadline, fails the rest with an error, then tells every rank to shut down.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -77,7 +78,12 @@ class Engine final : public GenerationApi {
   absl::StatusOr<int64_t> Submit(GenerationRequest request, TokenSink sink) override;
   void Cancel(int64_t id) override;
   EngineHealth Health() const override;
-  int64_t max_context() const override { return options_.max_context; }
+  // The model's context, or less when one DP slot's KV pool holds less
+  // (blocks_per_slot x block_size tokens): a longer request could never be
+  // admitted, so the API's default max_tokens and max_model_len use this.
+  int64_t max_context() const override { return std::min(options_.max_context, slot_tokens()); }
+  int64_t model_context() const { return options_.max_context; }
+  int64_t slot_tokens() const { return options_.scheduler.blocks_per_slot * options_.scheduler.block_size; }
 
   // The driver loop, on the calling thread. Returns OK after a drain (every
   // rank has been told to shut down), or the error that ended serving. With

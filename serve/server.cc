@@ -85,7 +85,17 @@ int RunServer(Job& job, HttpServerOptions http, const Tokenizer* tokenizer, Stop
     stop_threads();
     return 0;
   }
-  http.max_model_len = model.max_context();
+  // What one request can use: the context, or less when a DP slot's KV pool
+  // is smaller. The default max_tokens of a chat request is clamped to it
+  // (PromptBuilder), and /v1/models advertises it as max_model_len.
+  http.max_model_len = engine.max_context();
+  if (engine.slot_tokens() < engine.model_context()) {
+    Log(cmd, absl::StrCat("warning: one DP slot's KV pool holds ", engine.slot_tokens(), " tokens (",
+                          job.n_blocks(), " blocks of ", job.options().block_size, "), less than the model's context of ",
+                          engine.model_context(), " tokens: requests are limited to ", engine.max_context(),
+                          " tokens (prompt + max_tokens; max_model_len advertises it); raise --kv-cache-memory or "
+                          "lower --max-context"));
+  }
   HttpServer server(http, tokenizer, engine, metrics);
   if (absl::Status st = server.Start(); !st.ok()) {
     Log(cmd, absl::StrCat("error: ", st.message()));
@@ -96,7 +106,7 @@ int RunServer(Job& job, HttpServerOptions http, const Tokenizer* tokenizer, Stop
   Log(cmd, absl::StrCat("listening on http://", http.host, ":", server.port(), " (model \"", http.model_name, "\", ",
                         pc.world, pc.world == 1 ? " rank" : " ranks", ": pp ", pc.pp, " x ep ", pc.ep, ", ",
                         job.n_blocks(), " KV blocks of ", job.options().block_size, " tokens per DP slot, ",
-                        model.runtime().kv_dtype == DType::kBF16 ? "bf16" : "f32", " KV cache, context ", model.max_context(), ")"));
+                        model.runtime().kv_dtype == DType::kBF16 ? "bf16" : "f32", " KV cache, context ", engine.max_context(), ")"));
 
   const absl::Status st = engine.Run();
   if (!st.ok()) {

@@ -1,11 +1,15 @@
 #include "runtime/weights/safetensors.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -44,7 +48,107 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
+// Read by the SIGBUS handler: only plain data, built before registration and
+// never changed after.
+struct SafetensorsFile::FaultRecord {
+  const uint8_t* map_begin = nullptr;
+  const uint8_t* map_end = nullptr;
+  const uint8_t* data = nullptr;
+  std::string path;
+  struct Span {
+    uint64_t begin, end;
+    std::string name;
+  };
+  std::vector<Span> spans;  // sorted by begin
+};
+
+namespace {
+
+constexpr int kMaxFaultSlots = 8192;  // mapped files tracked at once (more are mapped, unnamed)
+std::atomic<const SafetensorsFile::FaultRecord*> g_fault_slots[kMaxFaultSlots];
+struct sigaction g_previous_sigbus;
+std::once_flag g_sigbus_once;
+
+// Async-signal-safe output.
+void SafeWrite(const char* s, size_t n) {
+  while (n > 0) {
+    const ssize_t w = ::write(2, s, n);
+    if (w <= 0) return;
+    s += w;
+    n -= static_cast<size_t>(w);
+  }
+}
+void SafeWrite(const char* s) { SafeWrite(s, std::strlen(s)); }
+void SafeWriteU64(uint64_t v) {
+  char buf[24];
+  int i = sizeof(buf);
+  do {
+    buf[--i] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0 && i > 0);
+  SafeWrite(buf + i, sizeof(buf) - i);
+}
+
+void OnSigbus(int sig, siginfo_t* info, void* ctx) {
+  const uint8_t* addr = static_cast<const uint8_t*>(info != nullptr ? info->si_addr : nullptr);
+  for (int i = 0; i < kMaxFaultSlots && addr != nullptr; ++i) {
+    const SafetensorsFile::FaultRecord* r = g_fault_slots[i].load(std::memory_order_acquire);
+    if (r == nullptr || addr < r->map_begin || addr >= r->map_end) continue;
+    SafeWrite("deepshard: fatal: SIGBUS reading ");
+    if (addr >= r->data) {
+      const uint64_t off = static_cast<uint64_t>(addr - r->data);
+      // The last span starting at or before `off`.
+      size_t lo = 0, hi = r->spans.size();
+      while (lo < hi) {
+        const size_t mid = (lo + hi) / 2;
+        if (r->spans[mid].begin <= off) lo = mid + 1; else hi = mid;
+      }
+      if (lo > 0 && off < r->spans[lo - 1].end) {
+        const auto& s = r->spans[lo - 1];
+        SafeWrite("tensor \"");
+        SafeWrite(s.name.data(), s.name.size());
+        SafeWrite("\" (byte ");
+        SafeWriteU64(off - s.begin);
+        SafeWrite(" of ");
+        SafeWriteU64(s.end - s.begin);
+        SafeWrite(") in ");
+      } else {
+        SafeWrite("the data section of ");
+      }
+    } else {
+      SafeWrite("the header of ");
+    }
+    SafeWrite(r->path.data(), r->path.size());
+    SafeWrite(": the file is shorter than when it was opened (truncated or overwritten in place while the job "
+              "ran?) or its storage failed; exiting\n");
+    ::_exit(kMappedFileFaultExitCode);
+  }
+  // Not ours: whatever was there before.
+  if (g_previous_sigbus.sa_flags & SA_SIGINFO) {
+    if (g_previous_sigbus.sa_sigaction != nullptr) return g_previous_sigbus.sa_sigaction(sig, info, ctx);
+  } else if (g_previous_sigbus.sa_handler != SIG_DFL && g_previous_sigbus.sa_handler != SIG_IGN &&
+             g_previous_sigbus.sa_handler != nullptr) {
+    return g_previous_sigbus.sa_handler(sig);
+  }
+  // Default action: re-raised when the faulting access runs again.
+  signal(SIGBUS, SIG_DFL);
+}
+
+void InstallSigbusHandler() {
+  std::call_once(g_sigbus_once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = OnSigbus;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &g_previous_sigbus);
+  });
+}
+
+}  // namespace
+
 SafetensorsFile::~SafetensorsFile() {
+  if (fault_slot_ >= 0) g_fault_slots[fault_slot_].store(nullptr, std::memory_order_release);
   if (map_ != nullptr) munmap(map_, map_size_);
 }
 
@@ -71,6 +175,24 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   }
   (*file)->map_ = map;
   (*file)->map_size_ = size;
+  // Name the file and tensor if a read of the mapping faults later.
+  auto rec = std::make_unique<FaultRecord>();
+  rec->map_begin = static_cast<const uint8_t*>(map);
+  rec->map_end = rec->map_begin + size;
+  rec->data = (*file)->data_;
+  rec->path = path;
+  for (const auto& [n, t] : (*file)->tensors_) rec->spans.push_back({t.begin, t.end, n});
+  std::sort(rec->spans.begin(), rec->spans.end(),
+            [](const FaultRecord::Span& a, const FaultRecord::Span& b) { return a.begin < b.begin; });
+  InstallSigbusHandler();
+  for (int i = 0; i < kMaxFaultSlots; ++i) {
+    const FaultRecord* expected = nullptr;
+    if (g_fault_slots[i].compare_exchange_strong(expected, rec.get(), std::memory_order_acq_rel)) {
+      (*file)->fault_slot_ = i;
+      break;
+    }
+  }
+  (*file)->fault_record_ = std::move(rec);
   return file;
 }
 
@@ -239,6 +361,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   return ck;
 }
 
+void Checkpoint::FreeDeleter::operator()(uint8_t* p) const { std::free(p); }
+
 bool Checkpoint::Has(const std::string& name) const { return weight_map_.count(name) > 0; }
 
 std::vector<std::string> Checkpoint::TensorNames() const {
@@ -287,6 +411,26 @@ absl::StatusOr<TensorRef> Checkpoint::Get(const std::string& name, const std::ve
   ref.shape = info->shape;
   ref.data = file->Data(*info);
   ref.bytes = info->end - info->begin;
+  // Never form a misaligned typed pointer: a tensor whose bytes are not
+  // aligned for its element type (an odd header length, say) is read from an
+  // aligned copy. Reading it through memcpy in every kernel would cost every
+  // well-formed checkpoint; copying costs only the odd ones.
+  const uint64_t align = static_cast<uint64_t>(std::max<int64_t>(1, DTypeSize(info->dtype)));
+  if (ref.bytes > 0 && reinterpret_cast<uintptr_t>(ref.data) % align != 0) {
+    auto& copy = aligned_copies_[name];
+    if (copy == nullptr) {
+      constexpr uint64_t kAlign = 64;
+      const uint64_t rounded = (ref.bytes + kAlign - 1) / kAlign * kAlign;
+      copy.reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, rounded)));
+      if (copy == nullptr) {
+        return absl::ResourceExhaustedError(absl::StrCat(file->path(), ": tensor \"", name, "\": cannot allocate ",
+                                                         ref.bytes, " bytes for an aligned copy"));
+      }
+      std::memcpy(copy.get(), ref.data, ref.bytes);
+      bytes_copied_ += ref.bytes;
+    }
+    ref.data = copy.get();
+  }
   if (!counted_[name]) {
     counted_[name] = true;
     bytes_requested_ += ref.bytes;

@@ -6,6 +6,22 @@
 // rank touches only the pages of the tensors it asks for. Every error names
 // the file and, where there is one, the tensor.
 //
+// Alignment: the format lets the header have any length, so a tensor's bytes
+// need not be aligned for its element type. Checkpoint::Get never hands out a
+// misaligned pointer: such a tensor is copied once into a 64-byte aligned
+// buffer the Checkpoint owns (bytes_copied() counts them). Files written with
+// the usual 8-byte header padding are never copied.
+//
+// A mapped file that shrinks later (overwritten or truncated in place while a
+// job runs, or storage that fails) makes any read of the lost pages raise
+// SIGBUS. Weights stay mapped for the whole job (copying them out would double
+// the memory of a model bigger than RAM's page cache can hold twice), so Open
+// installs, once per process, a SIGBUS handler: a fault inside a mapped
+// checkpoint file logs the file, the tensor and the byte offset, and exits
+// with kMappedFileFaultExitCode; any other SIGBUS goes to the previous handler
+// (by default: the usual core dump). The size check at open (tensors must tile
+// the data section exactly) catches files that are already short.
+//
 //   ASSIGN_OR_RETURN(auto ckpt, Checkpoint::Open("/models/tiny-v3"));
 //   ASSIGN_OR_RETURN(TensorRef t, ckpt->Get("model.norm.weight", {hidden}));
 #pragma once
@@ -22,6 +38,9 @@
 #include "kernels/tensor.h"
 
 namespace deepshard {
+
+// The exit code after a SIGBUS inside a mapped checkpoint file.
+inline constexpr int kMappedFileFaultExitCode = 1;
 
 struct TensorInfo {
   DType dtype = DType::kF32;
@@ -52,8 +71,12 @@ class SafetensorsFile {
   const uint8_t* Data(const TensorInfo& t) const { return data_ + t.begin; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
+  struct FaultRecord;  // internal: what the SIGBUS handler needs to name a tensor
+
  private:
   SafetensorsFile() = default;
+  std::unique_ptr<FaultRecord> fault_record_;
+  int fault_slot_ = -1;
   std::string path_;
   void* map_ = nullptr;
   uint64_t map_size_ = 0;
@@ -100,6 +123,8 @@ class Checkpoint {
 
   // Byte accounting: bytes of tensor data handed out by Get (each tensor once).
   uint64_t bytes_requested() const { return bytes_requested_; }
+  // Of them, bytes copied because the mapping was misaligned for the dtype.
+  uint64_t bytes_copied() const { return bytes_copied_; }
   std::vector<std::string> TensorNames() const;
   const std::string& dir() const { return dir_; }
 
@@ -118,6 +143,12 @@ class Checkpoint {
   };
   std::vector<Requested> requested_;  // data ranges handed out
   uint64_t bytes_requested_ = 0;
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const;
+  };
+  // Aligned copies of tensors whose bytes in the mapping are misaligned.
+  std::map<std::string, std::unique_ptr<uint8_t, FreeDeleter>> aligned_copies_;
+  uint64_t bytes_copied_ = 0;
 };
 
 // A cheap fingerprint of a model directory as a rank sees it: config.json's

@@ -2,7 +2,8 @@
 # Failure handling of `deepshard generate` under mpiexec (issue 4, item 8):
 # every bad layout gets one clear message from rank 0 and a non-zero exit of
 # every rank within seconds; a rank killed mid-run ends the job non-zero
-# within 30 s. Usage: mpi_failures_test.sh DEEPSHARD MPIEXEC
+# within 30 s; a rank stopped mid-run (SIGSTOP) ends it within ~the heartbeat
+# timeout, naming the rank (issue 16). Usage: mpi_failures_test.sh DEEPSHARD MPIEXEC
 set -u
 BIN="$1"
 MPIEXEC="$2"
@@ -136,6 +137,76 @@ else
     fi
   fi
 fi
+
+# A rank stopped mid-run (SIGSTOP: alive, holding its sockets, silent): the
+# heartbeat watchdog must end the job non-zero within ~the heartbeat timeout
+# (3 s) with the stopped rank named, not hang forever (issue 16). Once for a
+# worker and once for rank 0.
+# With a third argument "load", the rank is stopped while loading (as soon as it
+# maps a model file), before the job's control plane exists: the start-up watch
+# (launcher/rank_setup.cc) covers that window.
+stop_case() {
+  local want_rank="$1" when="${2:-run}"
+  "${MPI[@]}" -n 2 "$BIN" generate --model "$TMP/big" --ep 2 --prompt-ids "$prompts;$prompts;$prompts;$prompts;$prompts;$prompts;$prompts;$prompts" \
+    --max-new-tokens 64 --ignore-eos >"$TMP/stop.out" 2>&1 &
+  local job=$! victim="" p
+  for _ in $(seq 1 100); do
+    sleep 0.1
+    for p in $(pgrep -f "generate --model $TMP/big"); do
+      [ "$(cat /proc/$p/comm 2>/dev/null)" == "deepshard" ] || continue
+      if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$want_rank"; then victim="$p"; fi
+    done
+    [ -n "$victim" ] && break
+  done
+  if [ "$when" == "load" ]; then
+    for _ in $(seq 1 1000); do
+      grep -q "$TMP/big/model" "/proc/$victim/maps" 2>/dev/null && break
+      sleep 0.005
+    done
+  else
+    sleep 1.5
+  fi
+  if [ -z "$victim" ] || ! kill -0 "$job" 2>/dev/null; then
+    echo "FAIL stop rank $want_rank ($when): the job was not running (victim '$victim')"
+    cat "$TMP/stop.out"
+    fails=$((fails + 1))
+    kill -9 "$job" 2>/dev/null
+    return
+  fi
+  kill -STOP "$victim"
+  local start end secs
+  start=$(date +%s.%N)
+  for _ in $(seq 1 150); do
+    kill -0 "$job" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$job" 2>/dev/null; then
+    echo "FAIL stop rank $want_rank ($when): mpiexec still running 15 s after SIGSTOP:"
+    sed 's/^/     /' "$TMP/stop.out" | tail -20
+    kill -CONT "$victim" 2>/dev/null
+    kill -9 "$victim" "$job" 2>/dev/null
+    wait "$job" 2>/dev/null
+    fails=$((fails + 1))
+    return
+  fi
+  wait "$job"
+  local rc=$?
+  secs=$(echo "$(date +%s.%N) - $start" | bc)
+  kill -CONT "$victim" 2>/dev/null
+  kill -9 "$victim" 2>/dev/null
+  if [ "$rc" -ne 0 ] && grep -q "rank $want_rank" "$TMP/stop.out" && grep -qi "heartbeat" "$TMP/stop.out"; then
+    echo "ok   rank $want_rank stopped ($when): job exited $rc ${secs}s after SIGSTOP, naming the rank"
+    pass=$((pass + 1))
+  else
+    echo "FAIL stop rank $want_rank ($when): exit $rc after ${secs}s; output:"
+    sed 's/^/     /' "$TMP/stop.out" | tail -20
+    fails=$((fails + 1))
+  fi
+}
+stop_case 1
+stop_case 0
+stop_case 1 load
+stop_case 0 load
 
 echo "$pass passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -325,6 +325,28 @@ TEST(Engine, ALostRankFailsEveryRequestAtOnce) {
 namespace deepshard::serve {
 namespace {
 
+// A chat request without max_tokens gets the rest of max_context() (see
+// PromptBuilder::BuildAll). When a DP slot's KV pool holds less than the
+// model's context, max_context() must be what the slot holds, or every such
+// request is refused (issue 16): the default must be admitted and run.
+TEST(Engine, MaxContextIsWhatOneSlotHoldsSoTheDefaultMaxTokensFits) {
+  Harness h(/*block_size=*/16, /*n_blocks=*/4);  // 64 tokens per slot
+  ASSERT_GT(h.model->max_context(), 64);
+  EXPECT_EQ(h.engine->max_context(), 64);
+  EXPECT_EQ(h.engine->slot_tokens(), 64);
+  EXPECT_EQ(h.engine->model_context(), h.model->max_context());
+  const std::vector<int32_t> prompt = {1, 2, 3, 4, 5, 6, 7};
+  const int64_t default_max_tokens = h.engine->max_context() - static_cast<int64_t>(prompt.size());
+  auto id = h.Submit(prompt, default_max_tokens);
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_TRUE(h.engine->Run(/*until_idle=*/true).ok());
+  EXPECT_EQ(h.Get(*id).tokens.size(), static_cast<size_t>(default_max_tokens));
+  EXPECT_EQ(h.Get(*id).reason, FinishReason::kLength);
+  // A pool bigger than the context leaves the context as it is.
+  Harness big(/*block_size=*/16, /*n_blocks=*/(h.model->max_context() + 15) / 16 + 1);
+  EXPECT_EQ(big.engine->max_context(), big.model->max_context());
+}
+
 TEST(Engine, RunUntilIdleReturnsOnceEveryRequestIsDone) {
   Harness h(/*block_size=*/8, /*n_blocks=*/32);
   auto a = h.Submit({1, 2, 3}, 5);

@@ -707,7 +707,7 @@ def test_tight_pool():
     prompts = [[rng.randrange(129280) for _ in range(rng.randint(1, 40))] for _ in range(24)]
     max_new = [rng.randint(8, 40) for _ in range(24)]
     ref = offline(prompts, 40)
-    # 8 blocks of 16 tokens per DP slot (10 KiB each: 2 layers x 16 x 80 floats per rank).
+    # 5 blocks of 16 tokens per DP slot fit in 80 KiB per rank (2 layers each).
     srv = Server("tight", ["--block-size", "16", "--kv-cache-memory", "80KiB", "--max-num-seqs", "8"])
     try:
         results = concurrent_greedy_streams(srv, prompts, max_new)
@@ -718,6 +718,18 @@ def test_tight_pool():
         pre = m.get("deepshard_preemptions_total", 0)
         check(pre > 0, f"tight pool: sequences were preempted and recomputed ({pre:.0f} preemptions)")
         check(srv.kv_used() == 0, "tight pool: every block free afterwards")
+        # One slot holds 5 blocks of 16 = 80 tokens (the log's "5 KV blocks"), less than the
+        # model's 128: max_model_len says 80, and a chat request without max_tokens (the
+        # openai client's default) is served with the rest of those 80 tokens rather than
+        # refused with a 400 (issue 16).
+        status, data = srv.get("/v1/models")
+        mml = json.loads(data)["data"][0].get("max_model_len") if status == 200 else None
+        check(mml == 80, f"tight pool: /v1/models max_model_len is the slot's 80 tokens (got {mml})")
+        status, data = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                         "temperature": 0, "ignore_eos": True})
+        usage = json.loads(data).get("usage", {}) if status == 200 else {}
+        check(status == 200 and usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0) == 80,
+              f"tight pool: a chat without max_tokens fills the slot's 80 tokens ({status}, {usage})")
     finally:
         srv.kill()
 

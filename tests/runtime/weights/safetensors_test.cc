@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "kernels/cpu/gemv.h"
 #include "kernels/dtype.h"
 #include "runtime/weights/safetensors_writer.h"
@@ -236,6 +239,95 @@ TEST(CheckpointGetWeight, Fp8WithBlockScales) {
   // A different block edge changes the expected scale shape.
   auto w64 = (*ck)->GetWeight(name, 130, 200, 64);
   EXPECT_TRUE(ErrorMentions(w64.status(), {name + "_scale_inv", "[2, 2]", "expected [3, 4]"}));
+}
+
+// The header length is free in the format: with an odd one the data section,
+// and so every tensor, starts at an odd address in the mapping. Get must hand
+// out pointers aligned for the dtype (a misaligned float* is UB: UBSan's
+// "misaligned load"), with the same values, and copy nothing for an aligned file.
+TEST(CheckpointAlignment, OddHeaderLengthGivesAlignedPointersAndSameValues) {
+  ScratchDir dir;
+  std::vector<float> f(37), scales = {0.5f, 1.5f, 2.5f, 3.5f};
+  for (size_t i = 0; i < f.size(); ++i) f[i] = 0.25f * static_cast<float>(i) - 3.0f;
+  std::vector<uint16_t> h(10);
+  for (size_t i = 0; i < h.size(); ++i) h[i] = static_cast<uint16_t>(0x3f80 + i);  // bf16 1.0, 1.0078, ...
+  std::vector<uint8_t> fp8(130 * 200);
+  for (size_t i = 0; i < fp8.size(); ++i) fp8[i] = static_cast<uint8_t>((i * 7) % 0x70);
+  std::vector<uint8_t> data;
+  auto add = [&data](const void* p, size_t n) {
+    const size_t at = data.size();
+    data.insert(data.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + n);
+    return std::pair<size_t, size_t>(at, data.size());
+  };
+  // A one-byte tensor first shifts every later one off its natural alignment too.
+  const uint8_t one = 9;
+  auto [b0, e0] = add(&one, 1);
+  auto [b1, e1] = add(f.data(), f.size() * 4);
+  auto [b2, e2] = add(h.data(), h.size() * 2);
+  auto [b3, e3] = add(fp8.data(), fp8.size());
+  auto [b4, e4] = add(scales.data(), scales.size() * 4);
+  std::string header = absl::StrCat(
+      "{\"b\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[", b0, ",", e0, "]},",
+      "\"f\":{\"dtype\":\"F32\",\"shape\":[37],\"data_offsets\":[", b1, ",", e1, "]},",
+      "\"h\":{\"dtype\":\"BF16\",\"shape\":[2,5],\"data_offsets\":[", b2, ",", e2, "]},",
+      "\"w\":{\"dtype\":\"F8_E4M3\",\"shape\":[130,200],\"data_offsets\":[", b3, ",", e3, "]},",
+      "\"w_scale_inv\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[", b4, ",", e4, "]}}");
+  for (int pad : {0, 1, 2, 3, 5}) {
+    std::string hd = header;
+    while ((8 + hd.size()) % 8 != static_cast<size_t>(pad)) hd += ' ';
+    WriteBytes(dir / "model.safetensors", RawSafetensors(hd, data));
+    auto ck = Checkpoint::Open(dir.path());
+    ASSERT_TRUE(ck.ok()) << ck.status();
+    auto t = (*ck)->Get("f", {37});
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t->data) % alignof(float), 0u) << "pad " << pad;
+    EXPECT_EQ(std::memcmp(t->data, f.data(), f.size() * 4), 0) << "pad " << pad;
+    auto hw = (*ck)->GetWeight("h", 2, 5);
+    ASSERT_TRUE(hw.ok()) << hw.status();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(hw->data) % alignof(uint16_t), 0u) << "pad " << pad;
+    std::vector<float> row(5);
+    cpu::WidenRowsF32(*hw, 1, 1, row.data());
+    for (int c = 0; c < 5; ++c) EXPECT_EQ(row[c], Bf16ToF32(h[5 + c])) << "pad " << pad;
+    auto w = (*ck)->GetWeight("w", 130, 200);
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(w->scale_inv) % alignof(float), 0u) << "pad " << pad;
+    EXPECT_EQ(w->scale_inv[3], 3.5f);
+    std::vector<float> wrow(200);
+    cpu::WidenRowsF32(*w, 129, 1, wrow.data());
+    for (int c = 0; c < 200; ++c) {
+      ASSERT_EQ(wrow[c], F8E4M3ToF32(fp8[129 * 200 + c]) * scales[2 + c / 128]) << "pad " << pad << " col " << c;
+    }
+    ASSERT_TRUE((*ck)->CheckFinite().ok());
+    // Only the misaligned tensors were copied (U8 and F8 never are).
+    const bool f_aligned = (pad + b1) % 4 == 0;
+    EXPECT_EQ((*ck)->bytes_copied() == 0, f_aligned && (pad + b2) % 2 == 0 && (pad + b4) % 4 == 0) << "pad " << pad;
+    EXPECT_EQ((*ck)->bytes_requested(), f.size() * 4 + h.size() * 2 + fp8.size() + scales.size() * 4);
+  }
+}
+
+// A checkpoint truncated after it was mapped (overwritten in place while a job
+// runs): the next read of a lost page raises SIGBUS. The process must end with
+// kMappedFileFaultExitCode and a line naming the file and the tensor, not die
+// silently of the signal.
+TEST(CheckpointTruncatedWhileMappedDeathTest, ReadNamesFileAndTensorAndExits) {
+  ScratchDir dir;
+  std::vector<TensorToWrite> ts;
+  ts.push_back(RandomTensor("model.norm.weight", DType::kF32, {16}, 1));
+  ts.push_back(RandomTensor("model.layers.0.big.weight", DType::kBF16, {512, 1024}, 2));  // 1 MiB
+  ASSERT_TRUE(WriteCheckpoint(dir.path(), ts, 1, {}).ok());
+  const std::string file = dir / "model.safetensors";
+  EXPECT_EXIT(
+      {
+        auto ck = Checkpoint::Open(dir.path());
+        if (!ck.ok()) std::_Exit(90);
+        if (!(*ck)->Get("model.layers.0.big.weight").ok() || !(*ck)->Get("model.norm.weight").ok()) std::_Exit(91);
+        if (::truncate(file.c_str(), 4096) != 0) std::_Exit(92);
+        (*ck)->Prefault();  // touches every page of both tensors
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(kMappedFileFaultExitCode),
+      "SIGBUS reading tensor \"model.layers.0.big.weight\" \\(byte [0-9]+ of 1048576\\) in .*model.safetensors.*"
+      "truncated");
 }
 
 TEST(CheckpointGetWeight, PlainFloatWeightsAndVectors) {
