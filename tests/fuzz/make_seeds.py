@@ -62,12 +62,13 @@ merges = [("H", "e"), ("l", "l"), ("He", "ll"), ("Hell", "o"), ("Ġ", "w"), ("o"
           ("Ġwor", "ld")]
 for a, b in merges:
     bytelevel_vocab.setdefault(a + b, len(bytelevel_vocab))
+BEGIN = len(bytelevel_vocab)  # added tokens take the next ids
 bl = {
     "version": "1.0",
     "added_tokens": [
-        {"id": 300, "content": "<|begin|>", "single_word": False, "lstrip": False, "rstrip": False,
+        {"id": BEGIN, "content": "<|begin|>", "single_word": False, "lstrip": False, "rstrip": False,
          "normalized": False, "special": True},
-        {"id": 301, "content": "<|x|>", "single_word": False, "lstrip": False, "rstrip": False,
+        {"id": BEGIN + 1, "content": "<|x|>", "single_word": False, "lstrip": False, "rstrip": False,
          "normalized": True, "special": False}],
     "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}]},
     "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
@@ -77,7 +78,7 @@ bl = {
                        "single": [{"SpecialToken": {"id": "<|begin|>", "type_id": 0}},
                                   {"Sequence": {"id": "A", "type_id": 0}}],
                        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                       "special_tokens": {"<|begin|>": {"id": "<|begin|>", "ids": [300], "tokens": ["<|begin|>"]}}},
+                       "special_tokens": {"<|begin|>": {"id": "<|begin|>", "ids": [BEGIN], "tokens": ["<|begin|>"]}}},
     "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
     "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
               "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,

@@ -3,6 +3,7 @@
 // (default: a fixed sample). The encoded ids and the input bytes read as int32 ids
 // are decoded; ids outside the vocabulary must be skipped, never crash.
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -23,7 +24,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (bool special : {false, true}) {
     std::vector<int32_t> ids = (*tok)->Encode(text, special);
     for (int32_t id : ids) {
-      if (id < 0 || id >= (*tok)->vocab_size()) std::abort();
+      if (id < 0 || id >= (*tok)->vocab_size()) {
+        std::fprintf(stderr, "id %d outside [0, %lld)\n", id, static_cast<long long>((*tok)->vocab_size()));
+        std::abort();
+      }
     }
     (void)(*tok)->Decode(ids, special);
   }
