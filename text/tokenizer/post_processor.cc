@@ -1,5 +1,6 @@
 #include "text/tokenizer/post_processor.h"
 
+#include <algorithm>
 #include <optional>
 
 #include "absl/container/flat_hash_map.h"
@@ -35,6 +36,13 @@ class TemplatePostProcessor : public PostProcessor {
     }
     *ids = std::move(out);
   }
+  int32_t max_id() const override {
+    int32_t m = -1;
+    for (const TemplatePiece& p : single_) {
+      for (int32_t id : p.ids) m = std::max(m, id);
+    }
+    return m;
+  }
 
  private:
   std::vector<TemplatePiece> single_;
@@ -45,6 +53,11 @@ class SequencePostProcessor : public PostProcessor {
   explicit SequencePostProcessor(std::vector<std::unique_ptr<PostProcessor>> parts) : parts_(std::move(parts)) {}
   void Process(std::vector<int32_t>* ids, bool add_special_tokens) const override {
     for (const auto& p : parts_) p->Process(ids, add_special_tokens);
+  }
+  int32_t max_id() const override {
+    int32_t m = -1;
+    for (const auto& p : parts_) m = std::max(m, p->max_id());
+    return m;
   }
 
  private:

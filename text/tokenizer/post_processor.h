@@ -23,6 +23,8 @@ class PostProcessor {
   // Rewrites the ids of one encoded sequence. Special tokens are only added when
   // `add_special_tokens` is true.
   virtual void Process(std::vector<int32_t>* ids, bool add_special_tokens) const = 0;
+  // The largest id it can add (-1: none), checked against the vocabulary at load.
+  virtual int32_t max_id() const { return -1; }
 };
 
 // Parses one post-processor object (`node` must not be null).

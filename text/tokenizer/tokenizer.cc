@@ -298,6 +298,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
   }
 
   tok->vocab_size_ = static_cast<int64_t>(std::max(tok->model_->max_id(), tok->added_->max_id())) + 1;
+  // Encode must only return ids of the vocabulary: a template naming an id beyond it
+  // (found by tests/fuzz/tokenizer_fuzz) is a broken file, not a token.
+  if (tok->post_processor_ != nullptr && tok->post_processor_->max_id() >= tok->vocab_size_) {
+    return absl::InvalidArgumentError(absl::StrCat(tokenizer_json_name, ": post_processor adds token id ",
+                                                   tok->post_processor_->max_id(), ", outside the vocabulary [0, ",
+                                                   tok->vocab_size_, ")"));
+  }
   return tok;
 }
 
