@@ -308,34 +308,4 @@ json::object ChoiceOutput::FinalChoice(std::string_view reason) {
   return choice;
 }
 
-std::string ResponseJson(const ResponseContext& ctx, std::vector<json::object> choices, const Usage& usage,
-                         int64_t cached_tokens) {
-  const bool chat = ctx.kind == ApiKind::kChat;
-  json::object o{{"id", ctx.id}, {"object", chat ? "chat.completion" : "text_completion"}, {"created", ctx.created},
-                 {"model", ctx.model}};
-  std::sort(choices.begin(), choices.end(), [](const json::object& a, const json::object& b) {
-    return a.at("index").as_int64() < b.at("index").as_int64();
-  });
-  json::array list;
-  for (json::object& c : choices) list.push_back(std::move(c));
-  o["choices"] = std::move(list);
-  json::object u{{"prompt_tokens", usage.prompt_tokens},
-                 {"completion_tokens", usage.completion_tokens},
-                 {"total_tokens", usage.prompt_tokens + usage.completion_tokens}};
-  if (cached_tokens >= 0) u["prompt_tokens_details"] = json::object{{"cached_tokens", cached_tokens}};
-  o["usage"] = std::move(u);
-  return json::serialize(o);
-}
-
-std::string ChunkWithChoices(const ResponseContext& ctx, std::vector<json::object> choices) {
-  const bool chat = ctx.kind == ApiKind::kChat;
-  json::object o{{"id", ctx.id}, {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                 {"created", ctx.created}, {"model", ctx.model}};
-  json::array list;
-  for (json::object& c : choices) list.push_back(std::move(c));
-  o["choices"] = std::move(list);
-  if (ctx.include_usage) o["usage"] = nullptr;
-  return json::serialize(o);
-}
-
 }  // namespace deepshard::serve

@@ -113,10 +113,5 @@ class ChoiceOutput {
   std::string required_json_;       // required_tools: the whole output, parsed at the end
 };
 
-// The non-streamed body: `choices` in index order.
-std::string ResponseJson(const ResponseContext& ctx, std::vector<boost::json::object> choices, const Usage& usage,
-                         int64_t cached_tokens = -1);
-// One streamed chunk holding `choices`.
-std::string ChunkWithChoices(const ResponseContext& ctx, std::vector<boost::json::object> choices);
 
 }  // namespace deepshard::serve

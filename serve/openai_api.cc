@@ -2,6 +2,7 @@
 // see openai_api.h.
 #include "serve/openai_api.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -611,21 +612,17 @@ std::string RandomHex(size_t n) {
   return s;
 }
 
-json::object UsageObject(const Usage& u) {
-  return {{"prompt_tokens", u.prompt_tokens},
-          {"completion_tokens", u.completion_tokens},
-          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+// cached_tokens >= 0 adds prompt_tokens_details.cached_tokens.
+json::object UsageObject(const Usage& u, int64_t cached_tokens) {
+  json::object o{{"prompt_tokens", u.prompt_tokens},
+                 {"completion_tokens", u.completion_tokens},
+                 {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+  if (cached_tokens >= 0) o["prompt_tokens_details"] = json::object{{"cached_tokens", cached_tokens}};
+  return o;
 }
 
 json::object Envelope(const ResponseContext& ctx, std::string_view object) {
   return {{"id", ctx.id}, {"object", object}, {"created", ctx.created}, {"model", ctx.model}};
-}
-
-json::value Ids(std::span<const int32_t> ids) {
-  json::array a;
-  a.reserve(ids.size());
-  for (int32_t id : ids) a.push_back(id);
-  return a;
 }
 
 }  // namespace
@@ -1004,43 +1001,24 @@ std::string_view FinishReasonString(FinishReason r) {
   }
 }
 
-std::string FinalResponseJson(const ResponseContext& ctx, std::string_view text, std::string_view finish_reason,
-                              const Usage& usage, std::span<const int32_t> token_ids) {
-  const bool chat = ctx.kind == ApiKind::kChat;
-  json::object choice{{"index", 0}};
-  if (chat) {
-    choice["message"] = json::object{{"role", "assistant"}, {"content", text}};
-  } else {
-    choice["text"] = text;
-  }
-  if (ctx.with_token_ids) choice["token_ids"] = Ids(token_ids);
-  choice["logprobs"] = nullptr;
-  choice["finish_reason"] = finish_reason;
-  json::object o = Envelope(ctx, chat ? "chat.completion" : "text_completion");
-  o["choices"] = json::array();
-  o["choices"].as_array().push_back(std::move(choice));
-  o["usage"] = UsageObject(usage);
+std::string ResponseJson(const ResponseContext& ctx, std::vector<json::object> choices, const Usage& usage,
+                         int64_t cached_tokens) {
+  json::object o = Envelope(ctx, ctx.kind == ApiKind::kChat ? "chat.completion" : "text_completion");
+  std::sort(choices.begin(), choices.end(), [](const json::object& x, const json::object& y) {
+    return x.at("index").as_int64() < y.at("index").as_int64();
+  });
+  json::array list;
+  for (json::object& c : choices) list.push_back(std::move(c));
+  o["choices"] = std::move(list);
+  o["usage"] = UsageObject(usage, cached_tokens);
   return json::serialize(o);
 }
 
-std::string ChunkJson(const ResponseContext& ctx, std::string_view text, bool first, std::string_view finish_reason,
-                      std::span<const int32_t> token_ids) {
-  const bool chat = ctx.kind == ApiKind::kChat;
-  json::object choice{{"index", 0}};
-  if (chat) {
-    json::object delta;
-    if (first) delta["role"] = "assistant";
-    if (first || !text.empty()) delta["content"] = text;
-    choice["delta"] = std::move(delta);
-  } else {
-    choice["text"] = text;
-  }
-  if (ctx.with_token_ids) choice["token_ids"] = Ids(token_ids);
-  choice["logprobs"] = nullptr;
-  choice["finish_reason"] = finish_reason.empty() ? json::value(nullptr) : json::value(finish_reason);
-  json::object o = Envelope(ctx, chat ? "chat.completion.chunk" : "text_completion");
-  o["choices"] = json::array();
-  o["choices"].as_array().push_back(std::move(choice));
+std::string ChunkWithChoices(const ResponseContext& ctx, std::vector<json::object> choices) {
+  json::object o = Envelope(ctx, ctx.kind == ApiKind::kChat ? "chat.completion.chunk" : "text_completion");
+  json::array list;
+  for (json::object& c : choices) list.push_back(std::move(c));
+  o["choices"] = std::move(list);
   if (ctx.include_usage) o["usage"] = nullptr;
   return json::serialize(o);
 }
@@ -1048,10 +1026,7 @@ std::string ChunkJson(const ResponseContext& ctx, std::string_view text, bool fi
 std::string UsageChunkJson(const ResponseContext& ctx, const Usage& usage, int64_t cached_tokens) {
   json::object o = Envelope(ctx, ctx.kind == ApiKind::kChat ? "chat.completion.chunk" : "text_completion");
   o["choices"] = json::array();
-  o["usage"] = UsageObject(usage);
-  if (cached_tokens >= 0) {
-    o["usage"].as_object()["prompt_tokens_details"] = json::object{{"cached_tokens", cached_tokens}};
-  }
+  o["usage"] = UsageObject(usage, cached_tokens);
   return json::serialize(o);
 }
 

@@ -282,13 +282,13 @@ struct Usage {
 // "stop" or "length" (kCancelled after a stop string is "stop").
 std::string_view FinishReasonString(FinishReason r);
 
-// The non-streaming body: "text_completion" or "chat.completion".
-std::string FinalResponseJson(const ResponseContext& ctx, std::string_view text, std::string_view finish_reason,
-                              const Usage& usage, std::span<const int32_t> token_ids = {});
-// One streaming chunk: "text_completion" with `text`, or "chat.completion.chunk"
-// with `delta` (role "assistant" when `first`). `finish_reason` "" is null.
-std::string ChunkJson(const ResponseContext& ctx, std::string_view text, bool first, std::string_view finish_reason,
-                      std::span<const int32_t> token_ids = {});
+// The non-streaming body ("text_completion" or "chat.completion") with
+// `choices` (serve/choice_output.h builds them) in index order; cached_tokens
+// >= 0 adds usage.prompt_tokens_details.cached_tokens.
+std::string ResponseJson(const ResponseContext& ctx, std::vector<boost::json::object> choices, const Usage& usage,
+                         int64_t cached_tokens = -1);
+// One streamed chunk ("text_completion" or "chat.completion.chunk") holding `choices`.
+std::string ChunkWithChoices(const ResponseContext& ctx, std::vector<boost::json::object> choices);
 // The chunk with empty choices and the usage (stream_options.include_usage).
 // cached_tokens >= 0 adds usage.prompt_tokens_details.cached_tokens.
 std::string UsageChunkJson(const ResponseContext& ctx, const Usage& usage, int64_t cached_tokens = -1);

@@ -2,6 +2,7 @@
 // field), prompt building with the real DeepSeek-V3 tokenizer and chat
 // template, stop strings across token boundaries, and the response JSON.
 #include "serve/openai_api.h"
+#include "serve/choice_output.h"
 
 #include <unistd.h>
 
@@ -456,7 +457,18 @@ TEST(GenerationTextTest, StopStringInTheHeldBackTail) {
 
 TEST(OpenAiResponseTest, JsonShapes) {
   ResponseContext ctx{ApiKind::kCompletion, "cmpl-1", 1700000000, "m"};
-  json::value v = json::parse(FinalResponseJson(ctx, "hi", "length", {3, 2}));
+  // A choice of `text`, finished with `reason`, as the server builds it.
+  auto choice = [](ApiKind kind, const std::string& text, std::string_view reason) {
+    ChoiceOptions o;
+    o.kind = kind;
+    o.tokenizer = &V3();
+    ChoiceOutput c(o);
+    TokenEvent ev;
+    ev.tokens = V3().Encode(text, false);
+    (void)c.Add(ev);
+    return c.FinalChoice(reason);
+  };
+  json::value v = json::parse(ResponseJson(ctx, {choice(ApiKind::kCompletion, "hi", "length")}, {3, 2}));
   EXPECT_EQ(v.at("object"), "text_completion");
   EXPECT_EQ(v.at("choices").at(0).at("text"), "hi");
   EXPECT_EQ(v.at("choices").at(0).at("finish_reason"), "length");
@@ -464,17 +476,20 @@ TEST(OpenAiResponseTest, JsonShapes) {
   EXPECT_EQ(v.at("usage").at("total_tokens"), 5);
 
   ctx.kind = ApiKind::kChat;
-  v = json::parse(FinalResponseJson(ctx, "yo", "stop", {1, 1}));
+  v = json::parse(ResponseJson(ctx, {choice(ApiKind::kChat, "yo", "stop")}, {1, 1}));
   EXPECT_EQ(v.at("object"), "chat.completion");
   EXPECT_EQ(v.at("choices").at(0).at("message").at("role"), "assistant");
   EXPECT_EQ(v.at("choices").at(0).at("message").at("content"), "yo");
 
-  v = json::parse(ChunkJson(ctx, "", true, ""));
+  ChoiceOptions chat;
+  chat.kind = ApiKind::kChat;
+  ChoiceOutput streamed(chat);
+  v = json::parse(ChunkWithChoices(ctx, {streamed.OpeningDelta()}));
   EXPECT_EQ(v.at("object"), "chat.completion.chunk");
   EXPECT_EQ(v.at("choices").at(0).at("delta").at("role"), "assistant");
   EXPECT_TRUE(v.at("choices").at(0).at("finish_reason").is_null());
   EXPECT_EQ(v.as_object().count("usage"), 0u);
-  v = json::parse(ChunkJson(ctx, "", false, "stop"));
+  v = json::parse(ChunkWithChoices(ctx, streamed.FinishStream("stop")));
   EXPECT_TRUE(v.at("choices").at(0).at("delta").as_object().empty());
   EXPECT_EQ(v.at("choices").at(0).at("finish_reason"), "stop");
   ctx.include_usage = true;
