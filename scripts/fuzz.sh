@@ -15,7 +15,7 @@ if [ ${#TARGETS[@]} -eq 0 ]; then
 fi
 BUILD="$ROOT/build-fuzz"
 CLANG="${CLANG:-/usr/bin/clang++}"
-bash "$ROOT/scripts/setup.sh"
+bash "$ROOT/scripts/setup.sh" clang   # clang-14 brings libclang_rt.fuzzer (libclang-common-14-dev)
 start=$(date +%s)
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$CLANG" \
   -DDEEPSHARD_FUZZ=ON -DDEEPSHARD_SANITIZE=asan

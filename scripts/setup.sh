@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs every Debian package deepshard needs to build and test.
+# Usage: scripts/setup.sh [extra package ...]
 # Safe to run twice: packages already present are skipped, and apt-get is only
 # called when something is missing. Run as root (or with sudo available).
 set -euo pipefail
@@ -16,6 +17,8 @@ PACKAGES=(
   python3 python3-venv curl bc procps hostname   # python3-venv, curl: the serve e2e test (openai package, curl)
   slurmctld slurmd slurm-client munge   # tests/cluster: a one-machine Slurm (cluster/local_slurm.sh)
 )
+# Extra packages a caller needs (scripts/fuzz.sh: clang and its libFuzzer runtime).
+PACKAGES+=("$@")
 
 missing=()
 for p in "${PACKAGES[@]}"; do
