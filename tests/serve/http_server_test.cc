@@ -1021,11 +1021,17 @@ TEST_F(HttpServerTest, OutOfDescriptorsBacksOffAndAnswers503) {
   for (int fd = 0; fd < 65536 && fd < static_cast<int>(old.rlim_cur); ++fd) {
     if (::fcntl(fd, F_GETFD) != -1) max_fd = fd;
   }
+  // One descriptor above the highest open one, so at least one filler exists
+  // even when the open descriptors have no holes (a fresh CI process).
   rlimit low = old;
-  low.rlim_cur = static_cast<rlim_t>(max_fd + 1);
+  low.rlim_cur = static_cast<rlim_t>(max_fd + 2);
   ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
   std::vector<int> fillers;  // every free descriptor below the limit
   for (int fd; (fd = ::open("/dev/null", O_RDONLY)) >= 0;) fillers.push_back(fd);
+  if (fillers.empty()) {
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+    FAIL() << "no descriptor could be opened below the lowered limit " << low.rlim_cur;
+  }
   ::close(fillers.back());  // room for exactly one connection
   fillers.pop_back();
   sockaddr_in a{};
