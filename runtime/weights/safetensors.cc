@@ -459,10 +459,14 @@ int64_t FirstNonFiniteBits(const U* v, int64_t n) {
   constexpr int64_t kChunk = 4096;
   for (int64_t a = 0; a < n; a += kChunk) {
     const int64_t e = std::min(n, a + kChunk);
-    bool bad = false;
-#pragma omp simd reduction(|| : bad)
-    for (int64_t i = a; i < e; ++i) bad = bad || (static_cast<U>(v[i] & kMask) == kExp);
-    if (bad) {
+    // (x & kMask) ^ kExp is 0 exactly for a non-finite x. An unsigned min
+    // reduction of it vectorises (vpminu*) even at -O2 with the pragma; the
+    // former `bad = bad || ...` did not, and scanned ~0.5 GB/s per thread,
+    // 20x slower than the page touching it replaced (docs/reliability.md).
+    U low = static_cast<U>(~U{0});
+#pragma omp simd reduction(min : low)
+    for (int64_t i = a; i < e; ++i) low = std::min(low, static_cast<U>((v[i] & kMask) ^ kExp));
+    if (low == 0) {
       for (int64_t i = a; i < e; ++i) {
         if (static_cast<U>(v[i] & kMask) == kExp) return i;
       }

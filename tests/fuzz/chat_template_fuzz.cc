@@ -1,13 +1,14 @@
 // libFuzzer: ChatTemplate::Parse + Render with a bounded context.
 // Input: template source, then optionally a NUL byte and a JSON array of messages
 // (default: a system/user/assistant/user conversation). The renderer's own
-// RenderLimits bound steps, output and nesting.
+// RenderLimits bound steps, output and nesting (smaller here than by default).
 #include <cstdint>
 #include <string>
 #include <string_view>
 
 #include "boost/json.hpp"
 #include "text/chat/chat_template.h"
+#include "text/chat/jinja_renderer.h"
 
 namespace {
 boost::json::array DefaultMessages() {
@@ -46,7 +47,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ctx["eos_token"] = "</s>";
   ctx["tools"] = boost::json::parse(
       R"([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])");
-  auto out = t->Render(ctx);
+  // Budgets far below the defaults (30M steps, 64 MiB): the limit checks are
+  // what is fuzzed, not how long a legal runaway loop takes to reach them, and
+  // the default budgets made a looping input cost seconds (40-130 execs/s).
+  deepshard::jinja::RenderLimits limits;
+  limits.max_steps = 200'000;
+  limits.max_string_bytes = 1u << 20;
+  limits.max_list_items = 1u << 14;
+  auto out = t->Render(ctx, limits);
   (void)out;
   return 0;
 }

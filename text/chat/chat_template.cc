@@ -17,12 +17,17 @@ absl::StatusOr<ChatTemplate> ChatTemplate::Parse(std::string_view source) {
 }
 
 absl::StatusOr<std::string> ChatTemplate::Render(const boost::json::object& context) const {
+  return Render(context, jinja::RenderLimits{});
+}
+
+absl::StatusOr<std::string> ChatTemplate::Render(const boost::json::object& context,
+                                                 const jinja::RenderLimits& limits) const {
   jinja::DictData vars;
   for (const auto& kv : context) {
     ASSIGN_OR_RETURN(jinja::Value v, jinja::FromJson(kv.value()));
     vars.Set(std::string(kv.key()), std::move(v));
   }
-  jinja::Renderer renderer(*ast_, jinja::RenderLimits{});
+  jinja::Renderer renderer(*ast_, limits);
   return renderer.Render(std::move(vars));
 }
 

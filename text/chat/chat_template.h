@@ -69,6 +69,7 @@ namespace deepshard {
 
 namespace jinja {
 struct TemplateAst;
+struct RenderLimits;
 }  // namespace jinja
 
 class ChatTemplate {
@@ -82,6 +83,9 @@ class ChatTemplate {
   //    "bos_token": "<s>", "eos_token": "</s>", "tools": [...], ...}.
   // Variables the template reads but the context lacks are undefined.
   absl::StatusOr<std::string> Render(const boost::json::object& context) const;
+  // The same with other budgets than the defaults (jinja_renderer.h), e.g. the
+  // fuzzer's small ones, so that a runaway loop ends in milliseconds.
+  absl::StatusOr<std::string> Render(const boost::json::object& context, const jinja::RenderLimits& limits) const;
 
  private:
   explicit ChatTemplate(std::shared_ptr<const jinja::TemplateAst> ast) : ast_(std::move(ast)) {}

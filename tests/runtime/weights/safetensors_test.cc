@@ -705,5 +705,61 @@ TEST(CheckpointBytes, Fp8WeightCountsItsScales) {
   EXPECT_EQ((*ck)->bytes_requested(), 130u * 200u + 16u + 32u);
 }
 
+// CheckFinite's vectorised scan: the largest finite values of each dtype
+// pass; every NaN/Inf encoding (both signs) is found at its exact element,
+// including the first and last element of a 4096-element chunk and the last
+// element of an odd-length tensor.
+TEST(CheckpointCheckFinite, FindsEveryNonFiniteEncodingAtItsElement) {
+  struct Case {
+    DType dtype;
+    std::vector<uint32_t> finite;  // largest finite magnitudes, +/-
+    std::vector<uint32_t> bad;     // NaN and Inf encodings
+  };
+  const std::vector<Case> cases = {
+      {DType::kF32, {0x7F7FFFFFu, 0xFF7FFFFFu, 0x00000001u}, {0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFFFFFFFu}},
+      {DType::kBF16, {0x7F7Fu, 0xFF7Fu, 0x0001u}, {0x7F80u, 0xFF80u, 0x7FC0u, 0xFFFFu}},
+      {DType::kF16, {0x7BFFu, 0xFBFFu, 0x0001u}, {0x7C00u, 0xFC00u, 0x7E00u, 0xFFFFu}},
+      {DType::kF8E4M3, {0x7Eu, 0xFEu, 0x01u}, {0x7Fu, 0xFFu}},
+  };
+  const int64_t n = 2 * 4096 + 7;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(DTypeName(c.dtype));
+    const int64_t size = DTypeSize(c.dtype);
+    TensorToWrite t;
+    t.name = "w";
+    t.dtype = c.dtype;
+    t.shape = {n};
+    t.bytes.resize(n * size);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t v = c.finite[i % c.finite.size()];
+      std::memcpy(t.bytes.data() + i * size, &v, size);  // little-endian: the low bytes
+    }
+    {
+      ScratchDir dir;
+      ASSERT_TRUE(WriteCheckpoint(dir.path(), {t}, 1, {}).ok());
+      auto ck = Checkpoint::Open(dir.path());
+      ASSERT_TRUE(ck.ok());
+      ASSERT_TRUE((*ck)->Get("w").ok());
+      EXPECT_TRUE((*ck)->CheckFinite().ok()) << (*ck)->CheckFinite();
+    }
+    for (int64_t at : {int64_t{0}, int64_t{4095}, int64_t{4096}, n - 1}) {
+      for (uint32_t bad : c.bad) {
+        SCOPED_TRACE(absl::StrCat("element ", at, " = 0x", absl::Hex(bad)));
+        TensorToWrite poked = t;
+        std::memcpy(poked.bytes.data() + at * size, &bad, size);
+        ScratchDir dir;
+        ASSERT_TRUE(WriteCheckpoint(dir.path(), {poked}, 1, {}).ok());
+        auto ck = Checkpoint::Open(dir.path());
+        ASSERT_TRUE(ck.ok());
+        ASSERT_TRUE((*ck)->Get("w").ok());
+        const absl::Status st = (*ck)->CheckFinite();
+        ASSERT_FALSE(st.ok());
+        EXPECT_NE(st.message().find(absl::StrCat("at element ", at, " ")), std::string_view::npos) << st;
+        EXPECT_NE(st.message().find("\"w\""), std::string_view::npos) << st;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace deepshard
