@@ -280,7 +280,6 @@ class HttpServer::Impl {
   net::steady_timer accept_timer;  // the back-off after EMFILE/ENFILE (acceptor's strand)
   int reserve_fd = -1;             // released to accept-and-refuse when out of descriptors
   RateLimitedLog accept_log{3, std::chrono::seconds(10)};
-  RateLimitedLog client_log{5, std::chrono::seconds(10)};
   std::vector<std::thread> threads;
   std::atomic<int> running{0};
   std::atomic<int> generating{0};  // sessions between Submit and the end of their response
