@@ -56,6 +56,7 @@ struct Options {
   RuntimeConfig rt;
   PlacementOptions place;
   serve::JobOptions job;
+  double startup_timeout = kDefaultStartupTimeout;  // --startup-timeout
 };
 
 absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool* help) {
@@ -98,7 +99,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   o.gen.stop_at_eos = !flags.Bool("ignore-eos");
   RETURN_IF_ERROR(o.gen.sampling.Validate());
   if (o.gen.max_new_tokens < 0) return absl::InvalidArgumentError("--max-new-tokens must be >= 0");
-  RETURN_IF_ERROR(ParseModelRunFlags(flags, &o.rt, &o.place, &o.job));
+  RETURN_IF_ERROR(ParseModelRunFlags(flags, &o.rt, &o.place, &o.job, &o.startup_timeout));
   o.job.command = "generate";
   o.job.failure_linger = 0;
   o.job.announce = false;  // no clients to tell: a failure ends the job at once
@@ -264,7 +265,7 @@ int RunSingle(Options o) {
 // pp × ep ranks under mpirun. Checks that every rank can agree on are made
 // collectively: rank 0 prints one message and every rank returns non-zero.
 int RunDistributed(Options o) {
-  MpiSession mpi(nullptr, nullptr);
+  MpiSession mpi(nullptr, nullptr, "generate", o.startup_timeout);
   // Every rank tokenizes the same text the same way (checked before the weights load).
   absl::StatusOr<std::unique_ptr<Tokenizer>> tok;
   int code = 0;

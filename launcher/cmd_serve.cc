@@ -90,6 +90,7 @@ struct Options {
   PlacementOptions place;
   serve::HttpServerOptions http;
   serve::JobOptions job;
+  double startup_timeout = kDefaultStartupTimeout;  // --startup-timeout
 };
 
 // --allowed-origins: "*", or origins as browsers send them: scheme://host[:port],
@@ -195,7 +196,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
   if (!(j.failure_linger >= 0 && j.failure_linger <= 3600)) {
     return absl::InvalidArgumentError(absl::StrCat("--failure-linger must be in [0, 3600] seconds, got ", j.failure_linger));
   }
-  RETURN_IF_ERROR(ParseModelRunFlags(flags, &o.rt, &o.place, &o.job));
+  RETURN_IF_ERROR(ParseModelRunFlags(flags, &o.rt, &o.place, &o.job, &o.startup_timeout));
   return o;
 }
 
@@ -261,7 +262,7 @@ int RunServe(const std::vector<std::string>& args) {
     }
     return Serve(*o, *share, stop_signals);
   }
-  MpiSession mpi(nullptr, nullptr);
+  MpiSession mpi(nullptr, nullptr, "serve", o->startup_timeout);
   int code = 0;
   auto share = SetUpRankShare("serve", o->model_dir, o->place, o->rt, mpi, &code);
   if (!share) return code;

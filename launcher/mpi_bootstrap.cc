@@ -1,13 +1,18 @@
 #include "launcher/mpi_bootstrap.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "serve/signals.h"
 
 namespace deepshard {
 
@@ -28,7 +33,47 @@ int LauncherRank() {
 
 bool IsRootProcess() { return !LaunchedUnderMpi() || LauncherRank() <= 0; }
 
-MpiSession::MpiSession(int* argc, char*** argv) {
+StartupDeadline::StartupDeadline(std::string command, double timeout_s, int rank)
+    : stage_("MPI_Init: another rank stopped, hung or unreachable, or a firewall between the nodes?"), rank_(rank) {
+  if (!(timeout_s > 0)) return;
+  char host[256] = {0};
+  if (gethostname(host, sizeof(host) - 1) != 0) std::snprintf(host, sizeof(host), "?");
+  const auto limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(timeout_s));
+  thread_ = std::thread([this, command = std::move(command), host = std::string(host), timeout_s, limit] {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (cv_.wait_for(lock, limit, [this] { return disarmed_; })) return;
+    // The main thread may be inside MPI: no destructors, no MPI_Abort (it
+    // would need the very connections that hang); mpirun ends the others.
+    serve::Log(command, absl::StrCat("error: ", rank_ >= 0 ? absl::StrCat("rank ", rank_) : std::string("a rank"),
+                                     " (host ", host, "): start-up did not finish within ",
+                                     absl::StrFormat("%g", timeout_s), " s (stuck in ", stage_,
+                                     "); exiting (--startup-timeout)"));
+    serve::ExitNow(1);
+  });
+}
+
+StartupDeadline::~StartupDeadline() {
+  Disarm();
+  if (thread_.joinable()) thread_.join();
+}
+
+void StartupDeadline::SetStage(std::string stage, int rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  stage_ = std::move(stage);
+  rank_ = rank;
+}
+
+void StartupDeadline::Disarm() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    disarmed_ = true;
+  }
+  cv_.notify_all();
+}
+
+MpiSession::MpiSession(int* argc, char*** argv, const std::string& command, double startup_timeout_s) {
+  if (startup_timeout_s > 0) deadline_ = std::make_unique<StartupDeadline>(command, startup_timeout_s, LauncherRank());
   int provided = 0;
   // OpenMP threads compute inside a rank; only the main thread calls MPI.
   MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
@@ -37,9 +82,23 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   // Errors come back as codes (the Communicator turns them into Status); a
   // rank that cannot continue calls Abort, which ends the whole job promptly.
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  SetStartupStage("the start-up collectives, before the start-up heartbeats: another rank stopped, hung or "
+                  "unreachable?");
 }
 
-MpiSession::~MpiSession() { MPI_Finalize(); }
+// A deadline never ended (start-up failed on every rank) also covers MPI_Finalize.
+MpiSession::~MpiSession() {
+  MPI_Finalize();
+  deadline_.reset();
+}
+
+void MpiSession::SetStartupStage(std::string stage) {
+  if (deadline_) deadline_->SetStage(std::move(stage), rank_);
+}
+
+void MpiSession::EndStartupDeadline() {
+  if (deadline_) deadline_->Disarm();
+}
 
 void MpiSession::Abort(const std::string& message, int code) const {
   std::fprintf(stderr, "deepshard rank %d: %s\n", rank_, message.c_str());

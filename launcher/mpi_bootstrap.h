@@ -4,7 +4,11 @@
 
 #include <mpi.h>
 
+#include <condition_variable>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 namespace deepshard {
 
@@ -21,16 +25,55 @@ int LauncherRank();
 // launcher's rank 0 (one message for the whole job).
 bool IsRootProcess();
 
+// A rank's start-up deadline (--startup-timeout). MPI_Init and the
+// collectives that come before the start-up heartbeats (rank_setup.h) have no
+// timeout of their own: a rank stopped or hung before or inside them (SIGSTOP,
+// an unreachable node, a firewall) leaves every other rank blocked there
+// forever. A thread started before MPI_Init ends the process with exit code 1
+// (mpirun then ends the job) unless Disarm is called within the limit, naming
+// this rank, its host and where it waits:
+//
+//   deepshard generate: error: rank 1 (host n1): start-up did not finish within 300 s (stuck in
+//   MPI_Init: another rank stopped, hung or unreachable, or a firewall between the nodes?); exiting (--startup-timeout)
+class StartupDeadline {
+ public:
+  // timeout_s <= 0: no deadline. `rank`: as the launcher announced it (-1: unknown).
+  StartupDeadline(std::string command, double timeout_s, int rank);
+  ~StartupDeadline();  // Disarm()
+  StartupDeadline(const StartupDeadline&) = delete;
+  StartupDeadline& operator=(const StartupDeadline&) = delete;
+
+  // Where this rank waits now (what the message says it is stuck in), and its rank.
+  void SetStage(std::string stage, int rank);
+  // Start-up is over, or watched by heartbeats from now on. Idempotent.
+  void Disarm();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool disarmed_ = false;
+  std::string stage_;
+  int rank_ = -1;
+  std::thread thread_;
+};
+
 class MpiSession {
  public:
-  MpiSession(int* argc, char*** argv);
+  // With startup_timeout_s > 0, a StartupDeadline runs from before MPI_Init
+  // until EndStartupDeadline (see rank_setup.h for when that is).
+  MpiSession(int* argc, char*** argv, const std::string& command = "", double startup_timeout_s = 0);
   ~MpiSession();
   int rank() const { return rank_; }
   int size() const { return size_; }
   // Ends every rank of the job now (after printing `message` on this rank).
   [[noreturn]] void Abort(const std::string& message, int code = 1) const;
+  // Names where start-up waits now, for the deadline's message.
+  void SetStartupStage(std::string stage);
+  // Start-up is over, or watched by heartbeats from here. Idempotent.
+  void EndStartupDeadline();
 
  private:
+  std::unique_ptr<StartupDeadline> deadline_;
   int rank_ = 0, size_ = 1;
 };
 

@@ -26,7 +26,7 @@ const std::set<std::string>& ModelRunFlags() {
       "device",         "math",          "mla",          "threads",        "max-context",
       "kv-cache-dtype", "pp",            "ep",           "layer-split",    "expert-map",
       "kv-cache-memory", "block-size",   "max-num-seqs", "max-num-batched-tokens",
-      "prefill-chunk",  "micro-batches"};
+      "prefill-chunk",  "micro-batches", "startup-timeout"};
   return flags;
 }
 
@@ -49,10 +49,17 @@ const char kModelRunUsage[] =
     "         [--device cpu] [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
     "         [--kv-cache-memory 1GiB] [--kv-cache-dtype f32|bf16] [--block-size 64] [--max-num-seqs 64]\n"
     "         [--max-num-batched-tokens 512] [--prefill-chunk 512] [--micro-batches N] [--no-prefix-cache]\n"
-    "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n";
+    "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n"
+    "         [--startup-timeout 300]   under mpirun: seconds for MPI_Init and the first collectives\n"
+    "                                   before a rank gives up on the others and exits 1 (0: no limit)\n";
 
 absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place,
-                                serve::JobOptions* job) {
+                                serve::JobOptions* job, double* startup_timeout_s) {
+  ASSIGN_OR_RETURN(*startup_timeout_s, flags.Double("startup-timeout", kDefaultStartupTimeout));
+  if (!(*startup_timeout_s >= 0 && *startup_timeout_s <= 86400)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--startup-timeout must be in [0, 86400] seconds (0: no limit), got ", *startup_timeout_s));
+  }
   rt->device = flags.String("device", "cpu");
   if (rt->device != "cpu") {
     return absl::InvalidArgumentError(absl::StrCat("--device ", rt->device, " is not available in this build "
@@ -160,6 +167,7 @@ class StartupWatch {
       std::memset(secret, 0, sizeof(secret));
       if (!c.ok()) return w;  // rank 0 sees this rank missing and waits no longer than WaitForWorkers
       w->client_ = *std::move(c);
+      w->watched_ = true;
       serve::ControlClient* client = w->client_.get();
       std::atomic<bool>* done = &w->done_;
       const int rank = pc.rank;
@@ -179,10 +187,14 @@ class StartupWatch {
       });
     } else {
       std::memset(secret, 0, sizeof(secret));
-      (void)w->server_->WaitForWorkers(30);  // a rank that never connects is simply not watched
+      // A rank that never connects is not watched (the start-up deadline still runs).
+      w->watched_ = w->server_->WaitForWorkers(30).ok();
     }
     return w;
   }
+  // Whether this rank is watched by heartbeats: on rank 0, every worker
+  // connected; on a worker, it reached rank 0.
+  bool watched() const { return watched_; }
   // Rank 0 tells the workers and closes its side quietly (a kShutdown first:
   // their clients then take the close as planned).
   void End() {
@@ -200,12 +212,14 @@ class StartupWatch {
  private:
   std::string command_;
   std::atomic<bool> done_{false};
+  bool watched_ = false;
   std::unique_ptr<serve::ControlServer> server_;
   std::unique_ptr<serve::ControlClient> client_;
   std::thread poller_;
 };
 
 void EndStartupWatch(RankShare& share) {
+  if (share.mpi != nullptr) share.mpi->EndStartupDeadline();
   if (share.startup_watch) share.startup_watch->End();
 }
 
@@ -224,9 +238,20 @@ std::optional<RankShare> SetUpRankShare(const std::string& command, const std::s
   auto pc = ParallelConfig::FromMpi(MPI_COMM_WORLD, place.pp, place.ep);
   if (!pc.ok()) return fail(2, std::string(pc.status().message()));
   share.pc = *pc;
-  // Heartbeats from here: a rank stopped while loading ends the job.
-  if (mpi.size() > 1) watch = StartupWatch::Start(command, share.pc);
+  // Heartbeats from here: a rank stopped while loading ends the job. Until
+  // they run, the start-up deadline (MpiSession) covers this rank.
+  share.mpi = &mpi;
+  if (mpi.size() > 1) {
+    mpi.SetStartupStage("the start-up watch's broadcast and connection: another rank stopped, hung or unreachable?");
+    watch = StartupWatch::Start(command, share.pc);
+  }
   share.startup_watch = watch;
+  if (mpi.size() == 1 || (watch && watch->watched())) {
+    mpi.EndStartupDeadline();
+  } else {
+    mpi.SetStartupStage("start-up without heartbeats (the start-up watch could not connect every rank): another "
+                        "rank stopped, hung or unreachable?");
+  }
   // Each rank reads the config and fingerprints the files it sees.
   auto config = LoadModelConfig(model_dir);
   auto fp = ModelFilesFingerprint(model_dir);

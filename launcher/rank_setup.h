@@ -34,11 +34,15 @@ namespace deepshard {
 // worker connects and heartbeats from its io thread, so a stopped rank is
 // lost after the heartbeat timeout and the job ends naming it. Ended by
 // EndStartupWatch once serve::Job::Start has returned (rank 0 sends the
-// workers a shutdown frame and closes its side; nothing is logged).
+// workers a shutdown frame and closes its side; nothing is logged). Before
+// the watch is connected (MPI_Init, its one broadcast), the start-up deadline
+// (--startup-timeout, StartupDeadline in mpi_bootstrap.h) covers the rank; it
+// ends as soon as the watch takes over, or at EndStartupWatch if it never does.
 class StartupWatch;
 
 struct RankShare {
   std::shared_ptr<StartupWatch> startup_watch;  // declared first: destroyed last
+  MpiSession* mpi = nullptr;  // its start-up deadline ends with EndStartupWatch (null on one rank)
   ParallelConfig pc;
   ModelConfig config;
   PlacementPlan placement;
@@ -47,14 +51,17 @@ struct RankShare {
   std::unique_ptr<Communicator> stage;   // this rank's stage, ordered by ep_rank
 };
 
-// From now on a lost rank is the job's business (serve::Job), not a start-up stall.
+// From now on a lost rank is the job's business (serve::Job), not a start-up
+// stall. Also ends the start-up deadline (--startup-timeout, MpiSession) if
+// the start-up watch could not take over from it.
 void EndStartupWatch(RankShare& share);
 
 // The value flags every model-running command (generate, serve) shares:
 // --device cpu, --math exact|fast, --mla auto|naive|absorbed, --threads,
 // --max-context, --kv-cache-dtype f32|bf16, --pp, --ep, --layer-split,
-// --expert-map, and the engine's: --kv-cache-memory, --block-size,
-// --max-num-seqs, --max-num-batched-tokens, --prefill-chunk, --micro-batches.
+// --expert-map, --startup-timeout, and the engine's: --kv-cache-memory,
+// --block-size, --max-num-seqs, --max-num-batched-tokens, --prefill-chunk,
+// --micro-batches.
 const std::set<std::string>& ModelRunFlags();
 // `command_flags` plus ModelRunFlags(), for Flags::Parse.
 std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags);
@@ -62,9 +69,13 @@ std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags);
 const std::set<std::string>& ModelRunBoolFlags();
 // `command_bool_flags` plus ModelRunBoolFlags(), for Flags::Parse.
 std::set<std::string> WithModelRunBoolFlags(std::set<std::string> command_bool_flags);
-// Reads those flags into `rt`, `place` and `job`; errors name the flag.
+// Reads those flags into `rt`, `place`, `job` and `startup_timeout_s`
+// (--startup-timeout, seconds; 0: none); errors name the flag.
 absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place,
-                                serve::JobOptions* job);
+                                serve::JobOptions* job, double* startup_timeout_s);
+// --startup-timeout's default: loading is watched by heartbeats, so this only
+// bounds MPI_Init and the first collectives, which take seconds.
+inline constexpr double kDefaultStartupTimeout = 300;
 // The usage lines of those flags.
 extern const char kModelRunUsage[];
 

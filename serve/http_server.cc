@@ -4,15 +4,18 @@
 //
 //   ReadHeader -> (413/431/400 and close) | [100 Continue] -> ReadBody -> Handle
 //   Handle -> plain response -> Write -> ReadHeader (keep-alive) | close
-//   Handle -> generation: Submit, Watch (read pending), [stream header]
+//   Handle -> generation: Submit, [stream header], Watch (read pending; or
+//             paused past 64 KiB of pipelined bytes: socket checks instead)
 //          -> engine events (posted to the strand) -> chunks / accumulate
 //          -> final event (or stop string: Cancel) -> last write -> AfterResponse
-//   AfterResponse cancels the watch read, then ReadHeader or close.
+//   AfterResponse cancels the watch read, then ReadHeader (which parses the
+//   pipelined bytes first) or close.
 #include "serve/http_server.h"
 
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -62,7 +65,7 @@ constexpr char kInFlight[] = "deepshard_requests_in_flight";
 constexpr char kAcceptFailures[] = "deepshard_http_accept_failures_total";
 constexpr char kRefused[] = "deepshard_http_connections_refused_total";
 
-constexpr size_t kMaxPipelinedBytes = 64 << 10;  // kept from a client while it waits for a generation
+constexpr size_t kMaxPipelinedBytes = 64 << 10;  // read ahead from a client while it waits for a generation
 constexpr size_t kMaxDrainBytes = 1 << 20;       // read and dropped before closing after an error
 constexpr auto kDrainTime = std::chrono::seconds(2);
 constexpr auto kAcceptBackoff = std::chrono::milliseconds(50);  // after EMFILE/ENFILE
@@ -92,17 +95,35 @@ void RefuseFd(int fd) {
   ::close(fd);
 }
 
-// After the client's EOF: whether its side is gone (closed and reset on our
-// next write) rather than half-closed and waiting for the response.
-bool PeerReset(int fd) {
+// What the socket says about the client without reading it (the bytes it
+// sent may still be unread, in our buffer or the kernel's).
+enum class PeerState {
+  kOpen,         // connected (a close may still be on its way, or held back: see CheckPeer)
+  kFinReceived,  // it sent FIN: closed, or half-closed and waiting for its responses
+  kGone,         // reset (it closed with our data unread, or answered a write on a closed socket)
+};
+
+PeerState PeerStateOf(int fd) {
 #ifdef __linux__
   struct tcp_info info {};
   socklen_t len = sizeof info;
-  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0) return info.tcpi_state == TCP_CLOSE;
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0) {
+    if (info.tcpi_state == TCP_CLOSE) return PeerState::kGone;
+    if (info.tcpi_state == TCP_CLOSE_WAIT || info.tcpi_state == TCP_LAST_ACK) return PeerState::kFinReceived;
+    return PeerState::kOpen;
+  }
 #endif
   char c;
   const ssize_t r = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-  return r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+  if (r == 0) return PeerState::kFinReceived;
+  if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return PeerState::kGone;
+  return PeerState::kOpen;
+}
+
+// Bytes the kernel holds for us that were not read yet.
+size_t UnreadBytes(int fd) {
+  int n = 0;
+  return ::ioctl(fd, FIONREAD, &n) == 0 && n > 0 ? static_cast<size_t>(n) : 0;
 }
 
 std::string_view SV(beast::string_view s) { return std::string_view(s.data(), s.size()); }
@@ -259,7 +280,6 @@ class HttpServer::Impl {
   net::steady_timer accept_timer;  // the back-off after EMFILE/ENFILE (acceptor's strand)
   int reserve_fd = -1;             // released to accept-and-refuse when out of descriptors
   RateLimitedLog accept_log{3, std::chrono::seconds(10)};
-  RateLimitedLog client_log{5, std::chrono::seconds(10)};
   std::vector<std::thread> threads;
   std::atomic<int> running{0};
   std::atomic<int> generating{0};  // sessions between Submit and the end of their response
@@ -312,6 +332,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void ReadHeader() {
     if (closed_) return;
+    paused_ = false;  // the pipelined bytes are read from here
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(std::min<size_t>(srv_.opts.max_header_bytes, UINT32_MAX)));
     parser_->body_limit(srv_.opts.max_body_bytes);
@@ -319,6 +340,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     recorded_ = false;
     head_ = false;
     cors_origin_.clear();
+    if (peer_eof_) {
+      // The client sent EOF (its pipelined requests are buffered): Asio reports
+      // an EOF once, and a later async read would wait for an event that never
+      // comes. A read of the socket now returns at once (0, or an error), so
+      // the buffered requests are parsed synchronously, then the EOF closes.
+      beast::error_code ec;
+      http::read_header(stream_.socket(), buffer_, *parser_, ec);
+      return OnHeader(ec);
+    }
     stream_.expires_after(srv_.opts.idle_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             [self = shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
@@ -347,6 +377,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   void ReadBody() {
+    if (peer_eof_) {  // as in ReadHeader
+      beast::error_code ec;
+      http::read(stream_.socket(), buffer_, *parser_, ec);
+      return OnBody(ec);
+    }
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnBody(ec); });
   }
@@ -365,7 +400,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return SendError(http::status::request_header_fields_too_large,
                        Err(431, "the request headers are larger than the server's limit"));
     }
-    if (IsDisconnect(ec) || closed_) return Close();
+    // A request cut short by the client's EOF (after pipelined ones): it is gone.
+    if (IsDisconnect(ec) || closed_ || (peer_eof_ && ec == http::error::partial_message)) return Close();
     // Anything else is a malformed request: say so, then close.
     keep_alive_ = false;
     version_ = 11;
@@ -633,8 +669,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     SetGenerating(true);
     srv_.metrics.Add(kInFlight, {}, 1);
     srv_.metrics.Add(kPromptTokens, {}, static_cast<double>(gen_->prompt_tokens));
-    Watch();
     if (gen_->stream) StartStream();
+    Watch();  // after the stream's header: it may probe the client at once
   }
 
   void StartStream() {
@@ -660,8 +696,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void OnEvent(uint64_t seq, size_t index, TokenEvent ev) {
     if (!gen_ || gen_->seq != seq || gen_->done || index >= gen_->choices.size()) return;  // stale
-    // A client that sent EOF: still there (half-closed) or gone? Checked every step.
-    if (peer_eof_ && PeerReset(stream_.socket().native_handle())) return ClientGone();
+    // A client that sent EOF, or whose reads are paused: still there? Checked every step.
+    if ((peer_eof_ || paused_) && CheckPeer(/*probe=*/true)) return;
     Generation& g = *gen_;
     Choice& c = g.choices[index];
     if (c.done) return;  // stopped by a stop string: its kCancelled event is ignored
@@ -823,72 +859,121 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   // ---- the read that watches the socket during a generation ----
 
-  // Past kMaxPipelinedBytes of pipelined input the rest is read and dropped
-  // (the read must go on: it is how a close is noticed), and the connection
-  // closes after the current response.
+  // While a generation runs, a read stays pending: it is how a close (EOF, or
+  // a reset) is noticed at once. Bytes that arrive instead are pipelined
+  // requests; they stay in buffer_ and are served in order after this
+  // response. Past kMaxPipelinedBytes, reading stops (back-pressure: the
+  // kernel's buffers fill, then the client's writes block) and CheckPeer
+  // watches the socket instead until the response is written.
   void Watch() {
-    if (watching_ || closed_ || peer_eof_) return;
+    if (watching_ || paused_ || closed_) return;
+    if (peer_eof_) return ProbeAfterEof();  // nothing more to read: probe instead
+    if (buffer_.size() >= kMaxPipelinedBytes) return Pause();
     watching_ = true;
-    auto on_read = [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnWatch(ec, n); };
-    if (overflow_) {
-      drain_buffer_.resize(16 << 10);
-      stream_.async_read_some(net::buffer(drain_buffer_), std::move(on_read));
-    } else {
-      stream_.async_read_some(buffer_.prepare(4096), std::move(on_read));
-    }
+    stream_.async_read_some(buffer_.prepare(std::min<size_t>(4096, kMaxPipelinedBytes - buffer_.size())),
+                            [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnWatch(ec, n); });
   }
 
   void OnWatch(beast::error_code ec, size_t n) {
     watching_ = false;
-    if (!ec && !overflow_) buffer_.commit(n);
-    if (next_ != Next::kNone && (!ec || ec == net::error::operation_aborted)) {
+    if (!ec) buffer_.commit(n);
+    const bool eof = ec == net::error::eof || ec == http::error::end_of_stream;
+    if (next_ != Next::kNone && (!ec || eof || ec == net::error::operation_aborted)) {
+      if (eof) MarkPeerEof();  // ReadHeader serves what is buffered, then sees the EOF and closes
       const Next next = next_;
       next_ = Next::kNone;
-      return next == Next::kRead && !overflow_ ? ReadHeader() : GracefulClose();
+      return next == Next::kRead ? ReadHeader() : GracefulClose();
     }
     if (!ec) {
-      // A pipelined request: keep it for later, keep watching.
-      if (!overflow_ && buffer_.size() >= kMaxPipelinedBytes) {
-        overflow_ = true;
-        keep_alive_ = false;
-        buffer_.consume(buffer_.size());
-        srv_.client_log.Print(absl::StrCat("deepshard http: a client pipelined more than ", kMaxPipelinedBytes,
-                                           " bytes behind a generation; dropping them, closing after its response"));
-      }
-      if (generating_) Watch();
+      if (generating_) Watch();  // a pipelined request: keep it for later, keep watching
       return;
     }
     if (ec == net::error::operation_aborted && closed_) return;
-    if (ec == net::error::eof || ec == http::error::end_of_stream) return OnPeerEof();
+    if (eof) return OnPeerEof();
     ClientGone();
   }
 
-  // The client sent EOF during a generation: either it closed the socket (gone:
-  // cancel) or it half-closed and waits for the response. A write tells them
-  // apart (a closed socket answers it with a reset): the stream's own events,
-  // or else a probe that changes nothing for the client (an SSE comment, or an
-  // interim "100 Continue", which HTTP/1.1 clients skip). The state is then
-  // checked at every engine event and every kPeerCheckPeriod.
-  void OnPeerEof() {
+  // Reads are paused with kMaxPipelinedBytes buffered: a close can no longer
+  // be read, only seen in the socket's state (CheckPeer), at every engine
+  // event and every kPeerCheckPeriod, until the response is written.
+  void Pause() {
+    paused_ = true;
+    if (CheckPeer(/*probe=*/true)) return;
+    CheckPeerLater();
+  }
+
+  void MarkPeerEof() {
     peer_eof_ = true;
-    keep_alive_ = false;  // nothing more can come: close after this response
+    // Nothing more can come: close after this response, unless pipelined
+    // requests are buffered (they are served first; the close comes after).
+    if (buffer_.size() == 0) keep_alive_ = false;
+  }
+
+  // The client sent EOF during a generation: either it closed the socket (gone:
+  // cancel) or it half-closed and waits for the response.
+  void OnPeerEof() {
+    MarkPeerEof();
     if (!gen_ || gen_->done) return;  // the response is being written: let it finish
+    ProbeAfterEof();
+  }
+
+  // A write tells a closed client from a half-closed one (a closed socket
+  // answers it with a reset): the stream's own events, or else a probe that
+  // changes nothing for the client (an SSE comment, or an interim "100
+  // Continue", which HTTP/1.1 clients skip). The state is then checked at
+  // every engine event (with a probe each time for a non-streaming response:
+  // the client may close later) and every kPeerCheckPeriod.
+  void ProbeAfterEof() {
     if (gen_->stream) {
       QueueSse(": waiting\n\n");
-    } else if (version_ >= 11) {
-      out_.push_back("HTTP/1.1 100 Continue\r\n\r\n");
-      Pump();
-    } else {
+      if (closed_) return;
+    } else if (!Probe()) {
       return ClientGone();  // HTTP/1.0 has no interim responses to probe with
     }
     CheckPeerLater();
+  }
+
+  // An interim "100 Continue" for a non-streaming HTTP/1.1 response; false
+  // when there is no way to probe (HTTP/1.0). Skipped while a write is in
+  // flight: that write is the probe.
+  bool Probe() {
+    if (version_ < 11) return false;
+    if (!writing_ && out_.empty()) {
+      out_.push_back("HTTP/1.1 100 Continue\r\n\r\n");
+      Pump();
+    }
+    return true;
+  }
+
+  // Whether the client is gone, when reads cannot tell (after its EOF, or
+  // paused); calls ClientGone and returns true if so. A reset shows in the
+  // socket's state. A close does not, unless a write provokes a reset: after
+  // a FIN (closed or half-closed?), and while paused with bytes unread in the
+  // kernel (our full receive window may hold the client's FIN back in its
+  // send queue). A stream's events are such writes; a non-streaming response
+  // gets a probe when `probe` (at each engine event).
+  bool CheckPeer(bool probe) {
+    const int fd = stream_.socket().native_handle();
+    const PeerState state = PeerStateOf(fd);
+    if (state == PeerState::kGone) {
+      ClientGone();
+      return true;
+    }
+    if (!probe || !gen_ || gen_->done || gen_->stream) return false;
+    const bool fin = peer_eof_ || state == PeerState::kFinReceived;
+    if (!fin && !(paused_ && UnreadBytes(fd) > 0)) return false;
+    if (!Probe() && fin) {  // HTTP/1.0, after a FIN: as at an EOF
+      ClientGone();
+      return true;
+    }
+    return false;
   }
 
   void CheckPeerLater() {
     peer_timer_.expires_after(kPeerCheckPeriod);
     peer_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
       if (ec || self->closed_ || !self->gen_ || self->gen_->done) return;
-      if (PeerReset(self->stream_.socket().native_handle())) return self->ClientGone();
+      if (self->CheckPeer(/*probe=*/false)) return;
       self->CheckPeerLater();
     });
   }
@@ -962,6 +1047,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // so that an early error response (413) is not lost to a TCP reset.
   void GracefulClose() {
     if (closed_) return;
+    if (peer_eof_) return Close();  // everything was read: nothing to drain (and no EOF to wait for)
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     stream_.expires_after(kDrainTime);
@@ -1029,7 +1115,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // Socket state.
   net::steady_timer peer_timer_;  // checks a half-closed client (OnPeerEof)
   bool peer_eof_ = false;         // the client sent EOF
-  bool overflow_ = false;         // over kMaxPipelinedBytes: reading and dropping
+  bool paused_ = false;           // kMaxPipelinedBytes buffered: not reading until the response is written
   bool watching_ = false;
   Next next_ = Next::kNone;
   bool closed_ = false;

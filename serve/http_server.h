@@ -38,10 +38,15 @@
 //     called at once; a write error also cancels. An EOF is a close or a
 //     half-close: a probe (an SSE comment, or an interim 100 Continue) makes a
 //     closed client answer with a reset, checked at every engine event and
-//     every 10 ms; a half-closed one gets its response, then the connection
-//     closes. Bytes that arrive instead (a pipelined request) are kept for the
-//     next request, up to 64 KiB; beyond, they are read and dropped (so a
-//     close is still seen) and the connection closes after the response;
+//     every 10 ms; a half-closed one gets its responses, then the connection
+//     closes. Bytes that arrive instead are pipelined requests, served in
+//     order after the response. At most 64 KiB of them are read ahead: then
+//     reading stops (back-pressure: the socket buffers fill and the client's
+//     writes block) until the response is written, and the socket's state is
+//     checked instead at every engine event and every 10 ms (a reset: gone;
+//     a FIN, or bytes left unread, which may hold the client's FIN back: a
+//     non-streaming HTTP/1.1 response gets a 100 Continue probe per event,
+//     a stream's own events are the probes);
 //   - out of descriptors (EMFILE/ENFILE) or over max_connections, a new
 //     connection is answered 503 and closed (a reserve descriptor makes that
 //     possible at the limit), and accepting pauses 50 ms after EMFILE/ENFILE;

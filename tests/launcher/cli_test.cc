@@ -165,6 +165,8 @@ TEST(Cli, BadInputIsAClearError) {
       {"serve --model /nonexistent/dir", 1, "/nonexistent/dir"},
       {"serve" + m + " --api-key=", 2, "--api-key"},
       {"serve" + m + " --drain-timeout inf", 2, "--drain-timeout must be in [0, 86400]"},
+      {"serve" + m + " --startup-timeout -1", 2, "--startup-timeout must be in [0, 86400]"},
+      {"generate" + m + " --prompt-ids 1 --startup-timeout nan", 2, "--startup-timeout must be in [0, 86400]"},
       {"serve" + m + " --allowed-origins example.com", 2, "--allowed-origins: \"example.com\" is not an origin"},
       {"serve" + m + " --allowed-origins https://a.example/app", 2, "\"https://a.example/app\" is not an origin"},
       {"serve" + m + " --allowed-origins https://a.example,,http://b.example", 2, "--allowed-origins: \"\""},

@@ -3,14 +3,24 @@
 # every bad layout gets one clear message from rank 0 and a non-zero exit of
 # every rank within seconds; a rank killed mid-run ends the job non-zero
 # within 30 s; a rank stopped mid-run (SIGSTOP) ends it within ~the heartbeat
-# timeout, naming the rank (issue 16). Usage: mpi_failures_test.sh DEEPSHARD MPIEXEC
+# timeout, naming the rank (issue 16); a rank stopped before MPI_Init ends it
+# within --startup-timeout, leaving no process behind. Usage:
+# mpi_failures_test.sh DEEPSHARD MPIEXEC
 set -u
 BIN="$1"
 MPIEXEC="$2"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 MPI=("$MPIEXEC" --oversubscribe --mca pml ob1 --bind-to none)
 TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
+# Whatever is left of this test's jobs (their command lines name $TMP): the
+# start-up cases below count any as a failure first.
+leftovers() { pgrep -f -- "$TMP/" | grep -vx "$$" || true; }
+cleanup() {
+  local p
+  for p in $(leftovers); do kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
 fails=0
 pass=0
 
@@ -207,6 +217,84 @@ stop_case 1
 stop_case 0
 stop_case 1 load
 stop_case 0 load
+
+# A rank stopped before MPI_Init (it stops itself before exec, as a rank whose
+# node hangs or cannot be reached would never arrive): the other one waits in
+# MPI_Init, which has no timeout, and the start-up watch does not exist yet.
+# The start-up deadline (--startup-timeout, launcher/mpi_bootstrap.h) must end
+# the job non-zero within the limit + a few seconds, naming the waiting rank
+# and where it waits, and mpiexec must leave no process behind (the stopped
+# one included). Before it the job hung until killed.
+init_stop_case() {
+  local want_rank="$1" limit=4 other=$((1 - $1)) start rc secs left
+  start=$(date +%s.%N)
+  timeout 40 "${MPI[@]}" -n 2 sh -c \
+    'if [ "$OMPI_COMM_WORLD_RANK" = "'"$want_rank"'" ]; then kill -STOP $$; fi; exec "$0" "$@"' \
+    "$BIN" generate --model "$TMP/big" --ep 2 --prompt-ids 1,2 --startup-timeout "$limit" >"$TMP/init.out" 2>&1
+  rc=$?
+  secs=$(echo "$(date +%s.%N) - $start" | bc)
+  sleep 1  # mpiexec has returned: give a straggler the time to show
+  left="$(leftovers)"
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(echo "$secs < $limit + 5" | bc)" -eq 1 ] &&
+     grep -q "rank $other (host .*): start-up did not finish within $limit s (stuck in MPI_Init" "$TMP/init.out" &&
+     [ -z "$left" ]; then
+    echo "ok   rank $want_rank stopped before MPI_Init: job exited $rc in ${secs}s (--startup-timeout $limit)," \
+         "rank $other named, nothing left behind"
+    pass=$((pass + 1))
+  else
+    echo "FAIL rank $want_rank stopped before MPI_Init: exit $rc in ${secs}s (limit $limit + 5 s), left behind:" \
+         "[${left//$'\n'/ }]; output:"
+    sed 's/^/     /' "$TMP/init.out" | tail -20
+    [ -n "$left" ] && ps -o pid,stat,args -p "$(echo $left | tr ' ' ,)" | sed 's/^/     /'
+    for p in $left; do kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
+    fails=$((fails + 1))
+  fi
+}
+init_stop_case 1
+init_stop_case 0
+
+# The deadline ends with start-up: a server that has been up for longer than
+# its --startup-timeout keeps serving, and drains to exit 0 on SIGTERM.
+init_ok_case() {
+  local limit=2 job pid0 port i
+  "${MPI[@]}" -n 2 "$BIN" serve --model "$TMP/big" --ep 2 --port 0 --startup-timeout "$limit" \
+    >"$TMP/serve.out" 2>&1 &
+  job=$!
+  for i in $(seq 1 600); do
+    grep -q "listening on" "$TMP/serve.out" && break
+    kill -0 "$job" 2>/dev/null || break
+    sleep 0.1
+  done
+  sleep $((limit + 2))
+  port="$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$TMP/serve.out")"
+  pid0="$(sed -n 's/.*rank 0 .*ready, pid \([0-9]*\).*/\1/p' "$TMP/serve.out")"
+  if [ -z "$port" ] || [ -z "$pid0" ] || ! kill -0 "$job" 2>/dev/null ||
+     [ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health")" != 200 ]; then
+    echo "FAIL serve past --startup-timeout $limit: not serving ${limit}+2 s after it listened; output:"
+    sed 's/^/     /' "$TMP/serve.out" | tail -20
+    kill -9 "$job" 2>/dev/null
+    wait "$job" 2>/dev/null
+    fails=$((fails + 1))
+    return
+  fi
+  kill -TERM "$pid0"
+  for i in $(seq 1 300); do
+    kill -0 "$job" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$job" 2>/dev/null
+  wait "$job"
+  local rc=$?
+  if [ "$rc" -eq 0 ] && ! grep -q "start-up did not finish" "$TMP/serve.out"; then
+    echo "ok   serve up ${limit}+2 s past --startup-timeout $limit: /health 200, SIGTERM drained it to exit 0"
+    pass=$((pass + 1))
+  else
+    echo "FAIL serve past --startup-timeout $limit: exit $rc after SIGTERM; output:"
+    sed 's/^/     /' "$TMP/serve.out" | tail -20
+    fails=$((fails + 1))
+  fi
+}
+init_ok_case
 
 echo "$pass passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -10,8 +10,10 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <thread>
 #include <string>
@@ -21,6 +23,7 @@
 #include "boost/beast/core.hpp"
 #include "boost/beast/http.hpp"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "boost/json.hpp"
 #include "gtest/gtest.h"
 #include "text/chat/chat_template.h"
@@ -911,40 +914,159 @@ void SendAll(int fd, const std::string& s) {
   }
 }
 
-TEST_F(HttpServerTest, PipelinedOverflowStillNoticesTheClose) {
+// The final responses (1xx interim ones skipped) of a connection, read from
+// `fd` (which stays open) until `n` came, EOF, or `timeout` without a byte.
+std::vector<http::response<http::string_body>> ReadResponses(int fd, size_t n, std::chrono::milliseconds timeout,
+                                                             bool* eof_after = nullptr) {
+  net::io_context ioc;
+  tcp::socket sock(ioc, tcp::v4(), ::dup(fd));
+  timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>(timeout.count() % 1000 * 1000)};
+  ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::vector<http::response<http::string_body>> out;
+  beast::flat_buffer buffer;
+  while (out.size() < n) {
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(64 << 20);
+    beast::error_code ec;
+    http::read(sock, buffer, parser, ec);
+    if (ec) break;
+    if (parser.get().result_int() / 100 == 1) continue;
+    out.push_back(parser.release());
+  }
+  if (eof_after != nullptr) {
+    char c;
+    *eof_after = buffer.size() == 0 && ::recv(sock.native_handle(), &c, 1, 0) == 0;
+  }
+  return out;
+}
+
+// Sends `chunk` over and over without blocking, until `cap` bytes went or the
+// socket has accepted nothing for `stuck`; returns the bytes sent.
+size_t SendUntilStuck(int fd, const std::string& chunk, size_t cap, std::chrono::milliseconds stuck) {
+  size_t sent = 0;
+  while (sent < cap) {
+    const ssize_t n = ::send(fd, chunk.data(), std::min(chunk.size(), cap - sent), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) break;
+    pollfd p{fd, POLLOUT, 0};
+    if (::poll(&p, 1, static_cast<int>(stuck.count())) <= 0) break;
+  }
+  return sent;
+}
+
+// Pipelined bytes behind a running generation are read ahead up to 64 KiB,
+// then the server stops reading (back-pressure: the socket buffers fill and
+// the client's writes block, instead of the bytes being read and dropped as
+// before); a client that then closes is still noticed at once, streaming or
+// not (issue 16: "cancelled within one step, whatever state the connection is
+// in"), although its close sits behind bytes the server has not read.
+TEST_F(HttpServerTest, PipelinedBytesAreBackPressuredAndACloseIsStillNoticed) {
   engine_.SetScript({std::vector<int32_t>(100000, 19923), FinishReason::kStop, "", std::chrono::milliseconds(2)});
   engine_.SetMaxContext(1 << 20);
   StartServer();
-  const int fd = RawConnect(server_->port());
-  SendAll(fd, RawRequest(R"({"prompt":"a","max_tokens":100000})"));
-  ASSERT_TRUE(engine_.WaitForRequests(1, std::chrono::seconds(2)));
-  // 256 KiB of pipelined requests behind it, then the client goes away.
-  std::string pipelined;
-  while (pipelined.size() < (256u << 10)) pipelined += "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
-  SendAll(fd, pipelined);
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  ::close(fd);
-  EXPECT_TRUE(engine_.WaitForCancels(1, std::chrono::seconds(1)));
+  std::string chunk;
+  while (chunk.size() < (64u << 10)) chunk += "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  size_t cancels = 0;
+  for (const bool stream : {false, true}) {
+    SCOPED_TRACE(stream ? "stream" : "non-streaming");
+    const int fd = RawConnect(server_->port());
+    SendAll(fd, RawRequest(stream ? R"({"prompt":"a","max_tokens":100000,"stream":true})"
+                                  : R"({"prompt":"a","max_tokens":100000})"));
+    ASSERT_TRUE(engine_.WaitForRequests(cancels + 1, std::chrono::seconds(2)));
+    // Far more than the socket buffers can hold (here at most 32 MiB for the
+    // server's receive buffer, 4 MiB for the client's send buffer): a server
+    // that reads on (and drops, or buffers) takes all of it.
+    constexpr size_t kCap = 64u << 20;
+    const size_t sent = SendUntilStuck(fd, chunk, kCap, std::chrono::milliseconds(500));
+    RecordProperty(stream ? "bytes_accepted_stream" : "bytes_accepted_plain", std::to_string(sent));
+    EXPECT_LT(sent, kCap) << "the server kept reading pipelined bytes behind a generation";
+    EXPECT_GT(sent, 64u << 10);
+    EXPECT_TRUE(engine_.cancelled().size() == cancels) << "cancelled before the client went away";
+    ::close(fd);
+    ++cancels;
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(engine_.WaitForCancels(cancels, std::chrono::seconds(1)));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    while (metrics_.Value("deepshard_requests_in_flight") != 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    EXPECT_EQ(metrics_.Value("deepshard_requests_in_flight"), 0);
+  }
+  EXPECT_EQ(metrics_.Value("deepshard_http_requests_total", {{"endpoint", "/v1/completions"}, {"status", "499"}}), 2);
+}
+
+// Replaces PipelinedOverflowGetsItsResponseThenClose, whose expectation was
+// the old behaviour: past 64 KiB the pipelined requests were read and dropped,
+// and the connection closed after the running generation's response. Now they
+// are all served, in order, whatever their size (the server stops reading
+// instead of dropping), also when the client half-closes after sending them.
+TEST_F(HttpServerTest, PipelinedRequestsBeyondTheReadAheadAreServedInOrder) {
+  engine_.SetScript({tokens_, FinishReason::kStop, "", std::chrono::milliseconds(20)});
+  StartServer();
+  const std::string padding(40 << 10, ' ');  // JSON whitespace: 3 bodies of 40 KiB, 120 KiB in all
+  for (const bool half_close : {false, true}) {
+    SCOPED_TRACE(half_close ? "then half-closed" : "kept open");
+    const size_t before = engine_.requests().size();
+    const int fd = RawConnect(server_->port());
+    SendAll(fd, RawRequest(R"({"prompt":"a","stream":true})"));
+    ASSERT_TRUE(engine_.WaitForRequests(before + 1, std::chrono::seconds(2)));
+    // Behind the running stream: a stream, a plain completion, a stream,
+    // told apart by max_tokens (and so by their usage).
+    std::string pipelined;
+    for (int k = 1; k <= 3; ++k) {
+      pipelined += RawRequest(absl::StrCat(R"({"prompt":"b","max_tokens":)", k,
+                                           k % 2 ? R"(,"stream":true,"stream_options":{"include_usage":true})" : "",
+                                           padding, "}"));
+    }
+    ASSERT_GT(pipelined.size(), 64u << 10);
+    // Written while the responses are read, as a pipelining client must
+    // (neither side can block the other).
+    std::thread writer([&] {
+      SendAll(fd, pipelined);
+      if (half_close) ::shutdown(fd, SHUT_WR);
+    });
+    bool eof = false;
+    auto got = ReadResponses(fd, 4, std::chrono::seconds(5), half_close ? &eof : nullptr);
+    writer.join();
+    ::close(fd);
+    ASSERT_EQ(got.size(), 4u) << "responses before the connection ended";
+    for (const auto& r : got) EXPECT_EQ(r.result_int(), 200) << r.body();
+    std::string text;
+    for (const std::string& ev : Events(got[0].body())) {
+      if (ev != "[DONE]") text += std::string(json::parse(ev).at("choices").at(0).at("text").as_string());
+    }
+    EXPECT_EQ(text, Text());
+    for (int k = 1; k <= 3; ++k) {
+      json::value usage;
+      if (k % 2) {
+        // A stream that starts after the client's EOF opens with a probe (an SSE comment).
+        std::vector<std::string> events = Events(absl::StrReplaceAll(got[k].body(), {{": waiting\n\n", ""}}));
+        ASSERT_GE(events.size(), 2u);
+        EXPECT_EQ(events.back(), "[DONE]");
+        usage = json::parse(events[events.size() - 2]).at("usage");
+      } else {
+        usage = json::parse(got[k].body()).at("usage");
+      }
+      EXPECT_EQ(I(usage.at("completion_tokens")), k) << "response " << k << " out of order";
+    }
+    if (half_close) {
+      EXPECT_TRUE(eof) << "the connection closes after the last response";
+    }
+    const auto reqs = engine_.requests();
+    ASSERT_EQ(reqs.size(), before + 4);
+    for (int k = 1; k <= 3; ++k) EXPECT_EQ(reqs[before + k].max_tokens, k);
+  }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   while (metrics_.Value("deepshard_requests_in_flight") != 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_EQ(metrics_.Value("deepshard_requests_in_flight"), 0);
-}
-
-TEST_F(HttpServerTest, PipelinedOverflowGetsItsResponseThenClose) {
-  engine_.SetScript({tokens_, FinishReason::kStop, "", std::chrono::milliseconds(10)});
-  StartServer();
-  const int fd = RawConnect(server_->port());
-  SendAll(fd, RawRequest(R"({"prompt":"a"})"));
-  ASSERT_TRUE(engine_.WaitForRequests(1, std::chrono::seconds(2)));
-  std::string pipelined;
-  while (pipelined.size() < (256u << 10)) pipelined += "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
-  SendAll(fd, pipelined);
-  const std::string got = ReadAll(fd, std::chrono::seconds(2));
-  ::close(fd);
-  EXPECT_EQ(got.rfind("HTTP/1.1 200 OK", 0), 0u) << got.substr(0, 200);
-  EXPECT_NE(got.find(Text()), std::string::npos);
+  EXPECT_EQ(metrics_.Value("deepshard_http_requests_total", {{"endpoint", "/v1/completions"}, {"status", "200"}}), 8);
+  EXPECT_TRUE(engine_.cancelled().empty());
 }
 
 TEST_F(HttpServerTest, FireAndForgetRequestsAreCancelled) {
@@ -981,6 +1103,44 @@ TEST_F(HttpServerTest, HalfClosedClientGetsItsResponse) {
     EXPECT_NE(got.find(stream ? "[DONE]" : "\"finish_reason\":\"stop\""), std::string::npos) << got;
   }
   EXPECT_TRUE(engine_.cancelled().empty());
+}
+
+// A client that half-closes, reads what came (the first probe), then closes
+// while its non-streaming response is still being generated: a closed socket
+// answers data with a reset, so the server probes at every engine event, not
+// once (one probe, already read, left the close unnoticed until the response).
+TEST_F(HttpServerTest, HalfClosedThenClosedClientIsCancelled) {
+  engine_.SetScript({std::vector<int32_t>(100000, 19923), FinishReason::kStop, "", std::chrono::milliseconds(2)});
+  engine_.SetMaxContext(1 << 20);
+  StartServer();
+  const int fd = RawConnect(server_->port());
+  SendAll(fd, RawRequest(R"({"prompt":"a","max_tokens":100000})"));
+  ASSERT_TRUE(engine_.WaitForRequests(1, std::chrono::seconds(2)));
+  ::shutdown(fd, SHUT_WR);
+  std::string got;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (got.find("100 Continue\r\n\r\n") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  ASSERT_NE(got.find("HTTP/1.1 100 Continue\r\n\r\n"), std::string::npos) << got;
+  char buf[4096];
+  while (::recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {
+  }
+  EXPECT_TRUE(engine_.cancelled().empty()) << "a half-closed client is not gone";
+  ::close(fd);  // nothing unread: no reset of its own, the close is silent
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(engine_.WaitForCancels(1, std::chrono::seconds(1)));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
+  const auto gauge_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while (metrics_.Value("deepshard_requests_in_flight") != 0 && std::chrono::steady_clock::now() < gauge_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(metrics_.Value("deepshard_requests_in_flight"), 0);
 }
 
 TEST_F(HttpServerTest, MaxConnectionsAnswers503Beyond) {
