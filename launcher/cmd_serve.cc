@@ -38,7 +38,7 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: deepshard serve --model DIR [--host 127.0.0.1] [--port 8000]\n"
-    "         [--api-key KEY | --api-key-file PATH] [--max-connections N]\n"
+    "         [--api-key KEY | --api-key-file PATH] [--max-connections N] [--send-timeout 60]\n"
     "         [--served-model-name NAME] [--max-waiting 256] [--max-body-bytes 1048576] [--drain-timeout 30]\n"
     "         [--heartbeat-timeout 3] [--failure-linger 2] [--control-host HOST] [--control-bind ADDR]\n"
     "         [--tool-call-parser deepseek_v3|none] [--reasoning-parser deepseek_r1|none]\n"
@@ -65,6 +65,9 @@ constexpr char kUsageNotes[] =
     "                     Without a key on a non-loopback --host, a warning is logged\n"
     "  --max-connections  open HTTP connections at once; beyond, new ones get 503 (default 0: only\n"
     "                     the descriptor limit, where the same happens)\n"
+    "  --send-timeout     seconds a client may leave written bytes unread (or unacknowledged) before\n"
+    "                     its connection is dropped and its request cancelled (default 60; 0: the\n"
+    "                     kernel's)\n"
     "  --control-bind     the address rank 0's control plane listens on (default 0.0.0.0 on several\n"
     "                     nodes, 127.0.0.1 on one); --control-host is the address the other ranks\n"
     "                     dial (default: --control-bind when it names one address, else rank 0's\n"
@@ -120,7 +123,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
                                 WithModelRunFlags({"model", "host", "port", "api-key", "served-model-name",
                                                    "max-waiting", "max-body-bytes", "drain-timeout",
                                                    "heartbeat-timeout", "failure-linger", "control-host",
-                                                   "control-bind", "api-key-file", "max-connections",
+                                                   "control-bind", "api-key-file", "max-connections", "send-timeout",
                                                    "tool-call-parser", "reasoning-parser", "allowed-origins"}),
                                 WithModelRunBoolFlags({"help"})));
   *help = flags.Bool("help");
@@ -152,6 +155,11 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& args, bool*
     return absl::InvalidArgumentError(absl::StrCat("--max-connections must be in [0, 16777216], got ", max_connections));
   }
   o.http.max_connections = static_cast<int>(max_connections);
+  ASSIGN_OR_RETURN(int64_t send_timeout, flags.Int("send-timeout", 60));
+  if (send_timeout < 0 || send_timeout > 86400) {
+    return absl::InvalidArgumentError(absl::StrCat("--send-timeout must be in [0, 86400] seconds, got ", send_timeout));
+  }
+  o.http.send_timeout = std::chrono::seconds(send_timeout);
   if (flags.Has("allowed-origins")) {
     ASSIGN_OR_RETURN(o.http.allowed_origins, ParseAllowedOrigins(flags.String("allowed-origins", "")));
   }

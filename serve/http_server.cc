@@ -1186,6 +1186,10 @@ void HttpServer::Impl::DoAccept() {
     } else {
       beast::error_code ignored;
       socket.set_option(tcp::no_delay(true), ignored);  // SSE events are small and latency matters
+      if (opts.send_timeout.count() > 0) {
+        const unsigned ms = static_cast<unsigned>(std::chrono::milliseconds(opts.send_timeout).count());
+        ::setsockopt(socket.native_handle(), IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof ms);
+      }
       auto session = std::make_shared<HttpSession>(*this, std::move(socket));
       Register(session);
       session->Start();

@@ -107,6 +107,12 @@ struct HttpServerOptions {
   // Sampling defaults from the model's generation_config.json (request values win).
   GenerationDefaults generation_defaults;
   std::chrono::seconds idle_timeout{60};  // keep-alive connection idle / header read limit
+  // A client that reads nothing of what is written to it for this long (its
+  // receive window stays shut), or whose host stops acknowledging, is dropped
+  // and its generation cancelled: the kernel's TCP_USER_TIMEOUT on each
+  // accepted socket (--send-timeout; 0: the kernel's default, ~15 min of
+  // retransmits, and forever for a shut window).
+  std::chrono::seconds send_timeout{60};
   // CORS (--allowed-origins): origins as browsers send them ("https://app.example:8443"),
   // or "*" for any. Empty: CORS off (no CORS headers, OPTIONS is a 405).
   std::vector<std::string> allowed_origins;

@@ -286,6 +286,8 @@ TEST(Cli, ServeKeySourcesControlBindAndOpenBindWarning) {
       {" --api-key k --api-key-file " + key_file, "only one of --api-key and --api-key-file"},
       {" --control-bind=", "--control-bind is empty"},
       {" --max-connections -1", "--max-connections must be in"},
+      {" --send-timeout -1", "--send-timeout must be in [0, 86400] seconds, got -1"},
+      {" --send-timeout 1e9", "--send-timeout"},
   };
   for (const Case& c : cases) {
     Result r = RunCli("serve" + m + c.args);

@@ -1220,4 +1220,34 @@ TEST_F(HttpServerTest, OutOfDescriptorsBacksOffAndAnswers503) {
   EXPECT_EQ(Request(http::verb::get, "/health").status, 200);
 }
 
+// A streaming client that stops reading: once its receive window has been shut
+// for --send-timeout, the kernel drops the connection (TCP_USER_TIMEOUT) and
+// the generation is cancelled. Without the timeout (0) nothing would end it
+// before max_tokens: the control half of the test.
+TEST_F(HttpServerTest, ClientThatStopsReadingIsDroppedAfterTheSendTimeout) {
+  engine_.SetScript({std::vector<int32_t>(100000, 19923), FinishReason::kStop, "", std::chrono::milliseconds(1)});
+  engine_.SetMaxContext(1 << 20);
+  for (const int timeout_s : {1, 0}) {
+    SCOPED_TRACE(absl::StrCat("send timeout ", timeout_s, " s"));
+    HttpServerOptions o;
+    o.send_timeout = std::chrono::seconds(timeout_s);
+    StartServer(o);
+    const size_t cancels_before = engine_.cancelled().size();
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    const int rcvbuf = 4096;  // a small window, shut after a few events
+    ASSERT_EQ(::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(server_->port()));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    SendAll(fd, RawRequest(R"({"prompt":"a","max_tokens":100000,"stream":true})"));
+    const bool cancelled = engine_.WaitForCancels(cancels_before + 1, std::chrono::seconds(timeout_s > 0 ? 10 : 3));
+    EXPECT_EQ(cancelled, timeout_s > 0);
+    ::close(fd);
+    server_->Stop(0);
+    server_.reset();
+  }
+}
+
 }  // namespace deepshard::serve
