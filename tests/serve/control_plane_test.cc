@@ -875,15 +875,25 @@ TEST_F(ControlPlaneTest, AStalledRankZeroSaysSoInsteadOfBlamingTheWorker) {
   server_->set_on_frame([](int, Frame f) {
     if (f.type == FrameType::kResults) std::this_thread::sleep_for(std::chrono::milliseconds(800));
   });
+  ::testing::internal::CaptureStderr();
   c1->Send(FrameType::kResults, "x");
   ASSERT_TRUE(Eventually([&] { return !c1->connected(); }));
   c1->Stop();
-  ASSERT_TRUE(Eventually([&] {
+  const bool reported = Eventually([&] {
     std::lock_guard<std::mutex> lock(recorder_.mu);
-    return recorder_.lost.count(1) == 1;
-  }));
+    return recorder_.lost_calls[0] + recorder_.lost_calls[1] == 1;
+  });
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(reported) << log;
+  // Rank 0 is the one at fault (on_rank_lost gets rank 0), and the message
+  // says so before naming the worker that gave up: nothing reads "lost rank 1".
   std::lock_guard<std::mutex> lock(recorder_.mu);
-  EXPECT_NE(recorder_.lost[1].find("rank 0 itself did not run"), std::string::npos) << recorder_.lost[1];
+  EXPECT_EQ(recorder_.lost.count(1), 0u) << recorder_.lost[1];
+  EXPECT_EQ(recorder_.lost[0].find("rank 0 did not run for "), 0u) << recorder_.lost[0];
+  EXPECT_NE(recorder_.lost[0].find("rank 1 gave up on it"), std::string::npos) << recorder_.lost[0];
+  EXPECT_EQ(log.find("lost rank 1"), std::string::npos) << log;
+  EXPECT_NE(log.find("rank 0 did not run for "), std::string::npos) << log;
+  EXPECT_NE(log.find("rank 1 (127.0.0.1:"), std::string::npos) << log;
 }
 
 }  // namespace deepshard::serve

@@ -319,6 +319,25 @@ TEST(Engine, ALostRankFailsEveryRequestAtOnce) {
   EXPECT_FALSE(h.run_status.ok());
 }
 
+// Rank 0 itself at fault (stopped, its workers gave up on it): the message is
+// rank 0's, not "rank N is lost".
+TEST(Engine, RankZeroAtFaultIsNotReportedAsALostWorker) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/32);
+  const int64_t id = *h.Submit({1, 2, 3}, 100);
+  h.Start();
+  ASSERT_TRUE(h.WaitTokens(id, 1));
+  const std::string why =
+      "rank 0 did not run for 3.50 s (it was stopped or stalled; the heartbeat timeout is 3.00 s) and rank 1 gave "
+      "up on it (connection closed by peer)";
+  h.engine->OnRankLost(0, why);
+  ASSERT_TRUE(h.WaitAll({id}, 5));
+  const Record r = h.Get(id);
+  EXPECT_EQ(r.reason, FinishReason::kError);
+  EXPECT_EQ(r.error, why + "; the job is going down");
+  EXPECT_EQ(h.engine->Health().detail, why + "; the job is going down");
+  h.thread.join();
+}
+
 }  // namespace
 }  // namespace deepshard::serve
 
