@@ -319,6 +319,27 @@ TEST(Engine, ALostRankFailsEveryRequestAtOnce) {
   EXPECT_FALSE(h.run_status.ok());
 }
 
+// A worker whose results frame does not decode (a valid frame, then garbage
+// for a payload) is a broken rank: every request fails at once, naming it.
+TEST(Engine, MalformedResultsFromAWorkerFailEveryRequestNamingIt) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/32);
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(*h.Submit({static_cast<int32_t>(i + 1), 2, 3}, 100));
+  h.Start();
+  ASSERT_TRUE(h.WaitTokens(ids[0], 2));
+  h.engine->OnResults(2, std::string("\x07garbage", 8));
+  ASSERT_TRUE(h.WaitAll(ids, 5));
+  for (int64_t id : ids) {
+    const Record r = h.Get(id);
+    EXPECT_EQ(r.finals, 1);
+    EXPECT_EQ(r.reason, FinishReason::kError);
+    EXPECT_EQ(r.error.find("rank 2 is lost (it sent malformed results"), 0u) << r.error;
+  }
+  EXPECT_FALSE(h.engine->Health().healthy);
+  h.thread.join();
+  EXPECT_FALSE(h.run_status.ok());
+}
+
 // Rank 0 itself at fault (stopped, its workers gave up on it): the message is
 // rank 0's, not "rank N is lost".
 TEST(Engine, RankZeroAtFaultIsNotReportedAsALostWorker) {
