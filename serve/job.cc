@@ -245,6 +245,11 @@ void Job::StopWatchdog() {
 }
 
 void Job::Shutdown() {
+  // A failed job has no orderly way out: a lost or stopped rank would hold
+  // every other rank in MPI_Finalize. End the process now, as the watchdog
+  // would (it looks every 20 ms and may not have seen the failure yet);
+  // whoever found the failure has logged it.
+  if (engine_ != nullptr && engine_->failed()) ExitNow(1);
   // First: from here the workers leave, and a lost rank is not a failure.
   StopWatchdog();
   if (control_ != nullptr) {

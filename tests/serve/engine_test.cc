@@ -19,6 +19,7 @@
 #include "runtime/generate.h"
 #include "runtime/model/random_model.h"
 #include "serve/engine_metrics.h"
+#include "serve/job.h"
 
 namespace deepshard::serve {
 namespace {
@@ -357,6 +358,43 @@ TEST(Engine, RankZeroAtFaultIsNotReportedAsALostWorker) {
   EXPECT_EQ(r.error, why + "; the job is going down");
   EXPECT_EQ(h.engine->Health().detail, why + "; the job is going down");
   h.thread.join();
+}
+
+// After a failure (a rank lost: dead, stopped, broken) a job has no orderly way
+// out: the lost rank would hold every other rank in MPI_Finalize forever.
+// `generate` found the failure in RunOffline and called Shutdown(), which
+// stopped the failure watchdog before it had seen the failure (it looks every
+// 20 ms): the job then hung in MPI_Finalize with a stopped worker (found by
+// tools/fault_inject.py, SIGSTOP of a worker during decode, about 1 run in 10).
+// Shutdown() after a failure must end the process, exit 1, itself. The death
+// test forks (style "fast"): the child has no watchdog thread, so only
+// Shutdown() can end it; an alarm turns a hang into a failure.
+TEST(JobDeathTest, ShutdownAfterAFailureEndsTheProcess) {
+  GTEST_FLAG_SET(death_test_style, "fast");
+  RuntimeConfig rt;
+  auto model = DeepseekModel::Load(ModelDir(), rt);
+  ASSERT_TRUE(model.ok()) << model.status();
+  RankResources r;
+  r.model = model->get();
+  r.pc = ParallelConfig::Single();
+  JobOptions o;
+  o.command = "generate";
+  o.kv_bytes = 8 << 20;
+  o.failure_linger = 0;
+  o.announce = false;
+  int code = 0;
+  std::unique_ptr<Job> job = Job::Start(r, o, &code);
+  ASSERT_NE(job, nullptr) << code;
+  EXPECT_EXIT(
+      {
+        alarm(10);
+        job->engine().OnRankLost(2, "heartbeat timeout: no frame for 3.10 s (limit 3.00 s)");
+        job->Shutdown();
+        std::_Exit(0);  // Shutdown() returned: the ranks would meet in MPI_Finalize
+      },
+      ::testing::ExitedWithCode(1), "");
+  // This process's job is healthy: its Shutdown() returns.
+  job->Shutdown();
 }
 
 }  // namespace
