@@ -2,9 +2,11 @@
 // when started by mpirun/srun. Either way it is a client of the serving engine
 // (serve/offline.h): every prompt is submitted, the job runs until idle, and
 // rank 0 prints the results in prompt order.
-#include <chrono>
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -170,6 +172,12 @@ int GenerateOnRoot(const Options& o, serve::Job& job, const Tokenizer* tok) {
     requests[i].sampling.seed += i;  // prompt i uses seed + i
     requests[i].ignore_eos = !o.gen.stop_at_eos;
   }
+  // The first error writing stdout (errno): a full disk or a failing device
+  // must end in an error, not in "success" with the tokens lost.
+  int output_errno = 0;
+  auto flush_output = [&output_errno] {
+    if (std::fflush(stdout) != 0 && output_errno == 0) output_errno = errno != 0 ? errno : EIO;
+  };
   const bool text = o.text_output && tok != nullptr;
   std::unique_ptr<StreamingDetokenizer> stream;
   if (text && n == 1) stream = std::make_unique<StreamingDetokenizer>(*tok, /*skip_special_tokens=*/true);
@@ -183,7 +191,7 @@ int GenerateOnRoot(const Options& o, serve::Job& job, const Tokenizer* tok) {
         std::printf(streamed == 0 ? "%d" : ",%d", t);
       }
       ++streamed;
-      std::fflush(stdout);
+      flush_output();
     };
   }
   absl::StatusOr<std::vector<serve::OfflineResult>> results;
@@ -194,7 +202,7 @@ int GenerateOnRoot(const Options& o, serve::Job& job, const Tokenizer* tok) {
   }
   if (stream) std::fputs(stream->Flush().c_str(), stdout);
   if (n == 1 && results.ok()) std::printf("\n");
-  std::fflush(stdout);  // the output ends before any message on stderr
+  flush_output();  // the output ends before any message on stderr
   if (!results.ok()) {
     Log(absl::StrCat("error: ", results.status().message()));
     return results.status().code() == absl::StatusCode::kInvalidArgument ||
@@ -214,7 +222,12 @@ int GenerateOnRoot(const Options& o, serve::Job& job, const Tokenizer* tok) {
       std::printf("%s\n", absl::StrJoin(t, ",").c_str());
     }
   }
-  std::fflush(stdout);
+  flush_output();
+  if (output_errno == 0 && std::ferror(stdout)) output_errno = EIO;
+  if (output_errno != 0) {
+    Log(absl::StrCat("error: cannot write the output: ", std::strerror(output_errno)));
+    return 1;
+  }
   const ParallelConfig& pc = job.parallel();
   const serve::EngineSnapshot snap =
       o.gen.max_new_tokens > 0 ? job.engine().Snapshot() : serve::EngineSnapshot{};

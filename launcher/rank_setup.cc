@@ -152,6 +152,10 @@ class StartupWatch {
         w->server_->set_on_frame([](int, serve::Frame) {});
         w->server_->set_on_rank_lost([done, command](int rank, std::string why) {
           if (*done) return;
+          if (rank == 0) {  // this process was stopped or stalled, and a worker gave up on it
+            serve::Log(command, absl::StrCat("error: during start-up ", why, ": exiting"));
+            serve::ExitNow(1);
+          }
           serve::Log(command, absl::StrCat("error: rank ", rank, " stopped responding during start-up (", why,
                                            "); the other ranks would wait for it forever: exiting"));
           serve::ExitNow(1);

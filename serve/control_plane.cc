@@ -600,11 +600,11 @@ class ControlServer::Impl {
     // them a round to be heard before timing anyone out, and remember it.
     const Clock::duration gap = now - last_sweep_;
     last_sweep_ = now;
-    if (gap > Seconds(opts_.heartbeat_timeout_s)) {
+    if (gap > StallThreshold()) {
       stalled_for_ = gap;
       stalled_at_ = now;
     }
-    const bool own_stall = gap > Seconds(opts_.heartbeat_timeout_s) / 2;
+    const bool own_stall = gap > StallThreshold();
     const std::vector<std::shared_ptr<ServerPeer>> snapshot(peers_.begin(), peers_.end());
     for (const auto& p : snapshot) {
       if (p->closed()) continue;
@@ -636,28 +636,45 @@ class ControlServer::Impl {
                       "rejected connections");
   }
 
+  // Rank 0's io thread not running for longer than this means the process
+  // was stopped or starved: its own silence, not the workers'. Half the
+  // heartbeat timeout, not all of it: rank 0's last frame before the stall may
+  // have left up to a sweep plus a heartbeat interval earlier, so a worker can
+  // time out on rank 0 after a stall somewhat shorter than the timeout.
+  Clock::duration StallThreshold() const { return Seconds(opts_.heartbeat_timeout_s) / 2; }
+
   // An authenticated rank's connection.
   void Lose(const std::shared_ptr<ServerPeer>& p, const std::string& cause) {
+    const int r = p->rank;
     std::string why = cause;
+    int at_fault = r;  // who the handler is told to blame
     const bool after_shutdown = shutdown_sent_;
+    std::string line;
     if (after_shutdown) {
       why = absl::StrCat("left after the shutdown (", cause, ")");
+      line = absl::StrCat("rank ", r, " (", p->peer(), ") ", why);
     } else {
       // Rank 0 itself was stopped (SIGSTOP, a debugger) or starved: the worker
-      // most likely timed out on rank 0 and left. Say so, rather than blame it.
+      // most likely timed out on rank 0 and left. Blame rank 0, not the worker.
       const Clock::time_point now = Clock::now();
       Clock::duration stall = now - last_sweep_;
       if (now - stalled_at_ < 2 * Seconds(opts_.heartbeat_timeout_s)) stall = std::max(stall, stalled_for_);
-      if (stall > Seconds(opts_.heartbeat_timeout_s)) {
+      if (stall > StallThreshold()) {
+        at_fault = 0;
         why = absl::StrFormat(
-            "%s, after rank 0 itself did not run for %.2f s (it was stopped or stalled; the heartbeat timeout is "
-            "%.2f s): rank %d most likely gave up on rank 0",
-            cause, ToSeconds(stall), opts_.heartbeat_timeout_s, p->rank);
+            "rank 0 did not run for %.2f s (it was stopped or stalled; the heartbeat timeout is %.2f s) and rank %d "
+            "gave up on it (%s)",
+            ToSeconds(stall), opts_.heartbeat_timeout_s, r, cause);
+        line = absl::StrFormat(
+            "rank 0 did not run for %.2f s (it was stopped or stalled; the heartbeat timeout is %.2f s) and rank %d "
+            "(%s) gave up on it (%s)",
+            ToSeconds(stall), opts_.heartbeat_timeout_s, r, p->peer(), cause);
+      } else {
+        line = absl::StrCat("lost rank ", r, " (", p->peer(), "): ", why);
       }
     }
     p->Close();
     peers_.erase(p);
-    const int r = p->rank;
     std::shared_ptr<const LostHandler> handler;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -667,12 +684,8 @@ class ControlServer::Impl {
     }
     cv_.notify_all();
     if (stopping_) return;
-    if (after_shutdown) {
-      Log(0, absl::StrCat("rank ", r, " (", p->peer(), ") ", why));
-    } else {
-      Log(0, absl::StrCat("lost rank ", r, " (", p->peer(), "): ", why));
-    }
-    if (handler && *handler) (*handler)(r, why);
+    Log(0, line);
+    if (handler && *handler) (*handler)(at_fault, why);
   }
 
   void Authenticate(const std::shared_ptr<ServerPeer>& p, const Frame& frame) {

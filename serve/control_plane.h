@@ -30,9 +30,11 @@
 //
 // Loss messages say what happened: a worker that leaves after rank 0 sent
 // kShutdown "left after the shutdown" (not a loss in the log); a worker lost
-// just after rank 0's own io thread did not run for longer than the heartbeat
-// timeout (rank 0 was stopped or stalled) is reported as such, and that own
-// stall does not time out the workers.
+// just after rank 0's own io thread did not run for longer than half the
+// heartbeat timeout (rank 0 was stopped or stalled, and the worker most
+// likely timed out on it) is reported as rank 0's failure ("rank 0 did not
+// run for X s ... and rank N gave up on it"), and that own stall does not
+// time out the workers.
 //
 // Threads: each side runs one io thread. Send/Broadcast are thread-safe and
 // never block: frames are queued per connection and written in order. Handlers
@@ -117,8 +119,13 @@ class ControlServer {  // rank 0
   // (so the caller can read their payloads).
   void set_on_frame(std::function<void(int rank, Frame frame)> f);
   // An authenticated worker's connection ended (EOF, socket error), timed out
-  // (no frame for heartbeat_timeout_s) or sent a malformed frame. Called at most
-  // once per rank: a lost rank may not join again. Not called after Stop().
+  // (no frame for heartbeat_timeout_s) or sent a malformed frame (bad magic,
+  // unknown type, over-long payload, a second hello: garbage after a valid
+  // frame). Called at most once per lost worker: a lost rank may not join
+  // again. Not called after Stop(). `rank` is the rank at fault: the worker, or
+  // 0 when the worker left right after rank 0 itself did not run for longer
+  // than it takes a worker to time out on it (the process was stopped or
+  // starved); `why` then names the worker that gave up.
   void set_on_rank_lost(std::function<void(int rank, std::string why)> f);
 
   // Stops accepting, flushes queued frames (best effort, up to

@@ -133,7 +133,8 @@ void Engine::FailAll(const std::string& why) {
 void Engine::OnRankLost(int rank, const std::string& why) {
   std::lock_guard<std::mutex> lock(mu_);
   if (failed_ || shut_down_) return;  // after the shutdown, ranks leaving is the plan
-  failure_ = absl::StrCat("rank ", rank, " is lost (", why, "); the job is going down");
+  failure_ = rank == 0 ? absl::StrCat(why, "; the job is going down")
+                       : absl::StrCat("rank ", rank, " is lost (", why, "); the job is going down");
   failed_ = true;
   FailAll(failure_);
   wake_.notify_all();

@@ -93,7 +93,11 @@ class Engine final : public GenerationApi {
   // Control-plane events (any thread).
   void OnResults(int from_rank, std::string_view payload);  // a kResults frame
   void OnStats(int rank, std::string_view payload);         // a heartbeat payload
-  void OnRankLost(int rank, const std::string& why);        // dead, silent or fatal
+  // A rank is dead, silent, broken (malformed frames) or fatal: every request
+  // fails at once with "rank N is lost (why)". rank 0: this process itself was
+  // stopped or stalled and the workers gave up on it; `why` says so and is the
+  // message.
+  void OnRankLost(int rank, const std::string& why);
   // SIGTERM: stop accepting; requests still running after `timeout_s` get an error.
   void BeginDrain(double timeout_s);
   // Ends a drain now (a second SIGTERM).

@@ -123,7 +123,11 @@ std::unique_ptr<Job> Job::Start(const RankResources& r, const JobOptions& o, int
     }
     std::string connect_error;
     if (!root) {
-      auto c = ControlClient::Connect(address, port, secret, pc.rank, /*connect_timeout_s=*/30, ControlOptions{});
+      // The same timeout both ways: a worker gives up on a silent rank 0 after
+      // --heartbeat-timeout, as rank 0 does on a silent worker.
+      ControlOptions co;
+      co.heartbeat_timeout_s = o.heartbeat_timeout;
+      auto c = ControlClient::Connect(address, port, secret, pc.rank, /*connect_timeout_s=*/30, co);
       if (c.ok()) {
         job->client_ = *std::move(c);
       } else {
@@ -241,6 +245,11 @@ void Job::StopWatchdog() {
 }
 
 void Job::Shutdown() {
+  // A failed job has no orderly way out: a lost or stopped rank would hold
+  // every other rank in MPI_Finalize. End the process now, as the watchdog
+  // would (it looks every 20 ms and may not have seen the failure yet);
+  // whoever found the failure has logged it.
+  if (engine_ != nullptr && engine_->failed()) ExitNow(1);
   // First: from here the workers leave, and a lost rank is not a failure.
   StopWatchdog();
   if (control_ != nullptr) {

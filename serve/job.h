@@ -87,6 +87,7 @@ class Job {
   // rank 0 to drain the job.
   int RunWorker(StopSignals* signals);
   // Rank 0: tells every rank to exit and closes the control plane (flushing).
+  // After a failure (engine().failed()) it does not return: exit 1, at once.
   void Shutdown();
 
  private:

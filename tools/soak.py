@@ -42,37 +42,17 @@ import threading
 import time
 
 
-class Server:
-    def __init__(self, args):
-        self.log_path = os.path.join(args.workdir, "soak-serve.log")
-        self.log = open(self.log_path, "w")
-        cmd = [args.mpirun, "--oversubscribe", "--allow-run-as-root", "--mca", "pml", "ob1", "--bind-to", "none",
-               "-np", "4", args.deepshard, "serve", "--model", args.model, "--pp", "2", "--ep", "2", "--port", "0",
-               "--kv-cache-memory", args.kv_cache_memory]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.text()}")
-            m = re.search(r"listening on http://[0-9.]+:(\d+)", self.text())
-            if m:
-                self.port = int(m.group(1))
-                try:
-                    if self.request("GET", "/health")[0] == 200:
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.2)
-        raise RuntimeError("the server did not come up:\n" + self.text())
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from deepshard_proc import Server as JobServer, sse_events as sse  # noqa: E402
 
-    def text(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
+
+class Server(JobServer):
+    def __init__(self, args):
+        super().__init__(args.deepshard, args.mpirun, args.model, os.path.join(args.workdir, "soak-serve.log"),
+                         pp=2, ep=2, extra=["--kv-cache-memory", args.kv_cache_memory], startup_timeout=180)
 
     def pids(self):
-        return [int(p) for p in re.findall(r"ready, pid (\d+)", self.text())]
+        return list(self.rank_pids().values())
 
     def rss_kib(self):
         total = 0
@@ -84,22 +64,8 @@ class Server:
                 pass
         return total
 
-    def request(self, method, path, body=None, timeout=120):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                     headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-        data = r.read()
-        conn.close()
-        return r.status, data
-
-    def metrics(self):
-        out = {}
-        for line in self.request("GET", "/metrics")[1].decode().splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[k] = float(v)
-        return out
+    def request(self, method, path, body=None, headers=None, timeout=120):
+        return super().request(method, path, body, headers=headers, timeout=timeout)
 
 
 class Stats:
@@ -116,15 +82,6 @@ class Stats:
             self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
             if not ok:
                 self.failures.append(f"{kind}: {why}")
-
-
-def sse(resp):
-    for raw in resp:
-        line = raw.decode().strip()
-        if line.startswith("data: "):
-            if line == "data: [DONE]":
-                return
-            yield json.loads(line[6:])
 
 
 def run_client(srv, args, stats, stop_at, seed):
@@ -305,8 +262,7 @@ def main():
         if rc != 0:
             failures.append(f"after SIGTERM mpirun exited with {rc}")
     finally:
-        if srv.proc.poll() is None:
-            os.killpg(srv.proc.pid, signal.SIGKILL)
+        srv.kill()
     if failures:
         print("soak FAILED:\n  " + "\n  ".join(failures))
         print("--- server log (tail)\n" + "".join(srv.text().splitlines(True)[-30:]))

@@ -69,6 +69,29 @@ TEST(Cli, GenerateGreedyIsDeterministicAndPrintsIds) {
   EXPECT_EQ(first_line, n.out.substr(0, n.out.find('\n')));
 }
 
+// Tokens that cannot be written (a full disk: /dev/full fails every write with
+// ENOSPC) are a failure, not a silent success: exit 1 and a message on stderr.
+// Both output paths: one prompt (streamed token by token) and several (a line each).
+TEST(Cli, GenerateWhoseOutputCannotBeWrittenFails) {
+  for (const std::string prompts : {"0,5,17", "0,5,17;3,4"}) {
+    SCOPED_TRACE(prompts);
+    // stderr to the pipe, stdout to /dev/full.
+    const std::string cmd = std::string(DS_BINARY_DIR) + "/launcher/deepshard generate --model " + ModelDir() +
+                            " --prompt-ids '" + prompts + "' --max-new-tokens 8 --ignore-eos 2>&1 >/dev/full";
+    FILE* p = popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string err;
+    std::array<char, 4096> buf;
+    while (size_t n = fread(buf.data(), 1, buf.size(), p)) err.append(buf.data(), n);
+    const int status = pclose(p);
+    ASSERT_TRUE(WIFEXITED(status)) << err;
+    EXPECT_EQ(WEXITSTATUS(status), 1) << err;
+    EXPECT_NE(err.find("deepshard generate: error: cannot write the output: No space left on device"),
+              std::string::npos)
+        << err;
+  }
+}
+
 TEST(Cli, SeededSamplingIsReproducible) {
   const std::string args = "generate --model " + ModelDir() +
                            " --prompt-ids 9,8,7 --max-new-tokens 12 --ignore-eos --temperature 1.0 --top-k 50 "

@@ -620,6 +620,129 @@ TEST_F(ControlPlaneTest, MalformedFrameFromAuthenticatedWorkerLosesIt) {
   EXPECT_EQ(server_->rejected_connections(), 0);
 }
 
+// An authenticated worker that sends a valid frame and then garbage is a
+// broken rank (docs/reliability.md, "Fault injection"): rank 0 loses it at
+// once (not after a heartbeat timeout), names it and the reason in the log and
+// to on_rank_lost, exactly once, never counts it as a rejected stranger, and
+// keeps serving the other workers; the rank may not come back, and
+// WaitForWorkers reports it. Only a frame cut short with the connection left
+// open has to wait for the heartbeat timeout: nothing is wrong until then.
+TEST(ControlPlaneGarbage, AnAuthenticatedWorkerSendingGarbageIsLostAtOnceAndNamed) {
+  struct Case {
+    std::string name;
+    std::function<std::string(const std::string& secret)> bytes;  // sent after the valid frames
+    std::string reason;         // in the loss message
+    bool close_after = false;   // the worker hangs up right after
+    bool with_hello = false;    // in the same write as the hello (before the welcome is read)
+    bool timeout = false;       // only the heartbeat timeout can tell
+  };
+  std::mt19937 rng(16);
+  std::string noise(64, '\0');
+  for (char& c : noise) c = static_cast<char>(rng());
+  noise[0] = 'x';  // not the magic's first byte
+  const std::vector<Case> cases = {
+      {"an HTTP request", [](const std::string&) { return std::string("GET / HTTP/1.1\r\nHost: x\r\n\r\n"); },
+       "bad frame magic"},
+      {"random bytes", [&](const std::string&) { return noise; }, "bad frame magic"},
+      {"garbage in the hello's own write", [](const std::string&) { return std::string(40, '\xff'); },
+       "bad frame magic", false, true},
+      {"a header with a bad magic", [](const std::string&) { return RawHeader(0x12345678, 4, 0); },
+       "bad frame magic 0x12345678"},
+      {"an unknown frame type", [](const std::string&) { return RawHeader(kFrameMagic, 99, 0); },
+       "unknown frame type 99"},
+      {"a payload over the limit", [](const std::string&) {
+         return RawHeader(kFrameMagic, static_cast<uint32_t>(FrameType::kResults), ControlOptions{}.max_payload + 1);
+       }, "exceeds the limit"},
+      {"a second hello", [](const std::string& secret) {
+         return EncodeFrame(FrameType::kHello, EncodeHello(2, secret));
+       }, "unexpected hello"},
+      {"a welcome", [](const std::string&) { return EncodeFrame(FrameType::kWelcome, ""); }, "unexpected welcome"},
+      {"a header cut short, then a close", [](const std::string&) {
+         return EncodeFrame(FrameType::kResults, "abcdef").substr(0, 7);
+       }, "connection closed inside a frame header (7 of 16 bytes)", true},
+      {"a payload cut short, then a close", [](const std::string&) {
+         return EncodeFrame(FrameType::kResults, std::string(100, 'r')).substr(0, kFrameHeaderSize + 10);
+       }, "connection closed inside a results payload (10 of 100 bytes)", true},
+      {"a payload cut short, then silence", [](const std::string&) {
+         return EncodeFrame(FrameType::kResults, std::string(100, 'r')).substr(0, kFrameHeaderSize + 10);
+       }, "heartbeat timeout", false, false, true},
+  };
+  const ControlOptions opts = TestOptions();
+  const std::string secret = NewJobSecret();
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto server = ControlServer::Start("127.0.0.1", 0, secret, 3, opts);
+    ASSERT_TRUE(server.ok()) << server.status();
+    Recorder rec;
+    rec.Attach(**server);
+    ControlOptions client_opts = opts;
+    client_opts.hello_timeout_s = 5.0;
+    auto good = ControlClient::Connect("127.0.0.1", (*server)->port(), secret, 1, 5.0, client_opts);
+    ASSERT_TRUE(good.ok()) << good.status();
+
+    RawSocket raw((*server)->port());
+    ASSERT_TRUE(raw.connected());
+    const std::string hello = EncodeFrame(FrameType::kHello, EncodeHello(2, secret));
+    Clock::time_point start;
+    ::testing::internal::CaptureStderr();
+    if (c.with_hello) {
+      start = Clock::now();
+      ASSERT_TRUE(raw.Write(hello + c.bytes(secret)));
+    } else {
+      ASSERT_TRUE(raw.Write(hello));
+      std::optional<Frame> welcome = raw.ReadFrame(5.0);
+      ASSERT_TRUE(welcome.has_value());
+      EXPECT_EQ(welcome->type, FrameType::kWelcome);
+      // A valid frame first: rank 2 is a working member of the job.
+      ASSERT_TRUE(raw.Write(EncodeFrame(FrameType::kHeartbeat, "stats")));
+      ASSERT_TRUE(Eventually([&] { return rec.heartbeat_count(2) == 1; }));
+      ASSERT_TRUE((*server)->WaitForWorkers(5.0).ok());
+      start = Clock::now();
+      ASSERT_TRUE(raw.Write(c.bytes(secret)));
+    }
+    if (c.close_after) raw.Close();
+    const bool lost = Eventually([&] { return rec.is_lost(2); }, opts.heartbeat_timeout_s + 2.0);
+    const double took = SecondsSince(start);
+    const std::string log = ::testing::internal::GetCapturedStderr();
+    ASSERT_TRUE(lost) << log;
+    const std::string why = rec.lost_why(2);
+    EXPECT_NE(why.find(c.reason), std::string::npos) << why;
+    if (c.timeout) {
+      EXPECT_GE(took, opts.heartbeat_timeout_s - 0.1);
+      EXPECT_LT(took, opts.heartbeat_timeout_s + 1.0);
+    } else {
+      EXPECT_LT(took, 0.5) << "a garbage frame must lose the rank at once, not at the heartbeat timeout";
+    }
+    // Named in rank 0's log, with its address and the reason.
+    EXPECT_NE(log.find("deepshard control (rank 0): lost rank 2 (127.0.0.1:"), std::string::npos) << log;
+    EXPECT_NE(log.find(c.reason), std::string::npos) << log;
+    EXPECT_EQ(log.find("rejected"), std::string::npos) << log;
+    if (!c.close_after) {
+      EXPECT_TRUE(raw.WaitClosed(2.0));
+    }
+    EXPECT_EQ((*server)->rejected_connections(), 0);
+    EXPECT_FALSE((*server)->IsConnected(2));
+    {
+      std::lock_guard<std::mutex> lock(rec.mu);
+      EXPECT_EQ(rec.lost_calls[2], 1);
+      EXPECT_EQ(rec.lost.count(1), 0u);
+      EXPECT_EQ(rec.lost.count(0), 0u);  // rank 0 did not stall: the worker is to blame
+    }
+    // The other worker goes on; rank 2 may not come back; the loss is reported.
+    (*server)->Send(1, FrameType::kPlan, "after " + c.name);
+    absl::StatusOr<Frame> f = (*good)->Receive(5.0);
+    ASSERT_TRUE(f.ok()) << f.status();
+    EXPECT_EQ(f->payload, "after " + c.name);
+    auto again = ControlClient::Connect("127.0.0.1", (*server)->port(), secret, 2, 5.0, client_opts);
+    EXPECT_EQ(again.status().code(), absl::StatusCode::kPermissionDenied) << again.status();
+    const absl::Status w = (*server)->WaitForWorkers(0.1);
+    EXPECT_EQ(w.code(), absl::StatusCode::kUnavailable) << w;
+    EXPECT_NE(w.message().find("rank 2"), std::string::npos) << w;
+    (*server)->Stop();
+    (*good)->Stop();
+  }
+}
+
 TEST_F(ControlPlaneTest, ReceiveIsUnavailableWhenServerStops) {
   StartServer(2);
   auto client = Connect(1);
@@ -875,15 +998,25 @@ TEST_F(ControlPlaneTest, AStalledRankZeroSaysSoInsteadOfBlamingTheWorker) {
   server_->set_on_frame([](int, Frame f) {
     if (f.type == FrameType::kResults) std::this_thread::sleep_for(std::chrono::milliseconds(800));
   });
+  ::testing::internal::CaptureStderr();
   c1->Send(FrameType::kResults, "x");
   ASSERT_TRUE(Eventually([&] { return !c1->connected(); }));
   c1->Stop();
-  ASSERT_TRUE(Eventually([&] {
+  const bool reported = Eventually([&] {
     std::lock_guard<std::mutex> lock(recorder_.mu);
-    return recorder_.lost.count(1) == 1;
-  }));
+    return recorder_.lost_calls[0] + recorder_.lost_calls[1] == 1;
+  });
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(reported) << log;
+  // Rank 0 is the one at fault (on_rank_lost gets rank 0), and the message
+  // says so before naming the worker that gave up: nothing reads "lost rank 1".
   std::lock_guard<std::mutex> lock(recorder_.mu);
-  EXPECT_NE(recorder_.lost[1].find("rank 0 itself did not run"), std::string::npos) << recorder_.lost[1];
+  EXPECT_EQ(recorder_.lost.count(1), 0u) << recorder_.lost[1];
+  EXPECT_EQ(recorder_.lost[0].find("rank 0 did not run for "), 0u) << recorder_.lost[0];
+  EXPECT_NE(recorder_.lost[0].find("rank 1 gave up on it"), std::string::npos) << recorder_.lost[0];
+  EXPECT_EQ(log.find("lost rank 1"), std::string::npos) << log;
+  EXPECT_NE(log.find("rank 0 did not run for "), std::string::npos) << log;
+  EXPECT_NE(log.find("rank 1 (127.0.0.1:"), std::string::npos) << log;
 }
 
 }  // namespace deepshard::serve

@@ -19,6 +19,7 @@
 #include "runtime/generate.h"
 #include "runtime/model/random_model.h"
 #include "serve/engine_metrics.h"
+#include "serve/job.h"
 
 namespace deepshard::serve {
 namespace {
@@ -317,6 +318,83 @@ TEST(Engine, ALostRankFailsEveryRequestAtOnce) {
   EXPECT_EQ(h.Submit({1}, 1).status().code(), absl::StatusCode::kUnavailable);
   h.thread.join();
   EXPECT_FALSE(h.run_status.ok());
+}
+
+// A worker whose results frame does not decode (a valid frame, then garbage
+// for a payload) is a broken rank: every request fails at once, naming it.
+TEST(Engine, MalformedResultsFromAWorkerFailEveryRequestNamingIt) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/32);
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(*h.Submit({static_cast<int32_t>(i + 1), 2, 3}, 100));
+  h.Start();
+  ASSERT_TRUE(h.WaitTokens(ids[0], 2));
+  h.engine->OnResults(2, std::string("\x07garbage", 8));
+  ASSERT_TRUE(h.WaitAll(ids, 5));
+  for (int64_t id : ids) {
+    const Record r = h.Get(id);
+    EXPECT_EQ(r.finals, 1);
+    EXPECT_EQ(r.reason, FinishReason::kError);
+    EXPECT_EQ(r.error.find("rank 2 is lost (it sent malformed results"), 0u) << r.error;
+  }
+  EXPECT_FALSE(h.engine->Health().healthy);
+  h.thread.join();
+  EXPECT_FALSE(h.run_status.ok());
+}
+
+// Rank 0 itself at fault (stopped, its workers gave up on it): the message is
+// rank 0's, not "rank N is lost".
+TEST(Engine, RankZeroAtFaultIsNotReportedAsALostWorker) {
+  Harness h(/*block_size=*/8, /*n_blocks=*/32);
+  const int64_t id = *h.Submit({1, 2, 3}, 100);
+  h.Start();
+  ASSERT_TRUE(h.WaitTokens(id, 1));
+  const std::string why =
+      "rank 0 did not run for 3.50 s (it was stopped or stalled; the heartbeat timeout is 3.00 s) and rank 1 gave "
+      "up on it (connection closed by peer)";
+  h.engine->OnRankLost(0, why);
+  ASSERT_TRUE(h.WaitAll({id}, 5));
+  const Record r = h.Get(id);
+  EXPECT_EQ(r.reason, FinishReason::kError);
+  EXPECT_EQ(r.error, why + "; the job is going down");
+  EXPECT_EQ(h.engine->Health().detail, why + "; the job is going down");
+  h.thread.join();
+}
+
+// After a failure (a rank lost: dead, stopped, broken) a job has no orderly way
+// out: the lost rank would hold every other rank in MPI_Finalize forever.
+// `generate` found the failure in RunOffline and called Shutdown(), which
+// stopped the failure watchdog before it had seen the failure (it looks every
+// 20 ms): the job then hung in MPI_Finalize with a stopped worker (found by
+// tools/fault_inject.py, SIGSTOP of a worker during decode, about 1 run in 10).
+// Shutdown() after a failure must end the process, exit 1, itself. The death
+// test forks (style "fast"): the child has no watchdog thread, so only
+// Shutdown() can end it; an alarm turns a hang into a failure.
+TEST(JobDeathTest, ShutdownAfterAFailureEndsTheProcess) {
+  GTEST_FLAG_SET(death_test_style, "fast");
+  RuntimeConfig rt;
+  auto model = DeepseekModel::Load(ModelDir(), rt);
+  ASSERT_TRUE(model.ok()) << model.status();
+  RankResources r;
+  r.model = model->get();
+  r.pc = ParallelConfig::Single();
+  JobOptions o;
+  o.command = "generate";
+  o.kv_bytes = 8 << 20;
+  o.failure_linger = 0;
+  o.announce = false;
+  int code = 0;
+  std::unique_ptr<Job> job = Job::Start(r, o, &code);
+  ASSERT_NE(job, nullptr) << code;
+  EXPECT_EXIT(
+      {
+        alarm(10);
+        job->engine().OnRankLost(2, "heartbeat timeout: no frame for 3.10 s (limit 3.00 s)");
+        job->Shutdown();
+        std::_Exit(0);  // Shutdown() returned: the ranks would meet in MPI_Finalize
+      },
+      ::testing::ExitedWithCode(1), "");
+  // This process's job is healthy: its Shutdown() returns.
+  job->Shutdown();
 }
 
 }  // namespace

@@ -52,100 +52,28 @@ def check(cond, what):
     return cond
 
 
-class Server:
-    """`mpirun -np 4 deepshard serve --pp 2 --ep 2 ...` in its own process group."""
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+import deepshard_proc  # noqa: E402
+from deepshard_proc import sse_events  # noqa: E402,F401
+
+
+class Server(deepshard_proc.Server):
+    """`mpirun -np 4 deepshard serve --pp 2 --ep 2 ...` in its own session (tools/deepshard_proc.py)."""
 
     def __init__(self, name, extra, pp=2, ep=2):
-        self.log_path = os.path.join(ARGS.workdir, f"serve-{name}.log")
-        self.log = open(self.log_path, "w")
-        # --port 0: the server picks a free port and logs it (no race with other processes).
-        cmd = [ARGS.mpirun, "--oversubscribe", "--allow-run-as-root", "--mca", "pml", "ob1", "--bind-to", "none",
-               "-np", str(pp * ep), ARGS.deepshard, "serve", "--model", ARGS.model, "--pp", str(pp), "--ep", str(ep),
-               "--port", "0"] + (["--kv-cache-memory", "32MiB"] if "--kv-cache-memory" not in extra else []) + extra
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        deadline = time.time() + 120
-        self.port = None
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.text_log()}")
-            m = re.search(r"listening on http://[0-9.]+:(\d+)", self.text_log())
-            if m:
-                self.port = int(m.group(1))
-                self.base = f"http://127.0.0.1:{self.port}"
-                try:
-                    if self.get("/health")[0] == 200:
-                        return
-                except OSError:
-                    pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server did not come up:\n{self.text_log()}")
+        extra = (["--kv-cache-memory", "32MiB"] if "--kv-cache-memory" not in extra else []) + extra
+        super().__init__(ARGS.deepshard, ARGS.mpirun, ARGS.model, os.path.join(ARGS.workdir, f"serve-{name}.log"),
+                         pp=pp, ep=ep, extra=extra, startup_timeout=120)
 
     def text_log(self):
-        self.log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def rank_pids(self):
-        """{rank: pid} from the "rank R ... pid P" lines every rank prints once ready."""
-        pids = {}
-        for m in re.finditer(r"rank (\d+) \(stage \d+, column \d+\) ready, pid (\d+)", self.text_log()):
-            pids[int(m.group(1))] = int(m.group(2))
-        return pids
-
-    def control_port(self):
-        m = re.search(r"control plane on [0-9.]+:(\d+)", self.text_log())
-        return int(m.group(1)) if m else None
-
-    def request(self, method, path, body=None, headers=None, timeout=60):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        h = {"Content-Type": "application/json"}
-        h.update(headers or {})
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body)
-        conn.request(method, path, body=body, headers=h)
-        r = conn.getresponse()
-        data = r.read()
-        conn.close()
-        return r.status, data
-
-    def get(self, path, **kw):
-        return self.request("GET", path, **kw)
-
-    def post(self, path, body, **kw):
-        return self.request("POST", path, body, **kw)
+        return self.text()
 
     def metrics(self):
-        status, data = self.get("/metrics", headers=getattr(self, "auth", {}))
-        out = {}
-        for line in data.decode().splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[k] = float(v)
-        return out
+        return super().metrics(headers=getattr(self, "auth", {}))
 
     def kv_used(self):
         m = self.metrics()
         return sum(v for k, v in m.items() if k.startswith("deepshard_kv_blocks{") and 'state="used"' in k)
-
-    def signal_all(self, sig):
-        for pid in self.rank_pids().values():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def wait(self, timeout):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def offline(prompts, max_new):
@@ -168,18 +96,6 @@ def decode(ids):
     out = subprocess.run([ARGS.deepshard, "tokenize", "--model", ARGS.model, "--ids", ",".join(map(str, ids)),
                           "--skip-special"], check=True, capture_output=True, text=True)
     return out.stdout[:-1]  # the trailing newline tokenize adds
-
-
-def sse_events(resp):
-    """Yields the JSON objects of an SSE stream (http.client response), stops at [DONE]."""
-    for raw in resp:
-        line = raw.decode().strip()
-        if not line.startswith("data: "):
-            continue
-        data = line[len("data: "):]
-        if data == "[DONE]":
-            return
-        yield json.loads(data)
 
 
 def stream_completion(srv, body, headers=None, stop_after=None, started=None):
