@@ -2,6 +2,11 @@
 
 #include <unistd.h>
 
+#include <condition_variable>
+#include <csignal>
+#include <mutex>
+#include <thread>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -72,7 +77,8 @@ void StartupDeadline::Disarm() {
   cv_.notify_all();
 }
 
-MpiSession::MpiSession(int* argc, char*** argv, const std::string& command, double startup_timeout_s) {
+MpiSession::MpiSession(int* argc, char*** argv, const std::string& command, double startup_timeout_s)
+    : command_(command) {
   if (startup_timeout_s > 0) deadline_ = std::make_unique<StartupDeadline>(command, startup_timeout_s, LauncherRank());
   int provided = 0;
   // OpenMP threads compute inside a rank; only the main thread calls MPI.
@@ -86,9 +92,34 @@ MpiSession::MpiSession(int* argc, char*** argv, const std::string& command, doub
                   "unreachable?");
 }
 
-// A deadline never ended (start-up failed on every rank) also covers MPI_Finalize.
+// A deadline never ended (start-up failed on every rank) also covers
+// MPI_Finalize; otherwise a watch of its own does (kFinalizeTimeoutS): it
+// names the rank and exits 1, and mpirun ends the rank that holds the rest.
 MpiSession::~MpiSession() {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread watch([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    const auto limit = std::chrono::duration<double>(kFinalizeTimeoutS);
+    if (cv.wait_for(lock, limit, [&] { return done; })) return;
+    serve::Log(command_, absl::StrCat("error: rank ", rank_, ": MPI_Finalize did not return within ",
+                                      absl::StrFormat("%g", kFinalizeTimeoutS),
+                                      " s (another rank stopped or hung while the job shut down); exiting"));
+    serve::ExitNow(1);
+  });
+  // Test hook (tests/launcher/mpi_failures_test.sh): this rank stops itself
+  // where a rank stopped during a normal shutdown would be.
+  if (const char* r = std::getenv("DEEPSHARD_TEST_STOP_BEFORE_FINALIZE"); r != nullptr && std::atoi(r) == rank_) {
+    ::raise(SIGSTOP);
+  }
   MPI_Finalize();
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+  }
+  cv.notify_all();
+  watch.join();
   deadline_.reset();
 }
 

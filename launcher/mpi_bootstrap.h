@@ -74,8 +74,15 @@ class MpiSession {
 
  private:
   std::unique_ptr<StartupDeadline> deadline_;
+  std::string command_;
   int rank_ = 0, size_ = 1;
 };
+
+// How long MPI_Finalize may take before the rank gives up on it: Open MPI's
+// finalize waits for every rank, so one stopped or hung while the job shuts
+// down would otherwise keep the others there forever. The ranks of a job that
+// ends normally reach it within a step of each other.
+inline constexpr double kFinalizeTimeoutS = 20;
 
 // Collective over MPI_COMM_WORLD: true on every rank if no rank reports an
 // error (local_error empty). Rank 0 prints each distinct error once, with the

@@ -296,5 +296,33 @@ init_ok_case() {
 }
 init_ok_case
 
+# A rank stopped during a normal shutdown (the test hook stops rank 1 right
+# before MPI_Finalize): rank 0 waits in MPI_Finalize, which waits for every
+# rank. Its finalize watch (kFinalizeTimeoutS = 20 s, launcher/mpi_bootstrap.h)
+# must end it non-zero, naming it, and mpiexec must leave nothing behind.
+# Before it the job hung until killed.
+finalize_stop_case() {
+  local limit=20 start rc secs left
+  start=$(date +%s.%N)
+  timeout 60 "${MPI[@]}" -n 2 -x DEEPSHARD_TEST_STOP_BEFORE_FINALIZE=1 \
+    "$BIN" generate --model "$TMP/big" --ep 2 --prompt-ids 1,2 --max-new-tokens 2 >"$TMP/fin.out" 2>&1
+  rc=$?
+  secs=$(echo "$(date +%s.%N) - $start" | bc)
+  sleep 1
+  left="$(leftovers)"
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$(echo "$secs < $limit + 15" | bc)" -eq 1 ] &&
+     grep -q "rank 0: MPI_Finalize did not return within $limit s" "$TMP/fin.out" && [ -z "$left" ]; then
+    echo "ok   rank 1 stopped before MPI_Finalize: job exited $rc in ${secs}s, rank 0 said so, nothing left behind"
+    pass=$((pass + 1))
+  else
+    echo "FAIL rank 1 stopped before MPI_Finalize: exit $rc in ${secs}s (limit $limit + 15 s), left behind:" \
+         "[${left//$'\n'/ }]; output:"
+    sed 's/^/     /' "$TMP/fin.out" | tail -20
+    for p in $left; do kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
+    fails=$((fails + 1))
+  fi
+}
+finalize_stop_case
+
 echo "$pass passed, $fails failed"
 [ "$fails" -eq 0 ]
