@@ -110,7 +110,9 @@ struct ParsedHttpRequest {
 // Parses `bytes` as what one client sent before closing: requests one after
 // the other while they keep the connection alive, at most `max_requests`. A
 // request cut short by the end of the bytes is a 400 (a partial message), as
-// for the server at EOF; an end right between requests ends the list.
+// for the server at EOF; an end right between requests ends the list. Not
+// modelled: what a generation does to the connection (the 64 KiB cap on bytes
+// pipelined behind it, a cancel on EOF; http_server.cc).
 std::vector<ParsedHttpRequest> ParseHttpRequests(std::string_view bytes, const HttpLimits& limits,
                                                  const HttpRouting& routing, size_t max_requests = 16);
 
