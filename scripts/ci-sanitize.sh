@@ -70,8 +70,9 @@ print("0,0,0," + ",".join(nums))
 }
 
 # clang, its sanitizer and libFuzzer runtimes (libclang-rt-14-dev is only a
-# Recommends of clang-14) and OpenMP for clang (libomp).
-bash "$ROOT/scripts/setup.sh" clang libclang-rt-14-dev libomp-14-dev
+# Recommends of clang-14), OpenMP for clang (libomp) and llvm-symbolizer (package
+# llvm), without which ASan's reports have addresses instead of file:line.
+bash "$ROOT/scripts/setup.sh" clang libclang-rt-14-dev libomp-14-dev llvm
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 status=0
 

@@ -25,8 +25,9 @@ case "$PRESET" in
 esac
 BUILD="$ROOT/build-$PRESET"
 # clang-14 and its runtimes: libclang_rt.fuzzer / asan / ubsan are in libclang-rt-14-dev
-# (only a Recommends of clang-14); libomp for the asan preset's OpenMP.
-bash "$ROOT/scripts/setup.sh" clang libclang-rt-14-dev libomp-14-dev
+# (only a Recommends of clang-14); libomp for the asan preset's OpenMP; llvm for
+# llvm-symbolizer (file:line in reports).
+bash "$ROOT/scripts/setup.sh" clang libclang-rt-14-dev libomp-14-dev llvm
 start=$(date +%s)
 (cd "$ROOT" && cmake --preset "$PRESET" >/dev/null)
 ninja -C "$BUILD" -j "${DEEPSHARD_BUILD_JOBS:-2}" "${TARGETS[@]}"

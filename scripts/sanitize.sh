@@ -19,7 +19,7 @@ esac
 BUILD="$ROOT/build-$KIND"
 SUPP="$ROOT/scripts/sanitizers"
 if [ "$KIND" = asan ]; then
-  bash "$ROOT/scripts/setup.sh" clang libclang-rt-14-dev libomp-14-dev
+  bash "$ROOT/scripts/setup.sh" clang libclang-rt-14-dev libomp-14-dev llvm
 else
   bash "$ROOT/scripts/setup.sh"
 fi
