@@ -1,24 +1,35 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (tests/fuzz/, clang, ASan+UBSan) in build-fuzz/ and runs
-# each for a fixed number of executions from its checked-in seed corpus
-# (tests/fuzz/corpus/<target>/). Fails on any crash, leak, sanitizer report or timeout;
-# the reproducer is left in build-fuzz/fuzz-artifacts/<target>/.
+# Builds the libFuzzer targets (tests/fuzz/, clang, ASan+UBSan) and runs each for a
+# fixed number of executions from its checked-in seed corpus (tests/fuzz/corpus/<target>/).
+# Fails on any crash, leak, sanitizer report or timeout; the reproducer is left in
+# <build>/fuzz-artifacts/<target>/.
 # Usage: scripts/fuzz.sh [runs per target (default 20000)] [target ...]
-# Not part of scripts/test.sh (CI time budget): call it directly.
+# The build is the CMake preset DEEPSHARD_FUZZ_PRESET: `fuzz` (default; build-fuzz/, the
+# fuzz targets alone, each compiling only the sources it exercises) or `asan`
+# (build-asan/, shared with the ASan unit tests: scripts/ci-sanitize.sh).
+# CI runs it from scripts/ci-sanitize.sh with a few thousand runs per target; call it
+# directly for longer campaigns.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUNS="${1:-20000}"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(safetensors_fuzz config_fuzz tokenizer_fuzz chat_template_fuzz openai_request_fuzz wire_fuzz)
+  TARGETS=(safetensors_fuzz config_fuzz tokenizer_fuzz chat_template_fuzz openai_request_fuzz wire_fuzz
+           http_request_fuzz)
 fi
-BUILD="$ROOT/build-fuzz"
-CLANG="${CLANG:-/usr/bin/clang++}"
-bash "$ROOT/scripts/setup.sh" clang   # clang-14 brings libclang_rt.fuzzer (libclang-common-14-dev)
+PRESET="${DEEPSHARD_FUZZ_PRESET:-fuzz}"
+case "$PRESET" in
+  fuzz|asan) ;;
+  *) echo "fuzz.sh: DEEPSHARD_FUZZ_PRESET must be fuzz or asan, not $PRESET" >&2; exit 2 ;;
+esac
+BUILD="$ROOT/build-$PRESET"
+# clang-14 and its runtimes: libclang_rt.fuzzer / asan / ubsan are in libclang-rt-14-dev
+# (only a Recommends of clang-14); libomp for the asan preset's OpenMP; llvm for
+# llvm-symbolizer (file:line in reports).
+bash "$ROOT/scripts/setup.sh" clang libclang-rt-14-dev libomp-14-dev llvm
 start=$(date +%s)
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER="$CLANG" \
-  -DDEEPSHARD_FUZZ=ON -DDEEPSHARD_SANITIZE=asan
+(cd "$ROOT" && cmake --preset "$PRESET" >/dev/null)
 ninja -C "$BUILD" -j "${DEEPSHARD_BUILD_JOBS:-2}" "${TARGETS[@]}"
 echo "[fuzz] build: $(( $(date +%s) - start )) s"
 
@@ -36,7 +47,7 @@ for t in "${TARGETS[@]}"; do
     echo "[fuzz] $t: $(grep -o 'stat::number_of_executed_units: *[0-9]*' "$BUILD/fuzz-$t.log" | grep -o '[0-9]*$') runs, $(( $(date +%s) - t0 )) s, ok"
   else
     echo "[fuzz] $t: FAILED after $(( $(date +%s) - t0 )) s; log $BUILD/fuzz-$t.log, reproducer in $art/"
-    grep -E "ERROR|SUMMARY|runtime error|deadly signal" "$BUILD/fuzz-$t.log" | head -5 || true
+    grep -E "ERROR|SUMMARY|runtime error|deadly signal|http_request_fuzz:" "$BUILD/fuzz-$t.log" | head -5 || true
     failed+=("$t")
   fi
 done

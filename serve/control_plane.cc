@@ -87,36 +87,6 @@ bool ConstantTimeEquals(std::string_view got, std::string_view expected) {
   return diff == 0;
 }
 
-bool IsKnownFrameType(uint32_t t) { return t >= 1 && t <= 8; }
-
-struct FrameHeader {
-  FrameType type;
-  uint64_t length;
-};
-
-std::string EncodeFrameHeader(FrameType type, uint64_t length) {
-  WireWriter w;
-  w.PutU32(kFrameMagic);
-  w.PutU32(static_cast<uint32_t>(type));
-  w.PutU64(length);
-  return w.Take();
-}
-
-absl::StatusOr<FrameHeader> DecodeFrameHeader(const std::array<char, kFrameHeaderSize>& bytes,
-                                              uint64_t max_payload) {
-  WireReader r(std::string_view(bytes.data(), bytes.size()));
-  const uint32_t magic = *r.U32("magic");
-  const uint32_t type = *r.U32("type");
-  const uint64_t length = *r.U64("length");
-  if (magic != kFrameMagic) return absl::InvalidArgumentError(absl::StrFormat("bad frame magic 0x%08x", magic));
-  if (!IsKnownFrameType(type)) return absl::InvalidArgumentError(absl::StrCat("unknown frame type ", type));
-  if (length > max_payload) {
-    return absl::InvalidArgumentError(absl::StrCat(Av(FrameTypeName(static_cast<FrameType>(type))), " payload of ",
-                                              length, " bytes exceeds the limit of ", max_payload));
-  }
-  return FrameHeader{static_cast<FrameType>(type), length};
-}
-
 // One framed TCP connection. Reads, Close and CloseGracefully run on the io
 // thread; Enqueue may be called from any thread.
 class FrameStream : public std::enable_shared_from_this<FrameStream> {
@@ -288,33 +258,6 @@ class ClientLink;
 }  // namespace control_internal
 
 using namespace control_internal;
-
-std::string_view FrameTypeName(FrameType type) {
-  switch (type) {
-    case FrameType::kHello: return "hello";
-    case FrameType::kWelcome: return "welcome";
-    case FrameType::kPlan: return "plan";
-    case FrameType::kResults: return "results";
-    case FrameType::kHeartbeat: return "heartbeat";
-    case FrameType::kShutdown: return "shutdown";
-    case FrameType::kFatal: return "fatal";
-    case FrameType::kDrain: return "drain";
-  }
-  return "unknown";
-}
-
-std::string EncodeFrame(FrameType type, std::string_view payload) {
-  std::string out = EncodeFrameHeader(type, payload.size());
-  out.append(payload);
-  return out;
-}
-
-std::string EncodeHello(int rank, std::string_view secret) {
-  WireWriter w;
-  w.PutI32(rank);
-  w.PutBytes(secret);
-  return w.Take();
-}
 
 std::string NewJobSecret() {
   unsigned char bytes[32];
@@ -692,30 +635,30 @@ class ControlServer::Impl {
     if (frame.type != FrameType::kHello) {
       return Reject(p, absl::StrCat("first frame is ", Av(FrameTypeName(frame.type)), ", not hello"));
     }
-    WireReader reader(frame.payload);
-    absl::StatusOr<int32_t> rank = reader.I32("hello rank");
-    if (!rank.ok()) return Reject(p, absl::StrCat("malformed hello: ", rank.status().message()));
+    absl::StatusOr<Hello> hello = DecodeHello(frame.payload);
+    if (!hello.ok()) return Reject(p, std::string(hello.status().message()));
     // The secret is checked before the rank, so a stranger learns nothing
     // about which ranks exist.
-    if (!ConstantTimeEquals(reader.Rest(), secret_)) return Reject(p, "wrong job secret");
-    if (*rank < 1 || *rank >= world_size_) {
-      return Reject(p, absl::StrCat("hello names rank ", *rank, ", outside [1, ", world_size_, ")"));
+    if (!ConstantTimeEquals(hello->secret, secret_)) return Reject(p, "wrong job secret");
+    const int32_t rank = hello->rank;
+    if (rank < 1 || rank >= world_size_) {
+      return Reject(p, absl::StrCat("hello names rank ", rank, ", outside [1, ", world_size_, ")"));
     }
     std::string refusal;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!joined_[*rank]) {
-        joined_[*rank] = true;
-        by_rank_[*rank] = p;
-      } else if (by_rank_[*rank] != nullptr) {
-        refusal = absl::StrCat("rank ", *rank, " is already connected from ", by_rank_[*rank]->peer());
+      if (!joined_[rank]) {
+        joined_[rank] = true;
+        by_rank_[rank] = p;
+      } else if (by_rank_[rank] != nullptr) {
+        refusal = absl::StrCat("rank ", rank, " is already connected from ", by_rank_[rank]->peer());
       } else {
-        refusal = absl::StrCat("rank ", *rank, " was lost earlier and may not rejoin");
+        refusal = absl::StrCat("rank ", rank, " was lost earlier and may not rejoin");
       }
     }
     if (!refusal.empty()) return Reject(p, refusal);
     cv_.notify_all();
-    p->rank = *rank;
+    p->rank = rank;
     p->set_max_payload(opts_.max_payload);
     p->last_heartbeat_sent = Clock::now();
     p->Enqueue(FrameType::kWelcome, std::string());

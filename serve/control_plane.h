@@ -41,6 +41,8 @@
 // run on the io thread and must not block for long or call Stop().
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -78,6 +80,24 @@ inline constexpr uint64_t kMaxHelloPayload = 4096;
 std::string EncodeFrame(FrameType type, std::string_view payload);
 // Hello payload: {i32 rank, secret bytes}.
 std::string EncodeHello(int rank, std::string_view secret);
+
+// The frame codec without the sockets (serve/control_frame.cc; fuzzed by
+// tests/fuzz/wire_fuzz.cc). Both ends read a frame as DecodeFrameHeader on
+// 16 bytes, then `length` payload bytes.
+struct FrameHeader {
+  FrameType type;
+  uint64_t length;
+};
+std::string EncodeFrameHeader(FrameType type, uint64_t length);
+// InvalidArgument for a bad magic ("bad frame magic 0x..."), an unknown type,
+// or a length over max_payload (naming the frame type and both sizes).
+absl::StatusOr<FrameHeader> DecodeFrameHeader(const std::array<char, kFrameHeaderSize>& bytes, uint64_t max_payload);
+struct Hello {
+  int32_t rank;
+  std::string_view secret;  // points into the payload
+};
+// InvalidArgument "malformed hello: ..." when the payload is shorter than the rank.
+absl::StatusOr<Hello> DecodeHello(std::string_view payload);
 
 // 32 random bytes (getrandom, else std::random_device), hex-encoded: 64 chars.
 std::string NewJobSecret();

@@ -1,6 +1,7 @@
 // The OpenAI-compatible HTTP server: see http_server.h for the endpoints and
-// the design. Request parsing, prompts, text and JSON live in openai_api.cc;
-// this file is the connection state machine:
+// the design. The request side (parser limits, read-error answers, paths,
+// routing) lives in http_request.cc; request bodies, prompts, text and JSON in
+// openai_api.cc; this file is the connection state machine:
 //
 //   ReadHeader -> (413/431/400 and close) | [100 Continue] -> ReadBody -> Handle
 //   Handle -> plain response -> Write -> ReadHeader (keep-alive) | close
@@ -39,6 +40,7 @@
 #include "boost/beast/http.hpp"
 #include "boost/json.hpp"
 #include "serve/choice_output.h"
+#include "serve/http_request.h"
 #include "serve/openai_api.h"
 #include "serve/rate_limited_log.h"
 #include "serve/structured_output.h"
@@ -130,57 +132,7 @@ std::string_view SV(beast::string_view s) { return std::string_view(s.data(), s.
 // Debian's Abseil has its own string_view type.
 absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
-ApiError Err(int status, std::string message, std::string type = "invalid_request_error", std::string code = "") {
-  ApiError e;
-  e.http_status = status;
-  e.message = std::move(message);
-  e.type = std::move(type);
-  e.code = std::move(code);
-  return e;
-}
-
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-// Constant-time comparison of the presented and the configured key.
-bool KeyMatches(std::string_view given, std::string_view want) {
-  unsigned char diff = given.size() == want.size() ? 0 : 1;
-  for (size_t i = 0; i < want.size(); ++i) {
-    diff |= static_cast<unsigned char>(want[i] ^ (i < given.size() ? given[i] : 0));
-  }
-  return diff == 0;
-}
-
-// Whether a network error means the peer is gone (rather than bad input).
-bool IsDisconnect(const beast::error_code& ec) {
-  return ec == http::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset ||
-         ec == net::error::broken_pipe || ec == net::error::operation_aborted || ec == beast::error::timeout ||
-         ec == net::error::bad_descriptor || ec == net::error::not_connected;
-}
-
-// %XX-decoding of a path segment ("+" stays "+", as in paths); nullopt when a
-// "%" is not followed by two hex digits.
-std::optional<std::string> PercentDecode(std::string_view s) {
-  auto hex = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      out += s[i];
-      continue;
-    }
-    if (i + 2 >= s.size()) return std::nullopt;
-    const int hi = hex(s[i + 1]), lo = hex(s[i + 2]);
-    if (hi < 0 || lo < 0) return std::nullopt;
-    out += static_cast<char>(hi * 16 + lo);
-    i += 2;
-  }
-  return out;
-}
 
 // CORS preflight answers.
 constexpr char kCorsMethods[] = "GET, POST, HEAD, OPTIONS";
@@ -254,8 +206,12 @@ class HttpServer::Impl {
     sessions.erase(s);
   }
   int64_t max_context() const { return opts.max_model_len > 0 ? opts.max_model_len : engine.max_context(); }
+  HttpRouting routing() const {
+    return HttpRouting{.api_key = opts.api_key, .allowed_origins = opts.allowed_origins, .model_name = opts.model_name};
+  }
 
   const HttpServerOptions opts;
+  const HttpLimits limits{.max_body_bytes = opts.max_body_bytes, .max_header_bytes = opts.max_header_bytes};
   GenerationApi& engine;
   Metrics& metrics;
   static PromptBuilder MakeBuilder(const Tokenizer* tok, GenerationDefaults d) {
@@ -334,8 +290,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (closed_) return;
     paused_ = false;  // the pipelined bytes are read from here
     parser_.emplace();
-    parser_->header_limit(static_cast<uint32_t>(std::min<size_t>(srv_.opts.max_header_bytes, UINT32_MAX)));
-    parser_->body_limit(srv_.opts.max_body_bytes);
+    ApplyHttpLimits(*parser_, srv_.limits);
     endpoint_ = "other";
     recorded_ = false;
     head_ = false;
@@ -361,9 +316,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     keep_alive_ = req.keep_alive();
     SetEndpoint(SV(req.target()));
     head_ = req.method() == http::verb::head;
-    cors_origin_ = AllowedOrigin(SV(req[http::field::origin]));
-    if (auto len = parser_->content_length(); len && *len > srv_.opts.max_body_bytes) {
-      return SendBodyTooLarge();
+    cors_origin_ = AllowedOrigin(SV(req[http::field::origin]), srv_.opts.allowed_origins);
+    if (std::optional<ApiError> e = CheckRequestHeader(*parser_, srv_.limits)) {
+      keep_alive_ = false;
+      return SendError(static_cast<http::status>(e->http_status), *e);
     }
     if (absl::EqualsIgnoreCase(AV(SV(req[http::field::expect])), "100-continue")) {
       auto res = std::make_shared<http::response<http::empty_body>>(http::status::continue_, version_);
@@ -393,92 +349,45 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     Handle(parser_->release());
   }
 
+  // 413 (body_limit), 431 (header_limit), a disconnect (close), or a malformed
+  // request (400); the connection closes after the answer.
   void OnReadError(beast::error_code ec) {
-    if (ec == http::error::body_limit) return SendBodyTooLarge();
-    if (ec == http::error::header_limit) {
-      keep_alive_ = false;
-      return SendError(http::status::request_header_fields_too_large,
-                       Err(431, "the request headers are larger than the server's limit"));
-    }
+    const bool limit = ec == http::error::body_limit || ec == http::error::header_limit;
     // A request cut short by the client's EOF (after pipelined ones): it is gone.
-    if (IsDisconnect(ec) || closed_ || (peer_eof_ && ec == http::error::partial_message)) return Close();
-    // Anything else is a malformed request: say so, then close.
+    if (!limit && (IsHttpDisconnect(ec) || closed_ || (peer_eof_ && ec == http::error::partial_message))) {
+      return Close();
+    }
     keep_alive_ = false;
-    version_ = 11;
-    SendError(http::status::bad_request,
-              Err(400, absl::StrCat("malformed HTTP request: ", ec.message())));
-  }
-
-  void SendBodyTooLarge() {
-    keep_alive_ = false;
-    SendError(http::status::payload_too_large,
-              Err(413, absl::StrCat("the request body is larger than the server's limit of ",
-                                    srv_.opts.max_body_bytes, " bytes")));
+    if (!limit) version_ = 11;
+    const ApiError e = ReadErrorAnswer(ec, srv_.limits);
+    SendError(static_cast<http::status>(e.http_status), e);
   }
 
   void SetEndpoint(std::string_view target) {
-    path_ = std::string(target.substr(0, target.find('?')));
-    static constexpr std::string_view kKnown[] = {"/health", "/v1/models", "/metrics", "/v1/completions",
-                                                  "/v1/chat/completions", "/tokenize", "/detokenize"};
-    endpoint_ = "other";
-    for (std::string_view k : kKnown) {
-      if (path_ == k) endpoint_ = std::string(k);
-    }
-    if (absl::StartsWith(AV(path_), "/v1/models/")) endpoint_ = "/v1/models/{id}";
+    path_ = std::string(RequestPath(target));
+    endpoint_ = EndpointLabel(path_);
   }
 
   // ---- routing ----
 
   void Handle(http::request<http::string_body> req) {
-    const http::verb method = req.method();
-    // HEAD is answered wherever GET is (SendText leaves the body out).
-    auto method_is = [&](http::verb want, const char* allow) {
-      if (method == want || (want == http::verb::get && method == http::verb::head)) return true;
-      allow_ = cors_on() ? absl::StrCat(allow, ", OPTIONS") : allow;
-      SendError(http::status::method_not_allowed,
-                Err(405, absl::StrCat("method ", AV(SV(req.method_string())), " is not allowed on ", path_,
-                                      "; use ", allow)));
-      return false;
-    };
-    // A CORS preflight, on any path: browsers send it without the API key.
-    if (method == http::verb::options && cors_on()) return HandlePreflight(req);
-    if (path_ == "/health") {
-      if (method_is(http::verb::get, "GET, HEAD")) HandleHealth();
-      return;
-    }
-    if (!srv_.opts.api_key.empty()) {
-      std::string_view auth = SV(req[http::field::authorization]);
-      std::string_view key;
-      if (auth.size() > 7 && absl::EqualsIgnoreCase(AV(auth.substr(0, 7)), "bearer ")) key = auth.substr(7);
-      if (!KeyMatches(key, srv_.opts.api_key)) {
-        www_authenticate_ = true;
-        return SendError(http::status::unauthorized,
-                         Err(401, "missing or invalid API key; send the header `Authorization: Bearer <key>`",
-                             "authentication_error", "invalid_api_key"));
-      }
-    }
-    if (path_ == "/v1/models") {
-      if (method_is(http::verb::get, "GET, HEAD")) HandleModels();
-    } else if (absl::StartsWith(AV(path_), "/v1/models/")) {
-      if (method_is(http::verb::get, "GET, HEAD")) HandleModel(std::string_view(path_).substr(11));
-    } else if (path_ == "/metrics") {
-      if (method_is(http::verb::get, "GET, HEAD")) {
-        SendText(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", srv_.metrics.Render());
-      }
-    } else if (path_ == "/v1/completions") {
-      if (method_is(http::verb::post, "POST")) HandleGenerate(ApiKind::kCompletion, req.body());
-    } else if (path_ == "/v1/chat/completions") {
-      if (method_is(http::verb::post, "POST")) HandleGenerate(ApiKind::kChat, req.body());
-    } else if (path_ == "/tokenize") {
-      if (method_is(http::verb::post, "POST")) HandleTokenize(/*detokenize=*/false, req.body());
-    } else if (path_ == "/detokenize") {
-      if (method_is(http::verb::post, "POST")) HandleTokenize(/*detokenize=*/true, req.body());
-    } else {
-      SendError(http::status::not_found,
-                Err(404, absl::StrCat("no endpoint ", path_, "; this server has /v1/completions, "
-                                      "/v1/chat/completions, /v1/models, /tokenize, /detokenize, /health "
-                                      "and /metrics"),
-                    "invalid_request_error", "not_found"));
+    const HttpRoute route = RouteRequest(req, srv_.routing());
+    switch (route.endpoint) {
+      case HttpEndpoint::kError:
+        allow_ = route.allow;
+        www_authenticate_ = route.www_authenticate;
+        return SendError(static_cast<http::status>(route.error.http_status), route.error);
+      case HttpEndpoint::kPreflight: return HandlePreflight(req);
+      case HttpEndpoint::kHealth: return HandleHealth();
+      case HttpEndpoint::kModels: return HandleModels();
+      case HttpEndpoint::kModel:  // GET /v1/models/{id}: the id named the served model
+        return SendText(http::status::ok, "application/json", json::serialize(ModelObject()));
+      case HttpEndpoint::kMetrics:
+        return SendText(http::status::ok, "text/plain; version=0.0.4; charset=utf-8", srv_.metrics.Render());
+      case HttpEndpoint::kCompletions: return HandleGenerate(ApiKind::kCompletion, req.body());
+      case HttpEndpoint::kChat: return HandleGenerate(ApiKind::kChat, req.body());
+      case HttpEndpoint::kTokenize: return HandleTokenize(/*detokenize=*/false, req.body());
+      case HttpEndpoint::kDetokenize: return HandleTokenize(/*detokenize=*/true, req.body());
     }
   }
 
@@ -505,25 +414,6 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     SendText(http::status::ok, "application/json", json::serialize(list));
   }
 
-  // GET /v1/models/{id} (the openai client's models.retrieve).
-  // The id is percent-decoded: clients send deepseek-ai%2FDeepSeek-V3 or deepseek-ai/DeepSeek-V3.
-  void HandleModel(std::string_view raw_id) {
-    const std::optional<std::string> decoded = PercentDecode(raw_id);
-    if (!decoded) {
-      return SendError(http::status::bad_request,
-                       Err(400, absl::StrCat("the path ", path_, " has an invalid percent-encoding (a % must be "
-                                             "followed by two hex digits)")));
-    }
-    const std::string_view id = *decoded;
-    if (id != srv_.opts.model_name) {
-      return SendError(http::status::not_found,
-                       Err(404, absl::StrCat("the model `", AV(id), "` does not exist; this server serves `",
-                                             srv_.opts.model_name, "`"),
-                           "invalid_request_error", "model_not_found"));
-    }
-    SendText(http::status::ok, "application/json", json::serialize(ModelObject()));
-  }
-
   // POST /tokenize, POST /detokenize (serve/tokenize_api.h).
   void HandleTokenize(bool detokenize, const std::string& body) {
     auto out = detokenize ? DetokenizeResponseJson(body, srv_.tokenizer, srv_.opts.model_name)
@@ -536,16 +426,6 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   bool cors_on() const { return !srv_.opts.allowed_origins.empty(); }
 
-  // The Access-Control-Allow-Origin value for a request's Origin ("" none).
-  std::string AllowedOrigin(std::string_view origin) const {
-    if (origin.empty()) return "";
-    for (const std::string& o : srv_.opts.allowed_origins) {
-      if (o == "*") return "*";
-      if (absl::EqualsIgnoreCase(AV(o), AV(origin))) return std::string(origin);
-    }
-    return "";
-  }
-
   template <class Response>
   void AddCors(Response& res) const {
     if (!cors_on()) return;
@@ -553,13 +433,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (!cors_origin_.empty()) res.set(http::field::access_control_allow_origin, cors_origin_);
   }
 
-  // OPTIONS with CORS on: 204 with what a browser may send, or 400 for an origin not allowed.
+  // OPTIONS with CORS on and an allowed (or no) Origin: 204 with what a browser
+  // may send (RouteRequest answers a disallowed origin 400).
   void HandlePreflight(const http::request<http::string_body>& req) {
-    const std::string_view origin = SV(req[http::field::origin]);
-    if (!origin.empty() && cors_origin_.empty()) {
-      return SendError(http::status::bad_request,
-                       Err(400, absl::StrCat("the origin ", AV(origin), " is not allowed (--allowed-origins)")));
-    }
     auto res = std::make_shared<http::response<http::empty_body>>(http::status::no_content, version_ ? version_ : 11);
     res->set(http::field::server, "deepshard");
     AddCors(*res);

@@ -16,6 +16,7 @@
 #include "boost/json.hpp"
 #include "base/status_macros.h"
 #include "text/output/reasoning_parser.h"
+#include "text/tokenizer/unicode.h"
 
 namespace deepshard::serve {
 
@@ -630,10 +631,23 @@ json::object Envelope(const ResponseContext& ctx, std::string_view object) {
 // ---------------------------------------------------------------------------
 // Errors
 
+namespace {
+// JSON text must be UTF-8 (RFC 8259) and Boost.JSON writes a string's bytes as
+// they are; an error may quote what a client sent (a path, a model id, an
+// Origin), which need not be. Ill-formed bytes become U+FFFD, as Python's
+// errors="replace" does.
+std::string Utf8Lossy(std::string_view s) {
+  if (tokenizer_internal::IsValidUtf8(s)) return std::string(s);
+  std::string out;
+  tokenizer_internal::AppendUtf8Lossy(s, &out);
+  return out;
+}
+}  // namespace
+
 std::string ErrorJson(const ApiError& e) {
-  json::object err{{"message", e.message}, {"type", e.type}};
-  err["param"] = e.param.empty() ? json::value(nullptr) : json::value(e.param);
-  err["code"] = e.code.empty() ? json::value(nullptr) : json::value(e.code);
+  json::object err{{"message", Utf8Lossy(e.message)}, {"type", Utf8Lossy(e.type)}};
+  err["param"] = e.param.empty() ? json::value(nullptr) : json::value(Utf8Lossy(e.param));
+  err["code"] = e.code.empty() ? json::value(nullptr) : json::value(Utf8Lossy(e.code));
   return json::serialize(json::object{{"error", std::move(err)}});
 }
 

@@ -60,6 +60,8 @@ struct ApiError {
   std::string param;  // "" -> null
   std::string code;   // "" -> null
 };
+// The body of an error; always valid UTF-8 (ill-formed bytes in the fields, e.g.
+// a quoted request path, become U+FFFD).
 std::string ErrorJson(const ApiError& e);
 
 // InvalidArgument/OutOfRange -> 400, NotFound -> 404, ResourceExhausted -> 429,

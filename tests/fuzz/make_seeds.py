@@ -166,3 +166,49 @@ put("wire_fuzz", "results", u8(1) + u32(2) + i64(11) + i32(0) + u64(1) + res)
 put("wire_fuzz", "stats", u8(2) + u32(1) + f64(0.1) * 5 + i64(3) + i64(1) + i64(2) + u64(4) + i64(1) * 4)
 put("wire_fuzz", "reader", u8(3) + bytes([0, 1, 2, 3, 7, 8, 9 + 16, 4]) + b"\x01" + i32(5) + i64(6) + u32(7) +
     u64(2) + b"ab" + i32v([1]) + b"x")
+
+# wire: a worker's connection as rank 0 reads it (first byte 4): hello, results,
+# heartbeat with stats, plan, drain.
+def frame(ftype, payload):
+    return u32(0x50435344) + u32(ftype) + u64(len(payload)) + payload
+stats = u32(1) + f64(0.1) * 5 + i64(3) + i64(1) + i64(2) + u64(4) + i64(1) * 4
+put("wire_fuzz", "connection", u8(4) + frame(1, i32(1) + b"0123456789abcdef" * 4) +
+    frame(4, u32(2) + i64(11) + i32(0) + u64(1) + res) + frame(5, stats) + frame(5, b"") + frame(3, plan) +
+    frame(8, b""))
+put("wire_fuzz", "connection_bad_hello", u8(4) + frame(1, b"ab"))
+
+# HTTP: one byte of server options (bit 0 API key "sk-fuzz", bits 1-2 CORS off / one
+# origin / "*", bit 3 small limits), then what a client sends on one connection.
+H = "deepseek-ai/DeepSeek-V3"
+body = json.dumps(reqs["completion"] | {"model": H})
+chat = json.dumps(reqs["chat"] | {"model": H})
+http_seeds = {
+    "health": (0, "GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    "keepalive_pipeline": (1, "GET /v1/models HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer sk-fuzz\r\n\r\n"
+                              "POST /v1/completions HTTP/1.1\r\nHost: a\r\nAuthorization: bearer sk-fuzz\r\n"
+                              "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                              "POST /v1/chat/completions?x=1 HTTP/1.1\r\nAuthorization: Bearer sk-fuzz\r\n"
+                              "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+                              % (len(body), body, len(chat), chat)),
+    "preflight": (2, "OPTIONS /v1/chat/completions HTTP/1.1\r\nOrigin: https://app.example\r\n"
+                     "Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n"
+                     "OPTIONS /v1/models HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n"),
+    "any_origin_head_model": (4, "HEAD /v1/models/deepseek-ai%2FDeepSeek-V3 HTTP/1.0\r\nOrigin: https://x\r\n"
+                                 "Connection: keep-alive\r\n\r\nGET /v1/models/gpt-4 HTTP/1.1\r\n\r\n"
+                                 "GET /v1/models/%zz HTTP/1.1\r\n\r\n"),
+    "errors_405_404_401": (1, "GET /v1/completions HTTP/1.1\r\nAuthorization: Bearer sk-fuzz\r\n\r\n"
+                              "DELETE /metrics HTTP/1.1\r\nAuthorization: Bearer sk-fuzz\r\n\r\n"
+                              "GET /nowhere HTTP/1.1\r\nAuthorization: Bearer sk-fuzz\r\n\r\n"
+                              "GET /metrics HTTP/1.1\r\nAuthorization: Bearer wrong\r\n\r\n"),
+    "expect_continue_tokenize": (0, "POST /tokenize HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 18\r\n\r\n"
+                                    "{\"prompt\": \"hi\"}  POST /detokenize HTTP/1.1\r\nContent-Length: 16\r\n\r\n"
+                                    "{\"tokens\": [1]} "),
+    "body_413": (8, "POST /v1/completions HTTP/1.1\r\nContent-Length: 300\r\n\r\n" + "x" * 300),
+    "chunked_413": (8, "POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "100\r\n" + "y" * 256 + "\r\n10\r\n" + "z" * 16 + "\r\n0\r\n\r\n"),
+    "header_431": (8, "GET /health HTTP/1.1\r\nX-Filler: " + "f" * 600 + "\r\n\r\n"),
+    "malformed": (0, "GET /health HTTP/1.1\r\nContent-Length: 1x\r\n\r\n"),
+    "truncated": (0, "POST /v1/completions HTTP/1.1\r\nContent-Length: 50\r\n\r\n{\"prompt\":"),
+}
+for name, (opt, text) in http_seeds.items():
+    put("http_request_fuzz", name, bytes([opt]) + text.encode())

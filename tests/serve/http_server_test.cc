@@ -586,6 +586,12 @@ TEST_F(HttpServerTest, ModelIdIsPercentDecoded) {
   Reply r = Get("/v1/models/other%20model");
   EXPECT_EQ(r.status, 404);
   EXPECT_NE(r.body.find("`other model`"), std::string::npos) << r.body;  // named as decoded
+  // An id that decodes to bytes that are not UTF-8: the error is still JSON (U+FFFD).
+  r = Get("/v1/models/a%FFb");
+  EXPECT_EQ(r.status, 404);
+  EXPECT_EQ(json::parse(r.body).at("error").at("message"),
+            "the model `a\uFFFDb` does not exist; this server serves `deepseek-ai/DeepSeek-V3`")
+      << r.body;
   for (const char* target : {"/v1/models/deepseek-ai%2GDeepSeek-V3", "/v1/models/deepseek-ai%2", "/v1/models/%"}) {
     r = Get(target);
     EXPECT_EQ(r.status, 400) << target;

@@ -507,6 +507,15 @@ TEST(OpenAiResponseTest, JsonShapes) {
   v = json::parse(ErrorJson(e));
   EXPECT_EQ(v.at("error").at("message"), "queue full");
   EXPECT_TRUE(v.at("error").at("param").is_null());
+  // An error quoting bytes that are not UTF-8 (a request path, a model id) is
+  // still valid JSON: they become U+FFFD (found by http_request_fuzz).
+  e = ApiError{};
+  e.http_status = 404;
+  e.message = "the model `a\xbf\xff\xe4\xbd` does not exist";
+  e.param = "\xc3";
+  v = json::parse(ErrorJson(e));
+  EXPECT_EQ(v.at("error").at("message"), "the model `a\uFFFD\uFFFD\uFFFD` does not exist");
+  EXPECT_EQ(v.at("error").at("param"), "\uFFFD");
   EXPECT_EQ(HttpStatusForCode(absl::StatusCode::kOutOfRange), 400);
   EXPECT_EQ(HttpStatusForCode(absl::StatusCode::kUnavailable), 503);
   EXPECT_EQ(HttpStatusForCode(absl::StatusCode::kNotFound), 404);
