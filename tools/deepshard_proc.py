@@ -122,6 +122,24 @@ def redirect_rank_output(path):
     return ["sh", "-c", f'exec "$@" >{path} 2>&1', "sh"]
 
 
+def read_log(log, log_path):
+    """What a job has written to `log` (open for writing at `log_path`) so far."""
+    if not log.closed:
+        log.flush()
+    with open(log_path, errors="replace") as f:
+        return f.read()
+
+
+def kill_session(sid):
+    """SIGCONT (a stopped rank dies only once running) + SIGKILL to every process of session `sid`."""
+    for pid in session_processes(sid):
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 class Server:
     """`mpirun -np pp*ep deepshard serve --pp pp --ep ep --port 0 ...` in a session of
     its own, its output in `log_path`. Returns once /health answers 200.
@@ -162,10 +180,7 @@ class Server:
 
     def text(self):
         """The job's log so far."""
-        if not self.log.closed:
-            self.log.flush()
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+        return read_log(self.log, self.log_path)
 
     def rank_pids(self):
         """{rank: pid}: from the "rank R (stage S, column C) ready, pid P" lines, else /proc."""
@@ -225,12 +240,7 @@ class Server:
 
     def kill(self):
         """SIGCONT + SIGKILL to whatever is left of the job's session; reaps mpirun."""
-        for pid in self.left_behind():
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+        kill_session(self.sid)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -540,21 +540,13 @@ class GenerateJob:
         return rc
 
     def text(self):
-        if not self.log.closed:
-            self.log.flush()
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
+        return deepshard_proc.read_log(self.log, self.log_path)
 
     def left_behind(self):
         return deepshard_proc.session_processes(self.sid)
 
     def kill(self):
-        for pid in self.left_behind():
-            for sig in (signal.SIGCONT, signal.SIGKILL):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+        deepshard_proc.kill_session(self.sid)
         self.proc.wait()
         self.log.close()
 
