@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -151,6 +152,12 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string_view name() const = 0;
+  // One line for start-up logs: the device, and for the CPU the kernel level
+  // chosen at run time (kernels/cpu/isa.h), threads and math mode.
+  virtual std::string Describe() const { return std::string(name()); }
+  // The kernel level this backend runs (the CPU's "avx2", "avx512-bf16", ...),
+  // for /metrics; empty where the notion does not apply.
+  virtual std::string KernelLevel() const { return ""; }
   virtual MathMode math_mode() const = 0;
 
   // ---- Memory ----------------------------------------------------------------
@@ -244,8 +251,15 @@ class Backend {
   virtual void Free(void* data, int64_t bytes) = 0;
 };
 
-// The oneDNN/AVX-512 CPU backend. `threads` <= 0 uses OpenMP's default.
+// The CPU backend. `threads` <= 0 uses OpenMP's default. Its kernels are those
+// of the best instruction-set level this CPU runs (or DEEPSHARD_CPU_KERNELS's).
 std::unique_ptr<Backend> MakeCpuBackend(MathMode mode, int threads = 0);
+// The CPU backend on one kernel level (which this CPU must support): tests run
+// every level the machine has.
+namespace cpu {
+enum class CpuIsa;
+}
+std::unique_ptr<Backend> MakeCpuBackend(MathMode mode, int threads, cpu::CpuIsa isa);
 
 // The devices this build can run on: "cpu" (and "cuda" when built with it).
 // Unknown names are InvalidArgument naming the device and the choices.

@@ -43,6 +43,14 @@ int RunServer(Job& job, HttpServerOptions http, const Tokenizer* tokenizer, Stop
   Engine& engine = job.engine();
   Metrics metrics;
   DescribeEngineMetrics(metrics);
+  metrics.Describe("deepshard_backend_info", MetricType::kGauge,
+                   "Always 1; the labels name rank 0's compute backend: device, kernel level chosen at run time "
+                   "(CPU: scalar, avx2, avx512, avx512-bf16) and math mode.");
+  metrics.Set("deepshard_backend_info",
+              {{"device", std::string(model.backend().name())},
+               {"kernels", model.backend().KernelLevel()},
+               {"math", model.backend().math_mode() == MathMode::kFast ? "fast" : "exact"}},
+              1);
   engine.set_on_snapshot([&metrics](const EngineSnapshot& s) { PublishEngineMetrics(metrics, s); });
 
   std::atomic<int64_t> hard_exit_ns{0};  // steady-clock deadline for the exit after a second signal
@@ -106,7 +114,8 @@ int RunServer(Job& job, HttpServerOptions http, const Tokenizer* tokenizer, Stop
   Log(cmd, absl::StrCat("listening on http://", http.host, ":", server.port(), " (model \"", http.model_name, "\", ",
                         pc.world, pc.world == 1 ? " rank" : " ranks", ": pp ", pc.pp, " x ep ", pc.ep, ", ",
                         job.n_blocks(), " KV blocks of ", job.options().block_size, " tokens per DP slot, ",
-                        model.runtime().kv_dtype == DType::kBF16 ? "bf16" : "f32", " KV cache, context ", engine.max_context(), ")"));
+                        model.runtime().kv_dtype == DType::kBF16 ? "bf16" : "f32", " KV cache, context ", engine.max_context(), "; ",
+                        model.backend().Describe(), ")"));
 
   const absl::Status st = engine.Run();
   if (!st.ok()) {

@@ -1,7 +1,8 @@
-// The CPU backend: oneDNN GEMMs for prefill, hand-written GEMV for decode, and
-// plain (compiler-vectorised) loops for the element-wise ops and attention.
-// Its memory is host memory, so Upload is free (weights are read from the
-// memory-mapped checkpoint in place) and copies are memcpy.
+// The CPU backend: oneDNN GEMMs for prefill; everything else through the
+// kernel table of one instruction-set level (kernels/cpu/cpu_kernels.h), chosen
+// when the backend is made. Its memory is host memory, so Upload is free
+// (weights are read from the memory-mapped checkpoint in place) and copies are
+// memcpy.
 #include <omp.h>
 
 #include <algorithm>
@@ -15,7 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/backend.h"
-#include "kernels/cpu/gemv.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/onednn_matmul.h"
 #include "kernels/cpu/router.h"
 
@@ -36,21 +37,17 @@ T* Scratch(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
-template <typename T>
-inline float KvLoad(const T* p, int64_t c) {
-  if constexpr (sizeof(T) == 4) {
-    return p[c];
-  } else {
-    return Bf16ToF32(p[c]);
-  }
-}
-
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(MathMode mode, int threads) : mode_(mode) {
+  CpuBackend(MathMode mode, int threads, cpu::CpuIsa isa) : mode_(mode), k_(*cpu::CpuKernelsFor(isa)) {
     if (threads > 0) omp_set_num_threads(threads);
   }
   std::string_view name() const override { return "cpu"; }
+  std::string KernelLevel() const override { return std::string(cpu::CpuIsaName(k_.isa)); }
+  std::string Describe() const override {
+    return absl::StrCat("cpu: ", cpu::DescribeCpuKernels(k_.isa), ", ", omp_get_max_threads(), " threads, ",
+                        mode_ == MathMode::kFast ? "fast" : "exact", " math");
+  }
   MathMode math_mode() const override { return mode_; }
 
   // ---- Memory ----
@@ -81,7 +78,7 @@ class CpuBackend final : public Backend {
     error_ = absl::OkStatus();
     return s;
   }
-  void ReserveAttention(int64_t max_kv) override { Scratch(scores_, omp_get_max_threads() * max_kv); }
+  void ReserveAttention(int64_t max_kv) override { max_kv_ = std::max(max_kv_, max_kv); }
 
   // ---- GEMMs ----
   void Linear(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) override {
@@ -94,7 +91,7 @@ class CpuBackend final : public Backend {
   void LinearT(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) override {
     if (m == 0 || w.rows == 0) return;
     if (m <= cpu::kGemvMaxM) {
-      cpu::GemvCols(x, m, ldx, w, y, ldy);
+      k_.gemv_cols(x, m, ldx, w, y, ldy);
       return;
     }
     const float* wf;
@@ -102,7 +99,7 @@ class CpuBackend final : public Backend {
       wf = reinterpret_cast<const float*>(w.RowPtr(0));
     } else {
       float* buf = Scratch(tile_t_, w.rows * w.cols);
-      cpu::WidenRowsF32(w, 0, w.rows, buf);
+      k_.widen_rows_f32(w, 0, w.rows, buf);
       wf = buf;
     }
     // x[m, rows] · w[rows, cols]: w is B[k = rows, n = cols] untransposed.
@@ -111,32 +108,19 @@ class CpuBackend final : public Backend {
 
   void LinearHeads(const HeadsLinearParams& p) override {
     if (p.m == 0 || p.n_heads == 0) return;
-    auto one = [&p, this](int64_t h) {
+    if (p.m <= cpu::kGemvMaxM) {
+      k_.gemv_heads(p);  // decode: every head in one parallel pass
+      return;
+    }
+    for (int64_t h = 0; h < p.n_heads; ++h) {
       const WeightView wh = p.w.Rows(h * p.head_row_stride + p.row_offset, p.rows_per_head);
       const float* xh = p.x + h * p.x_head_stride;
       float* yh = p.y + h * p.y_head_stride;
-      if (p.m <= cpu::kGemvMaxM) {
-        if (p.transposed) {
-          cpu::GemvCols(xh, p.m, p.ldx, wh, yh, p.ldy);
-        } else {
-          cpu::GemvRows(xh, p.m, p.ldx, wh, yh, p.ldy);
-        }
-      } else if (p.transposed) {
+      if (p.transposed) {
         LinearT(xh, p.m, p.ldx, wh, yh, p.ldy);
       } else {
         Linear(xh, p.m, p.ldx, wh, yh, p.ldy);
       }
-    };
-    // Decode-sized products are small per head (128 x 512 for V2/V3): one
-    // parallel pass over the heads instead of a single-threaded product each.
-    // Each head is computed by the same code either way, so results do not
-    // depend on the thread count.
-    const int64_t work = p.n_heads * p.rows_per_head * p.w.cols * p.m;
-    if (p.m <= cpu::kGemvMaxM && work >= kParallelMinWork) {
-#pragma omp parallel for schedule(static)
-      for (int64_t h = 0; h < p.n_heads; ++h) one(h);
-    } else {
-      for (int64_t h = 0; h < p.n_heads; ++h) one(h);
     }
   }
 
@@ -158,29 +142,15 @@ class CpuBackend final : public Backend {
   // ---- Element-wise ----
   void RmsNorm(const float* x, int64_t m, int64_t d, int64_t ldx, const VectorView& gamma, float eps, float* y,
                int64_t ldy) override {
-    float* g = Scratch(gamma_, d);
-    ConvertToF32(gamma.dtype, gamma.data, g, d);
-#pragma omp parallel for schedule(static) if (m * d >= kParallelMinWork)
-    for (int64_t i = 0; i < m; ++i) NormRow(x + i * ldx, d, g, eps, y + i * ldy);
+    k_.rms_norm(x, m, d, ldx, Gamma(gamma, d), eps, y, ldy);
   }
 
   void AddRmsNorm(float* x, const float* h, int64_t m, int64_t d, const VectorView& gamma, float eps,
                   float* xn) override {
-    float* g = Scratch(gamma_, d);
-    ConvertToF32(gamma.dtype, gamma.data, g, d);
-#pragma omp parallel for schedule(static) if (m * d >= kParallelMinWork)
-    for (int64_t i = 0; i < m; ++i) {
-      float* xi = x + i * d;
-      const float* hi = h + i * d;
-      for (int64_t c = 0; c < d; ++c) xi[c] += hi[c];
-      NormRow(xi, d, g, eps, xn + i * d);
-    }
+    k_.add_rms_norm(x, h, m, d, Gamma(gamma, d), eps, xn);
   }
 
-  void Add(float* y, const float* x, int64_t n) override {
-#pragma omp parallel for schedule(static) if (n >= 4 * kParallelMinWork)
-    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-  }
+  void Add(float* y, const float* x, int64_t n) override { k_.add(y, x, n); }
 
   void Embedding(const WeightView& table, const int32_t* ids, int64_t m, float* y) override {
     for (int64_t i = 0; i < m; ++i) {
@@ -188,38 +158,18 @@ class CpuBackend final : public Backend {
         Fail(absl::OutOfRangeError(absl::StrCat("Embedding: token id ", ids[i], " outside [0, ", table.rows, ")")));
         return;
       }
-      cpu::WidenRowsF32(table, ids[i], 1, y + i * table.cols);
+      k_.widen_rows_f32(table, ids[i], 1, y + i * table.cols);
     }
   }
 
   void Rope(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride, int64_t head_stride, int64_t dim,
             const int32_t* positions, const float* cos_table, const float* sin_table, RopeLayout layout) override {
-    const int64_t half = dim / 2;
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      const float* cs = cos_table + static_cast<int64_t>(positions[t]) * half;
-      const float* sn = sin_table + static_cast<int64_t>(positions[t]) * half;
-      for (int64_t h = 0; h < n_heads; ++h) {
-        float* v = x + t * token_stride + h * head_stride;
-        for (int64_t i = 0; i < half; ++i) {
-          float* a = layout == RopeLayout::kInterleaved ? v + 2 * i : v + i;
-          float* b = layout == RopeLayout::kInterleaved ? v + 2 * i + 1 : v + i + half;
-          const float x0 = *a, x1 = *b;
-          *a = x0 * cs[i] - x1 * sn[i];
-          *b = x1 * cs[i] + x0 * sn[i];
-        }
-      }
-    }
+    k_.rope(x, n_tokens, n_heads, token_stride, head_stride, dim, positions, cos_table, sin_table, layout);
   }
 
   void SiluMul(const float* gate, const float* up, int64_t m, int64_t n, int64_t ld_in, float* out,
                int64_t ld_out) override {
-#pragma omp parallel for schedule(static) if (m * n > 65536)
-    for (int64_t i = 0; i < m; ++i) {
-      for (int64_t j = 0; j < n; ++j) {
-        const float g = gate[i * ld_in + j];
-        out[i * ld_out + j] = g / (1.0f + std::exp(-g)) * up[i * ld_in + j];
-      }
-    }
+    k_.silu_mul(gate, up, m, n, ld_in, out, ld_out);
   }
 
   // ---- Data movement ----
@@ -252,16 +202,7 @@ class CpuBackend final : public Backend {
 
   void WeightedSumRows(float* out, const float* rows, const float* weights, int64_t n, int64_t k,
                        int64_t cols) override {
-#pragma omp parallel for schedule(static) if (n * k * cols >= kParallelMinWork)
-    for (int64_t t = 0; t < n; ++t) {
-      float* dst = out + t * cols;
-      for (int64_t c = 0; c < cols; ++c) dst[c] = 0.0f;
-      for (int64_t i = 0; i < k; ++i) {
-        const float wt = weights[t * k + i];
-        const float* src = rows + (t * k + i) * cols;
-        for (int64_t c = 0; c < cols; ++c) dst[c] += wt * src[c];
-      }
-    }
+    k_.weighted_sum_rows(out, rows, weights, n, k, cols);
   }
 
   // ---- KV cache ----
@@ -271,12 +212,7 @@ class CpuBackend final : public Backend {
       float* base = static_cast<float*>(kv.data);
       for (int64_t i = 0; i < n; ++i) std::memcpy(base + slots[i] * W, src + i * ld_src, W * sizeof(float));
     } else if (kv.dtype == DType::kBF16) {
-      uint16_t* base = static_cast<uint16_t*>(kv.data);
-      for (int64_t i = 0; i < n; ++i) {
-        uint16_t* row = base + static_cast<int64_t>(slots[i]) * W;
-        const float* s = src + i * ld_src;
-        for (int64_t c = 0; c < W; ++c) row[c] = F32ToBf16(s[c]);
-      }
+      k_.kv_write_bf16(static_cast<uint16_t*>(kv.data), W, slots, n, src, ld_src);
     } else {
       Fail(absl::InvalidArgumentError(absl::StrCat("KvWrite: unsupported cache dtype ", DTypeName(kv.dtype))));
     }
@@ -288,10 +224,7 @@ class CpuBackend final : public Backend {
       const float* base = static_cast<const float*>(kv.data);
       for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * ld_dst, base + slots[i] * W, W * sizeof(float));
     } else if (kv.dtype == DType::kBF16) {
-      const uint16_t* base = static_cast<const uint16_t*>(kv.data);
-      for (int64_t i = 0; i < n; ++i) {
-        ConvertToF32(DType::kBF16, base + static_cast<int64_t>(slots[i]) * W, dst + i * ld_dst, W);
-      }
+      k_.kv_gather_bf16(static_cast<const uint16_t*>(kv.data), W, slots, n, dst, ld_dst);
     } else {
       Fail(absl::InvalidArgumentError(absl::StrCat("KvGather: unsupported cache dtype ", DTypeName(kv.dtype))));
     }
@@ -304,13 +237,13 @@ class CpuBackend final : public Backend {
                                                    ", kv heads ", p.n_kv_heads, ", block size ", p.block_size, ")")));
       return;
     }
-    if (p.kv_dtype == DType::kF32) {
-      AttentionImpl<float>(p);
-    } else if (p.kv_dtype == DType::kBF16) {
-      AttentionImpl<uint16_t>(p);
-    } else {
+    if (p.kv_dtype != DType::kF32 && p.kv_dtype != DType::kBF16) {
       Fail(absl::InvalidArgumentError(absl::StrCat("Attention: unsupported KV dtype ", DTypeName(p.kv_dtype))));
+      return;
     }
+    const int64_t max_kv = std::max(max_kv_, p.max_kv);
+    float* scratch = Scratch(attn_scratch_, k_.attention_scratch(p, max_kv, omp_get_max_threads()));
+    k_.attention(p, max_kv, scratch);
   }
 
   // ---- MoE routing ----
@@ -343,19 +276,18 @@ class CpuBackend final : public Backend {
     if (error_.ok()) error_ = std::move(s);
   }
 
-  static void NormRow(const float* xi, int64_t d, const float* g, float eps, float* yi) {
-    float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-    for (int64_t c = 0; c < d; ++c) ss += xi[c] * xi[c];
-    const float r = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
-    for (int64_t c = 0; c < d; ++c) yi[c] = g[c] * (xi[c] * r);
+  // The norm weights widened to f32 (gamma may be stored in bf16).
+  const float* Gamma(const VectorView& gamma, int64_t d) {
+    float* g = Scratch(gamma_, d);
+    ConvertToF32(gamma.dtype, gamma.data, g, d);
+    return g;
   }
 
   void LinearIn(MathMode mode, const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
     if (m == 0 || w.rows == 0) return;
     const int64_t K = w.cols;
     if (m <= cpu::kGemvMaxM) {
-      cpu::GemvRows(x, m, ldx, w, y, ldy);
+      k_.gemv_rows(x, m, ldx, w, y, ldy);
       return;
     }
     if (w.dtype == DType::kF32) {
@@ -366,8 +298,7 @@ class CpuBackend final : public Backend {
       // oneDNN 2.6 has no bf16 matmul with a strided f32 destination, so each
       // product lands in a dense scratch block and is copied out.
       uint16_t* xb = Scratch(xbf16_, m * K);
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t c = 0; c < K; ++c) xb[i * K + c] = F32ToBf16(x[i * ldx + c]);
+      k_.f32_to_bf16_rows(x, m, K, ldx, xb);
       const int64_t tile_rows = w.dtype == DType::kBF16 ? w.rows : kTileRows;
       float* yd = Scratch(ydense_, m * std::min(tile_rows, w.rows));
       uint16_t* tile = w.dtype == DType::kBF16 ? nullptr : Scratch(tile_bf16_, kTileRows * K);
@@ -375,7 +306,7 @@ class CpuBackend final : public Backend {
         const int64_t nt = std::min(tile_rows, w.rows - n0);
         const uint16_t* wt = reinterpret_cast<const uint16_t*>(w.RowPtr(n0));
         if (tile != nullptr) {
-          cpu::WidenRowsBf16(w, n0, nt, tile);
+          k_.widen_rows_bf16(w, n0, nt, tile);
           wt = tile;
         }
         mm_.Bf16(xb, m, K, K, wt, nt, K, true, yd, nt);
@@ -386,86 +317,38 @@ class CpuBackend final : public Backend {
     float* tile = Scratch(tile_f32_, kTileRows * K);
     for (int64_t n0 = 0; n0 < w.rows; n0 += kTileRows) {
       const int64_t nt = std::min(kTileRows, w.rows - n0);
-      cpu::WidenRowsF32(w, n0, nt, tile);
+      k_.widen_rows_f32(w, n0, nt, tile);
       mm_.F32(x, m, K, ldx, tile, nt, K, true, y + n0, ldy);
     }
   }
 
-  template <typename KvT>
-  void AttentionImpl(const AttentionParams& p) {
-    // One job per (query token, head) over every sequence of the call.
-    int64_t n_q = 0, max_kv = p.max_kv;
-    for (int64_t s = 0; s < p.n_seqs; ++s) {
-      n_q += p.seqs[s].n_q;
-      max_kv = std::max<int64_t>(max_kv, p.seqs[s].pos0 + p.seqs[s].n_q);
-    }
-    int32_t* job_seq = Scratch(job_seq_, n_q);  // query i -> its sequence
-    int32_t* job_t = Scratch(job_t_, n_q);      // query i -> its index in the sequence
-    for (int64_t s = 0, i = 0; s < p.n_seqs; ++s) {
-      for (int32_t t = 0; t < p.seqs[s].n_q; ++t, ++i) job_seq[i] = static_cast<int32_t>(s), job_t[i] = t;
-    }
-    const int64_t group = p.n_heads / p.n_kv_heads;
-    const int nthreads = omp_get_max_threads();
-    float* scores_all = Scratch(scores_, nthreads * max_kv);
-    const int64_t work = n_q * p.n_heads;
-    const KvT* kbase = static_cast<const KvT*>(p.k);
-    const KvT* vbase = static_cast<const KvT*>(p.v);
-#pragma omp parallel for schedule(dynamic, 1) if (work * max_kv * (p.head_dim_qk + p.head_dim_v) >= (1 << 18))
-    for (int64_t job = 0; job < work; ++job) {
-      const int64_t qi = job / p.n_heads, h = job % p.n_heads, kh = h / group;
-      const AttentionSeq& sq = p.seqs[job_seq[qi]];
-      const int64_t t = job_t[qi];
-      const int32_t* table = p.block_tables != nullptr ? p.block_tables + sq.kv_begin : nullptr;
-      auto kv_row = [&](int64_t j) -> int64_t {
-        if (table == nullptr) return sq.kv_begin + j;
-        return static_cast<int64_t>(table[j / p.block_size]) * p.block_size + j % p.block_size;
-      };
-      float* s = scores_all + omp_get_thread_num() * max_kv;
-      const float* q = p.q + (sq.q_begin + t) * p.q_token_stride + h * p.q_head_stride;
-      const int64_t n_keys = sq.pos0 + t + 1;  // causal
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < n_keys; ++j) {
-        const KvT* k = kbase + kv_row(j) * p.k_token_stride + kh * p.k_head_stride;
-        float d = 0.0f;
-#pragma omp simd reduction(+ : d)
-        for (int64_t c = 0; c < p.head_dim_qk; ++c) d += q[c] * KvLoad(k, c);
-        s[j] = d * p.scale;
-        mx = std::max(mx, s[j]);
-      }
-      float sum = 0.0f;
-      for (int64_t j = 0; j < n_keys; ++j) {
-        s[j] = std::exp(s[j] - mx);
-        sum += s[j];
-      }
-      const float inv = 1.0f / sum;
-      float* o = p.out + (sq.q_begin + t) * p.out_token_stride + h * p.out_head_stride;
-      for (int64_t c = 0; c < p.head_dim_v; ++c) o[c] = 0.0f;
-      for (int64_t j = 0; j < n_keys; ++j) {
-        const KvT* v = vbase + kv_row(j) * p.v_token_stride + kh * p.v_head_stride;
-        const float w = s[j] * inv;
-#pragma omp simd
-        for (int64_t c = 0; c < p.head_dim_v; ++c) o[c] += w * KvLoad(v, c);
-      }
-    }
-  }
-
   MathMode mode_;
+  const cpu::CpuKernels& k_;
+  int64_t max_kv_ = 0;
   absl::Status error_;
   cpu::OneDnnMatmul mm_;
   std::vector<uint16_t> xbf16_, tile_bf16_;
-  std::vector<float> tile_f32_, tile_t_, gamma_, scores_, ydense_, mlp_gate_, mlp_up_, route_scratch_;
-  std::vector<int32_t> job_seq_, job_t_, group_count_;
+  std::vector<float> tile_f32_, tile_t_, gamma_, attn_scratch_, ydense_, mlp_gate_, mlp_up_, route_scratch_;
+  std::vector<int32_t> group_count_;
   std::vector<char> route_taken_;
 };
 
 }  // namespace
 
 std::unique_ptr<Backend> MakeCpuBackend(MathMode mode, int threads) {
-  return std::make_unique<CpuBackend>(mode, threads);
+  return std::make_unique<CpuBackend>(mode, threads, cpu::ActiveCpuKernels().isa);
+}
+
+std::unique_ptr<Backend> MakeCpuBackend(MathMode mode, int threads, cpu::CpuIsa isa) {
+  DS_CHECK(cpu::CpuSupports(isa) && "MakeCpuBackend: this CPU cannot run the requested kernels");
+  return std::make_unique<CpuBackend>(mode, threads, isa);
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device, MathMode mode, int threads) {
-  if (device == "cpu") return MakeCpuBackend(mode, threads);
+  if (device == "cpu") {
+    ASSIGN_OR_RETURN(cpu::CpuIsa isa, cpu::SelectCpuIsa());
+    return MakeCpuBackend(mode, threads, isa);
+  }
   return absl::InvalidArgumentError(
       absl::StrCat("--device ", std::string(device), " is not available in this build (devices: cpu)"));
 }

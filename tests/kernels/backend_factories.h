@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/isa.h"
 
 namespace deepshard::testing_util {
 
@@ -17,10 +18,15 @@ struct BackendFactory {
   std::function<std::unique_ptr<Backend>(MathMode)> make;
 };
 
+// The CPU backend once per kernel level this machine runs ("cpu_avx2", ...).
 inline std::vector<BackendFactory> AllBackendFactories() {
-  return {
-      {"cpu", [](MathMode m) { return MakeCpuBackend(m); }},
-  };
+  std::vector<BackendFactory> out;
+  for (cpu::CpuIsa isa : cpu::AvailableCpuIsas()) {
+    std::string name = "cpu_" + std::string(cpu::CpuIsaName(isa));
+    for (char& c : name) c = c == '-' ? '_' : c;
+    out.push_back({name, [isa](MathMode m) { return MakeCpuBackend(m, 0, isa); }});
+  }
+  return out;
 }
 
 inline std::string BackendName(const ::testing::TestParamInfo<BackendFactory>& info) { return info.param.name; }

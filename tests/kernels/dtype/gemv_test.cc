@@ -1,8 +1,9 @@
-// Conformance tests for kernels/cpu/gemv: WidenRowsF32 / WidenRowsBf16 / GemvRows
+// Conformance tests for the CPU kernels' WidenRowsF32 / WidenRowsBf16 / GemvRows
 // for F32, BF16, F16 and FP8 e4m3 with DeepSeek-V3 block scales, against a plain
-// double-precision reference. Shapes are chosen so that edge (partial) scale
-// blocks and row sub-views that start inside a block are covered.
-#include "kernels/cpu/gemv.h"
+// double-precision reference, on every kernel level (kernels/cpu/isa.h) this
+// machine runs. Shapes are chosen so that edge (partial) scale blocks and row
+// sub-views that start inside a block are covered.
+#include "kernels/cpu/cpu_kernels.h"
 
 #include <gtest/gtest.h>
 
@@ -19,6 +20,32 @@
 
 namespace deepshard::cpu {
 namespace {
+
+// The level under test (set by each test's fixture) and its entry points.
+const CpuKernels* g_k = nullptr;
+void GemvRows(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
+  g_k->gemv_rows(x, m, ldx, w, y, ldy);
+}
+void WidenRowsF32(const WeightView& w, int64_t r0, int64_t n, float* dst) { g_k->widen_rows_f32(w, r0, n, dst); }
+void WidenRowsBf16(const WeightView& w, int64_t r0, int64_t n, uint16_t* dst) {
+  g_k->widen_rows_bf16(w, r0, n, dst);
+}
+
+class Levels : public ::testing::TestWithParam<CpuIsa> {
+ protected:
+  void SetUp() override { g_k = CpuKernelsFor(GetParam()); }
+};
+std::string LevelName(const ::testing::TestParamInfo<CpuIsa>& info) {
+  std::string n(CpuIsaName(info.param));
+  for (char& c : n) c = c == '-' ? '_' : c;
+  return n;
+}
+class WidenRowsF32Test : public Levels {};
+class WidenRowsBf16Test : public Levels {};
+class GemvRowsTest : public Levels {};
+INSTANTIATE_TEST_SUITE_P(Levels, WidenRowsF32Test, ::testing::ValuesIn(AvailableCpuIsas()), LevelName);
+INSTANTIATE_TEST_SUITE_P(Levels, WidenRowsBf16Test, ::testing::ValuesIn(AvailableCpuIsas()), LevelName);
+INSTANTIATE_TEST_SUITE_P(Levels, GemvRowsTest, ::testing::ValuesIn(AvailableCpuIsas()), LevelName);
 
 // A weight matrix in its stored dtype plus the f32 value of every element
 // (exact: every stored dtype widens exactly, and fp8 * f32 scale is exact in double).
@@ -102,7 +129,7 @@ struct Shape {
 const Shape kShapes[] = {{300, 200}, {129, 257}, {5, 7}, {128, 128}, {1, 1}, {256, 384}, {131, 16}};
 const DType kDTypes[] = {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3};
 
-TEST(WidenRowsF32Test, MatchesReferenceExactly) {
+TEST_P(WidenRowsF32Test, MatchesReferenceExactly) {
   uint32_t seed = 1;
   for (DType dt : kDTypes) {
     for (const Shape& s : kShapes) {
@@ -126,7 +153,7 @@ TEST(WidenRowsF32Test, MatchesReferenceExactly) {
   }
 }
 
-TEST(WidenRowsF32Test, RowSubViewsKeepTheirScaleBlocks) {
+TEST_P(WidenRowsF32Test, RowSubViewsKeepTheirScaleBlocks) {
   // Sub-views starting inside a scale block, spanning block edges, and nested.
   for (DType dt : kDTypes) {
     const TestWeight t = MakeWeight(dt, 300, 200, 77);
@@ -157,7 +184,7 @@ TEST(WidenRowsF32Test, RowSubViewsKeepTheirScaleBlocks) {
   }
 }
 
-TEST(WidenRowsF32Test, SmallerBlockSize) {
+TEST_P(WidenRowsF32Test, SmallerBlockSize) {
   // The block edge is a parameter of the view; 64 exercises more edge blocks.
   const TestWeight t = MakeWeight(DType::kF8E4M3, 150, 100, 5, /*block=*/64);
   const WeightView v = t.View().Rows(60, 70);
@@ -166,7 +193,7 @@ TEST(WidenRowsF32Test, SmallerBlockSize) {
   for (int64_t i = 0; i < 70 * 100; ++i) ASSERT_EQ(out[i], static_cast<float>(t.value[60 * 100 + i])) << i;
 }
 
-TEST(WidenRowsBf16Test, MatchesRoundedReference) {
+TEST_P(WidenRowsBf16Test, MatchesRoundedReference) {
   uint32_t seed = 100;
   for (DType dt : kDTypes) {
     for (const Shape& s : {Shape{300, 200}, Shape{129, 257}, Shape{5, 7}}) {
@@ -222,7 +249,7 @@ void CheckGemv(const TestWeight& t, int64_t r_begin, int64_t n_rows, int64_t m, 
   EXPECT_LE(worst, tol);
 }
 
-TEST(GemvRowsTest, AllDTypesShapesAndM) {
+TEST_P(GemvRowsTest, AllDTypesShapesAndM) {
   uint32_t seed = 1000;
   for (DType dt : kDTypes) {
     for (const Shape& s : kShapes) {
@@ -235,7 +262,7 @@ TEST(GemvRowsTest, AllDTypesShapesAndM) {
   }
 }
 
-TEST(GemvRowsTest, RowSubViews) {
+TEST_P(GemvRowsTest, RowSubViews) {
   uint32_t seed = 2000;
   for (DType dt : kDTypes) {
     const TestWeight t = MakeWeight(dt, 300, 200, seed++);
@@ -255,7 +282,7 @@ TEST(GemvRowsTest, RowSubViews) {
   }
 }
 
-TEST(GemvRowsTest, Fp8ScalesAppliedPerBlock) {
+TEST_P(GemvRowsTest, Fp8ScalesAppliedPerBlock) {
   // One non-zero scale block at a time: y must only see that block's columns.
   TestWeight t = MakeWeight(DType::kF8E4M3, 200, 300, 31);
   const int64_t sr = 2, sc = 3;
@@ -274,7 +301,7 @@ TEST(GemvRowsTest, Fp8ScalesAppliedPerBlock) {
   }
 }
 
-TEST(GemvRowsTest, ZeroRowsOrM) {
+TEST_P(GemvRowsTest, ZeroRowsOrM) {
   const TestWeight t = MakeWeight(DType::kBF16, 4, 4, 3);
   float x[4] = {1, 2, 3, 4};
   float y[4] = {7, 7, 7, 7};

@@ -1,6 +1,14 @@
 // SIMD helpers for the CPU kernels: widening loads of stored dtypes into f32
-// lanes. AVX-512 where the build machine has it, else AVX2 + FMA + F16C (the
-// AMD EPYC development machines have only AVX2).
+// lanes. Included only by the per-ISA kernel files (kernels/cpu/isa/*.cc), which
+// are compiled once per instruction-set level with DS_ISA_NS naming the level's
+// namespace: AVX-512 when the level enables it, else AVX2 + FMA + F16C, else no
+// SIMD at all (the scalar level, DS_HAVE_SIMD undefined).
+//
+// Rule for these files (checked by the isa_symbols test): everything they define
+// lives in deepshard::cpu::DS_ISA_NS, and they call no inline function or
+// template from a shared header that could be emitted out of line, because the
+// linker keeps one copy of such a function for the whole program and it would
+// carry this level's instructions into code that runs on any CPU.
 #pragma once
 
 #include <immintrin.h>
@@ -8,8 +16,39 @@
 #include <cstdint>
 
 #include "kernels/dtype.h"
+#include "kernels/tensor.h"
 
-namespace deepshard::cpu {
+#ifndef DS_ISA_NS
+#error "kernels/cpu/isa/simd.h is for the per-ISA kernel files only"
+#endif
+
+namespace deepshard::cpu::DS_ISA_NS {
+
+inline int64_t ElemSize(DType t) {
+  switch (t) {
+    case DType::kF32: return 4;
+    case DType::kBF16:
+    case DType::kF16: return 2;
+    case DType::kF8E4M3: return 1;
+    default: return 0;
+  }
+}
+inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
+inline float MaxF(float a, float b) { return a > b ? a : b; }
+inline float Bf16Bits(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+// Round-to-nearest-even, NaN kept (the same rule as F32ToBf16 in dtype.h).
+inline uint16_t ToBf16(float f) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
 
 #if defined(__AVX512F__)
 constexpr int64_t kLanes = 16;
@@ -113,4 +152,12 @@ inline void WidenAnyF32(DType t, const uint8_t* src, float* dst, int64_t n, floa
   }
 }
 
-}  // namespace deepshard::cpu
+// Row r of a weight view (WeightView::RowPtr, not called: see the rule above).
+inline const uint8_t* RowPtr(const WeightView& w, int64_t r) {
+  return static_cast<const uint8_t*>(w.data) + (w.row0 + r) * w.cols * ElemSize(w.dtype);
+}
+inline const float* ScaleRow(const WeightView& w, int64_t r) {
+  return w.scale_inv + ((w.row0 + r) / w.block) * ((w.cols + w.block - 1) / w.block);
+}
+
+}  // namespace deepshard::cpu::DS_ISA_NS

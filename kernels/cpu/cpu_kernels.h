@@ -1,0 +1,78 @@
+// The CPU backend's compute kernels, one table per instruction-set level
+// (kernels/cpu/isa.h). The table's functions are compiled in
+// kernels/cpu/isa/*.cc once per level; CpuBackend holds the table of the level
+// it was made for and calls nothing else for arithmetic, except oneDNN (which
+// dispatches on the CPU by itself).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/tensor.h"
+
+namespace deepshard::cpu {
+
+// Products of at most this many rows run as GEMV (decode); larger ones as GEMM.
+inline constexpr int64_t kGemvMaxM = 8;
+
+struct CpuKernels {
+  CpuIsa isa;
+
+  // ---- Decode products: stream the weight once in its stored dtype ----
+  // y[m, w.rows] = x[m, w.cols] · wᵀ, m <= kGemvMaxM; parallel over rows of w.
+  void (*gemv_rows)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
+  // y[m, w.cols] = x[m, w.rows] · w, m <= kGemvMaxM; parallel over column blocks.
+  void (*gemv_cols)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
+  // Every head of a per-head product (HeadsLinearParams), p.m <= kGemvMaxM, in
+  // one parallel pass over heads (MLA's absorbed decode).
+  void (*gemv_heads)(const HeadsLinearParams& p);
+
+  // ---- Weight widening for the GEMM (prefill) path ----
+  // Rows [r0, r0 + n) of w into dst[n, w.cols] as f32 (FP8 dequantised).
+  void (*widen_rows_f32)(const WeightView& w, int64_t r0, int64_t n, float* dst);
+  // Same, to bf16 bit patterns (round-to-nearest-even).
+  void (*widen_rows_bf16)(const WeightView& w, int64_t r0, int64_t n, uint16_t* dst);
+  // y[i, :k] = bf16(x[i, :k]) for i < m (activations for a bf16 GEMM; y dense).
+  void (*f32_to_bf16_rows)(const float* x, int64_t m, int64_t k, int64_t ldx, uint16_t* y);
+
+  // ---- Element-wise (semantics in kernels/backend.h) ----
+  void (*rms_norm)(const float* x, int64_t m, int64_t d, int64_t ldx, const float* gamma, float eps, float* y,
+                   int64_t ldy);
+  void (*add_rms_norm)(float* x, const float* h, int64_t m, int64_t d, const float* gamma, float eps, float* xn);
+  void (*add)(float* y, const float* x, int64_t n);
+  void (*rope)(float* x, int64_t n_tokens, int64_t n_heads, int64_t token_stride, int64_t head_stride, int64_t dim,
+               const int32_t* positions, const float* cos_table, const float* sin_table, RopeLayout layout);
+  void (*silu_mul)(const float* gate, const float* up, int64_t m, int64_t n, int64_t ld_in, float* out,
+                   int64_t ld_out);
+  void (*weighted_sum_rows)(float* out, const float* rows, const float* weights, int64_t n, int64_t k,
+                            int64_t cols);
+  // Rows to and from a bf16 KV cache.
+  void (*kv_write_bf16)(uint16_t* base, int64_t width, const int32_t* slots, int64_t n, const float* src,
+                        int64_t ld_src);
+  void (*kv_gather_bf16)(const uint16_t* base, int64_t width, const int32_t* slots, int64_t n, float* dst,
+                         int64_t ld_dst);
+
+  // ---- Attention ----
+  // Scratch floats Attention needs for `threads` threads and keys up to max_kv.
+  int64_t (*attention_scratch)(const AttentionParams& p, int64_t max_kv, int threads);
+  // p validated by the caller (heads divisible, dtype f32 or bf16); `scratch`
+  // holds attention_scratch(p, max_kv, omp_get_max_threads()) floats.
+  void (*attention)(const AttentionParams& p, int64_t max_kv, float* scratch);
+
+  // ---- Measuring ----
+  // Sums `bytes` (a multiple of 64 KiB) of f32 at p with every thread, each
+  // thread reading its share as `streams` interleaved sub-ranges (1..8) with
+  // software prefetch `prefetch` bytes ahead (0: none): the decode bandwidth
+  // ceiling is the best of these (tests/bench/forward_bench.cc).
+  float (*read_sum)(const void* p, int64_t bytes, int streams, int prefetch);
+};
+
+// The table of `isa`, or null when this build does not carry that level.
+const CpuKernels* CpuKernelsFor(CpuIsa isa);
+// The table of SelectCpuIsa() (the best level unless DEEPSHARD_CPU_KERNELS
+// says otherwise; an invalid setting falls back to the best level here, and
+// MakeBackend reports it).
+const CpuKernels& ActiveCpuKernels();
+
+}  // namespace deepshard::cpu

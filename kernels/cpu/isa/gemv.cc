@@ -1,0 +1,335 @@
+// Decode products against weights in their stored dtype, compiled once per ISA
+// level (see kernels/cpu/isa/simd.h for the rules of these files).
+//
+// Why hand-written: with M = 1..8 rows a GEMM is a stream over the weights, and
+// the cost is the bytes read. oneDNN 2.6 reorders a transposed ("ba") weight
+// into its blocked layout on every call, which reads the weights twice; and it
+// has no FP8 at all. These kernels read each weight row once, widen it to f32
+// in registers (bf16, f16, fp8 e4m3 with block scales) and accumulate in f32
+// for all M rows at once, so decode runs at memory bandwidth and matches a
+// float32 reference up to summation order.
+#include <omp.h>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/isa/kernels.h"
+#include "kernels/cpu/isa/simd.h"
+
+namespace deepshard::cpu::DS_ISA_NS {
+namespace {
+
+// Products smaller than this many multiply-adds run on one thread: a parallel
+// region costs microseconds, and far more when the machine is oversubscribed
+// and a sleeping team member must be woken.
+constexpr int64_t kParallelMinWork = 1 << 18;
+
+inline float LoadOne(DType t, const uint8_t* p) {
+  float f;
+  ConvertToF32(t, p, &f, 1);
+  return f;
+}
+
+// Dot products of one weight row segment [c0, c1) with M activation rows.
+template <DType T, int M>
+inline void DotSegment(const uint8_t* wrow, const float* x, int64_t ldx, int64_t c0, int64_t c1, float* out) {
+  constexpr int64_t es = T == DType::kF32 ? 4 : (T == DType::kF8E4M3 ? 1 : 2);
+  int64_t c = c0;
+#if defined(DS_HAVE_SIMD)
+  // U independent accumulators per row hide the FMA latency: with one, a
+  // single row streams at most one vector per FMA latency.
+  constexpr int U = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
+  VecF acc[M][U];
+  for (int i = 0; i < M; ++i)
+    for (int u = 0; u < U; ++u) acc[i][u] = VZero();
+  for (; c + U * kLanes <= c1; c += U * kLanes) {
+    for (int u = 0; u < U; ++u) {
+      VecF w = VLoad<T>(wrow + (c + u * kLanes) * es);
+      for (int i = 0; i < M; ++i) acc[i][u] = VFma(w, VLoadF32(x + i * ldx + c + u * kLanes), acc[i][u]);
+    }
+  }
+  for (; c + kLanes <= c1; c += kLanes) {
+    VecF w = VLoad<T>(wrow + c * es);
+    for (int i = 0; i < M; ++i) acc[i][0] = VFma(w, VLoadF32(x + i * ldx + c), acc[i][0]);
+  }
+  for (int i = 0; i < M; ++i) {
+    for (int u = 1; u < U; ++u) acc[i][0] = VAdd(acc[i][0], acc[i][u]);
+    out[i] = VSum(acc[i][0]);
+  }
+#else
+  for (int i = 0; i < M; ++i) out[i] = 0.0f;
+#endif
+  for (; c < c1; ++c) {
+    const float w = LoadOne(T, wrow + c * es);
+    for (int i = 0; i < M; ++i) out[i] += w * x[i * ldx + c];
+  }
+}
+
+// Rows [r0, r1) of y for M activation rows, one weight row at a time.
+template <DType T, int M>
+void RowsGeneric(const float* x, int64_t ldx, const WeightView& w, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t K = w.cols;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wrow = RowPtr(w, r);
+    float acc[M];
+    if constexpr (T == DType::kF8E4M3) {
+      // Sum each scale block separately, then apply its scale.
+      for (int i = 0; i < M; ++i) acc[i] = 0.0f;
+      const float* srow = ScaleRow(w, r);
+      for (int64_t kb = 0; kb * w.block < K; ++kb) {
+        float part[M];
+        DotSegment<T, M>(wrow, x, ldx, kb * w.block, Min(K, (kb + 1) * w.block), part);
+        for (int i = 0; i < M; ++i) acc[i] += part[i] * srow[kb];
+      }
+    } else {
+      DotSegment<T, M>(wrow, x, ldx, 0, K, acc);
+    }
+    for (int i = 0; i < M; ++i) y[i * ldy + r] = acc[i];
+  }
+}
+
+#if defined(DS_HAVE_SIMD)
+// M = 1 (batch-1 decode), rows [r0, r1): four weight rows at a time share each
+// activation load and give the core four independent streams and eight
+// accumulator chains. FP8 sums each scale block in vector registers and folds
+// it in with one FMA per block; the horizontal sums happen once per row.
+template <DType T>
+void Rows1x4(const float* x, const WeightView& w, float* y, int64_t r0, int64_t r1) {
+  constexpr int64_t es = T == DType::kF32 ? 4 : (T == DType::kF8E4M3 ? 1 : 2);
+  const int64_t K = w.cols;
+  const bool fp8 = T == DType::kF8E4M3;
+  // FP8 scale blocks must hold whole vectors for the blocked sum.
+  const int64_t seg = fp8 ? w.block : K;
+  if (fp8 && w.block % (2 * kLanes) != 0) return RowsGeneric<T, 1>(x, 0, w, y, 0, r0, r1);
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const uint8_t* p[4] = {RowPtr(w, r), RowPtr(w, r + 1), RowPtr(w, r + 2), RowPtr(w, r + 3)};
+    VecF tot[4] = {VZero(), VZero(), VZero(), VZero()};
+    int64_t c = 0;
+    for (int64_t kb = 0; c + 2 * kLanes <= K; ++kb) {
+      VecF a[4] = {VZero(), VZero(), VZero(), VZero()}, b[4] = {VZero(), VZero(), VZero(), VZero()};
+      const int64_t end = Min(K, (kb + 1) * seg);
+      for (; c + 2 * kLanes <= end; c += 2 * kLanes) {
+        const VecF x0 = VLoadF32(x + c), x1 = VLoadF32(x + c + kLanes);
+        for (int i = 0; i < 4; ++i) {
+          a[i] = VFma(VLoad<T>(p[i] + c * es), x0, a[i]);
+          b[i] = VFma(VLoad<T>(p[i] + (c + kLanes) * es), x1, b[i]);
+        }
+      }
+      if constexpr (fp8) {
+        for (int i = 0; i < 4; ++i) tot[i] = VFma(VAdd(a[i], b[i]), VSet(ScaleRow(w, r + i)[kb]), tot[i]);
+      } else {
+        for (int i = 0; i < 4; ++i) tot[i] = VAdd(a[i], b[i]);
+      }
+      if (c < end) break;  // a partial vector pair left in this block: scalar tail below
+    }
+    for (int i = 0; i < 4; ++i) {
+      float s = VSum(tot[i]);
+      for (int64_t t = c; t < K; ++t) s += LoadOne(T, p[i] + t * es) * x[t] * (fp8 ? ScaleRow(w, r + i)[t / w.block] : 1.0f);
+      y[r + i] = s;
+    }
+  }
+  if (r < r1) RowsGeneric<T, 1>(x, 0, w, y, 0, r, r1);
+}
+#endif
+
+template <DType T>
+void RowsRange(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, int64_t r0,
+               int64_t r1) {
+  switch (m) {
+    case 1:
+#if defined(DS_HAVE_SIMD)
+      return Rows1x4<T>(x, w, y, r0, r1);
+#else
+      return RowsGeneric<T, 1>(x, ldx, w, y, ldy, r0, r1);
+#endif
+    case 2: return RowsGeneric<T, 2>(x, ldx, w, y, ldy, r0, r1);
+    case 3: return RowsGeneric<T, 3>(x, ldx, w, y, ldy, r0, r1);
+    case 4: return RowsGeneric<T, 4>(x, ldx, w, y, ldy, r0, r1);
+    case 5: return RowsGeneric<T, 5>(x, ldx, w, y, ldy, r0, r1);
+    case 6: return RowsGeneric<T, 6>(x, ldx, w, y, ldy, r0, r1);
+    case 7: return RowsGeneric<T, 7>(x, ldx, w, y, ldy, r0, r1);
+    default: return RowsGeneric<T, 8>(x, ldx, w, y, ldy, r0, r1);
+  }
+}
+
+}  // namespace
+
+// Serial y rows [r0, r1) in the weight's dtype.
+void GemvRowsSerial(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, int64_t r0,
+                    int64_t r1) {
+  switch (w.dtype) {
+    case DType::kF32: return RowsRange<DType::kF32>(x, m, ldx, w, y, ldy, r0, r1);
+    case DType::kBF16: return RowsRange<DType::kBF16>(x, m, ldx, w, y, ldy, r0, r1);
+    case DType::kF16: return RowsRange<DType::kF16>(x, m, ldx, w, y, ldy, r0, r1);
+    case DType::kF8E4M3: return RowsRange<DType::kF8E4M3>(x, m, ldx, w, y, ldy, r0, r1);
+    default: return;  // the backend refuses other dtypes before calling
+  }
+}
+
+// y[m, c0:c1] = x[m, K] · w[K, c0:c1] on one thread, reading each weight row
+// segment once, contiguously (the W_UK absorption: K = 128, N = 512 per head).
+void GemvColsSerial(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, int64_t c0,
+                    int64_t c1) {
+  constexpr int64_t kBlock = 512;
+  const int64_t K = w.rows, es = ElemSize(w.dtype);
+  alignas(64) float acc[kGemvMaxM][kBlock];
+  alignas(64) float wrow[kBlock];
+  for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
+    const int64_t n = Min(kBlock, c1 - b0);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < n; ++c) acc[i][c] = 0.0f;
+    for (int64_t r = 0; r < K; ++r) {
+      const uint8_t* src = RowPtr(w, r) + b0 * es;
+      if (w.dtype == DType::kF8E4M3) {
+        const float* srow = ScaleRow(w, r);
+        for (int64_t c = b0; c < b0 + n;) {  // one scale per block segment
+          const int64_t seg_end = Min(b0 + n, (c / w.block + 1) * w.block);
+          WidenAnyF32(w.dtype, src + (c - b0), wrow + (c - b0), seg_end - c, srow[c / w.block]);
+          c = seg_end;
+        }
+      } else if (w.dtype == DType::kF32) {
+        for (int64_t c = 0; c < n; ++c) wrow[c] = reinterpret_cast<const float*>(src)[c];
+      } else {
+        WidenAnyF32(w.dtype, src, wrow, n, 1.0f);
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        const float xv = x[i * ldx + r];
+        float* a = acc[i];
+        int64_t c = 0;
+#if defined(DS_HAVE_SIMD)
+        const VecF xb = VSet(xv);
+        for (; c + kLanes <= n; c += kLanes) VStoreF32(a + c, VFma(VLoadF32(wrow + c), xb, VLoadF32(a + c)));
+#endif
+        for (; c < n; ++c) a[c] += xv * wrow[c];
+      }
+    }
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t c = 0; c < n; ++c) y[i * ldy + b0 + c] = acc[i][c];
+  }
+}
+
+void GemvRows(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
+  if (m == 0 || w.rows == 0) return;
+  if (w.rows * w.cols * m < kParallelMinWork || omp_get_max_threads() == 1) {
+    return GemvRowsSerial(x, m, ldx, w, y, ldy, 0, w.rows);
+  }
+  // One contiguous slab of rows per thread (multiples of 4: the M = 1 kernel's
+  // row group), so each core streams its own region of the weight.
+#pragma omp parallel
+  {
+    int64_t r0, r1;
+    Part(w.rows, omp_get_thread_num(), omp_get_num_threads(), 4, &r0, &r1);
+    if (r0 < r1) GemvRowsSerial(x, m, ldx, w, y, ldy, r0, r1);
+  }
+}
+
+void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
+  if (m == 0 || w.cols == 0) return;
+  if (w.rows * w.cols * m < kParallelMinWork || omp_get_max_threads() == 1) {
+    return GemvColsSerial(x, m, ldx, w, y, ldy, 0, w.cols);
+  }
+#pragma omp parallel
+  {
+    int64_t c0, c1;
+    Part(w.cols, omp_get_thread_num(), omp_get_num_threads(), 64, &c0, &c1);
+    if (c0 < c1) GemvColsSerial(x, m, ldx, w, y, ldy, c0, c1);
+  }
+}
+
+void GemvHeads(const HeadsLinearParams& p) {
+  if (p.m == 0 || p.n_heads == 0) return;
+  auto one = [&p](int64_t h) {
+    WeightView wh = p.w;  // p.w.Rows(...) without calling the inline member
+    wh.row0 = p.w.row0 + h * p.head_row_stride + p.row_offset;
+    wh.rows = p.rows_per_head;
+    const float* xh = p.x + h * p.x_head_stride;
+    float* yh = p.y + h * p.y_head_stride;
+    if (p.transposed) {
+      GemvColsSerial(xh, p.m, p.ldx, wh, yh, p.ldy, 0, wh.cols);
+    } else {
+      GemvRowsSerial(xh, p.m, p.ldx, wh, yh, p.ldy, 0, wh.rows);
+    }
+  };
+  // Each head is computed by the same serial code whatever the thread count,
+  // so results do not depend on it.
+  const int64_t work = p.n_heads * p.rows_per_head * p.w.cols * p.m;
+#pragma omp parallel for schedule(static) if (work >= kParallelMinWork)
+  for (int64_t h = 0; h < p.n_heads; ++h) one(h);
+}
+
+void WidenRowsF32(const WeightView& w, int64_t r0, int64_t n, float* dst) {
+  const int64_t K = w.cols, es = ElemSize(w.dtype);
+#pragma omp parallel for schedule(static) if (n * K >= kParallelMinWork)
+  for (int64_t r = r0; r < r0 + n; ++r) {
+    float* out = dst + (r - r0) * K;
+    const uint8_t* src = RowPtr(w, r);
+    if (w.dtype == DType::kF8E4M3) {
+      const float* srow = ScaleRow(w, r);
+      for (int64_t c0 = 0; c0 < K; c0 += w.block) {
+        WidenAnyF32(w.dtype, src + c0 * es, out + c0, Min(w.block, K - c0), srow[c0 / w.block]);
+      }
+    } else {
+      WidenAnyF32(w.dtype, src, out, K, 1.0f);
+    }
+  }
+}
+
+void WidenRowsBf16(const WeightView& w, int64_t r0, int64_t n, uint16_t* dst) {
+  const int64_t K = w.cols, es = ElemSize(w.dtype);
+  if (w.dtype == DType::kBF16) {
+    for (int64_t r = r0; r < r0 + n; ++r) __builtin_memcpy(dst + (r - r0) * K, RowPtr(w, r), K * 2);
+    return;
+  }
+#pragma omp parallel for schedule(static) if (n * K >= kParallelMinWork)
+  for (int64_t r = r0; r < r0 + n; ++r) {
+    const uint8_t* src = RowPtr(w, r);
+    const float* srow = w.dtype == DType::kF8E4M3 ? ScaleRow(w, r) : nullptr;
+    uint16_t* out = dst + (r - r0) * K;
+    constexpr int64_t kChunk = 128;
+    alignas(64) float row[kChunk];
+    for (int64_t c0 = 0; c0 < K; c0 += kChunk) {
+      const int64_t len = Min(kChunk, K - c0);
+      WidenAnyF32(w.dtype, src + c0 * es, row, len, 1.0f);
+      for (int64_t c = 0; c < len; ++c) out[c0 + c] = ToBf16(srow ? row[c] * srow[(c0 + c) / w.block] : row[c]);
+    }
+  }
+}
+
+void F32ToBf16Rows(const float* x, int64_t m, int64_t k, int64_t ldx, uint16_t* y) {
+#pragma omp parallel for schedule(static) if (m * k >= kParallelMinWork)
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < k; ++c) y[i * k + c] = ToBf16(x[i * ldx + c]);
+}
+
+float ReadSum(const void* p, int64_t bytes, int streams, int prefetch) {
+  const char* base = static_cast<const char*>(p);
+  streams = static_cast<int>(Max(1, Min(8, streams)));
+  float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+  {
+    int64_t b0, b1;
+    Part(bytes, omp_get_thread_num(), omp_get_num_threads(), 64 << 10, &b0, &b1);
+    const int64_t per = (b1 - b0) / streams / 256 * 256;
+#if defined(DS_HAVE_SIMD)
+    VecF acc[8] = {VZero(), VZero(), VZero(), VZero(), VZero(), VZero(), VZero(), VZero()};
+    for (int64_t off = 0; off < per; off += 4 * kLanes * 4) {
+      for (int s = 0; s < streams; ++s) {
+        const float* q = reinterpret_cast<const float*>(base + b0 + s * per + off);
+        if (prefetch > 0) _mm_prefetch(reinterpret_cast<const char*>(q) + prefetch, _MM_HINT_T0);
+        const VecF v = VAdd(VAdd(VLoadF32(q), VLoadF32(q + kLanes)), VAdd(VLoadF32(q + 2 * kLanes), VLoadF32(q + 3 * kLanes)));
+        acc[s] = VAdd(acc[s], v);
+      }
+    }
+    for (int s = 0; s < streams; ++s) total += VSum(acc[s]);
+#else
+    for (int s = 0; s < streams; ++s) {
+      const float* q = reinterpret_cast<const float*>(base + b0 + s * per);
+      float a = 0.0f;
+      for (int64_t i = 0; i < per / 4; ++i) a += q[i];
+      total += a;
+    }
+#endif
+  }
+  return total;
+}
+
+}  // namespace deepshard::cpu::DS_ISA_NS
