@@ -2,18 +2,18 @@
 // the machine's own limits measured in the same run.
 //
 //   decode  (batch 1): tokens/s, and bytes of weights touched per token ÷ time
-//                      against a STREAM-style read of a buffer larger than L3.
+//                      against the read ceiling (ReadCeilingGBs).
 //   prefill (512 tokens): tokens/s, and FLOP/s against oneDNN's GEMM on the
-//                      same shapes (bf16 where the CPU has a bf16 matmul, else f32).
+//                      same shapes in the same precision (f32 exact, bf16 fast).
 // Output follows nccl-tests: '#' headers, fixed columns, #wrong, OK/FAILED.
 //
-//   deepshard_bench_forward [--model DIR] [--decode-steps N] [--prompt N] [--threads N] [--math exact|fast]
-// Without --model it writes bench-v2-lite (V2-Lite widths, 2 layers, bf16) to a temp dir.
+//   deepshard_bench_forward --help   (flags and what each column means)
 #include <omp.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -189,26 +189,84 @@ LoadCosts MeasureLoadCosts(const std::string& dir) {
 
 }  // namespace
 
+constexpr char kUsage[] =
+    "usage: deepshard_bench_forward [flags]\n"
+    "\n"
+    "Decode (batch 1) and prefill speed of the forward pass, with the machine's limits measured in\n"
+    "the same run: decode against the best read rate of memory (the bandwidth ceiling), prefill\n"
+    "against oneDNN's GEMM on the same shapes in the same precision (f32 for --math exact, bf16 for\n"
+    "--math fast where the CPU has a bf16 matmul). Prints '#' headers, one row per phase, OK/FAILED.\n"
+    "\n"
+    "  --model DIR         a model directory (default: bench-v2-lite written to the temp dir:\n"
+    "                      DeepSeek-V2-Lite widths, --layers layers, bf16, random weights)\n"
+    "  --layers N          layers of the default model (default 2)\n"
+    "  --prompt N          prefill length in tokens (default 512)\n"
+    "  --decode-steps N    batch-1 decode steps after the prompt; the median is reported (default 32)\n"
+    "  --threads N         OpenMP threads (default: OpenMP's default)\n"
+    "  --math exact|fast   how GEMMs treat bf16/fp8 weights (default fast)\n"
+    "  --help              this text\n"
+    "\n"
+    "The CPU kernel level is chosen at run time; DEEPSHARD_CPU_KERNELS=avx2 (etc.) forces one.\n";
+
+// A positive integer flag value, or an error naming the flag.
+bool ParsePositive(const std::string& flag, const std::string& v, int64_t* out) {
+  char* end = nullptr;
+  errno = 0;
+  const long long x = std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || errno != 0 || x <= 0) {
+    std::fprintf(stderr, "deepshard_bench_forward: %s wants a positive integer, got '%s'\n", flag.c_str(), v.c_str());
+    return false;
+  }
+  *out = x;
+  return true;
+}
+
 int main(int argc, char** argv) {
   std::string model_dir, math = "fast";
-  int64_t decode_steps = 32, prompt_len = 512, threads = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string f = argv[i], v = argv[i + 1];
-    if (f == "--model") model_dir = v;
-    else if (f == "--decode-steps") decode_steps = std::stoll(v);
-    else if (f == "--prompt") prompt_len = std::stoll(v);
-    else if (f == "--threads") threads = std::stoll(v);
-    else if (f == "--math") math = v;
-    else { std::fprintf(stderr, "unknown flag %s\n", f.c_str()); return 2; }
+  int64_t decode_steps = 32, prompt_len = 512, threads = 0, layers = 2;
+  for (int i = 1; i < argc; ++i) {
+    const std::string f = argv[i];
+    if (f == "--help" || f == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "deepshard_bench_forward: %s needs a value (see --help)\n", f.c_str());
+      return 2;
+    }
+    const std::string v = argv[++i];
+    bool ok = true;
+    if (f == "--model") {
+      model_dir = v;
+    } else if (f == "--decode-steps") {
+      ok = ParsePositive(f, v, &decode_steps);
+    } else if (f == "--prompt") {
+      ok = ParsePositive(f, v, &prompt_len);
+    } else if (f == "--threads") {
+      ok = ParsePositive(f, v, &threads);
+    } else if (f == "--layers") {
+      ok = ParsePositive(f, v, &layers);
+    } else if (f == "--math") {
+      math = v;
+      if (math != "exact" && math != "fast") {
+        std::fprintf(stderr, "deepshard_bench_forward: --math wants exact or fast, got '%s'\n", v.c_str());
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr, "deepshard_bench_forward: unknown flag %s (see --help)\n", f.c_str());
+      return 2;
+    }
+    if (!ok) return 2;
   }
   if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
   if (model_dir.empty()) {
-    model_dir = (std::filesystem::temp_directory_path() / "deepshard_bench_v2_lite_2l_bf16").string();
+    model_dir = (std::filesystem::temp_directory_path() /
+                 ("deepshard_bench_v2_lite_" + std::to_string(layers) + "l_bf16")).string();
     if (!std::filesystem::exists(model_dir + "/config.json")) {
       ds::RandomModelOptions o;
       o.preset = "bench-v2-lite";
       o.dtype = ds::DType::kBF16;
-      o.num_layers = 2;
+      o.num_layers = static_cast<int>(layers);
       std::printf("# writing %s ...\n", model_dir.c_str());
       if (auto s = ds::WriteRandomModel(o, model_dir); !s.ok()) {
         std::fprintf(stderr, "%s\n", std::string(s.message()).c_str());
@@ -231,15 +289,19 @@ int main(int argc, char** argv) {
   const auto& c = m.config();
   const int64_t V = c.vocab_size;
 
-  // bf16 GEMM where oneDNN has one for this CPU; otherwise f32 (what we run too).
-  bool bf16 = true;
+  // Like with like: exact prefill multiplies in f32, so its reference is f32
+  // GEMM; fast prefill is compared with bf16 GEMM where oneDNN has one for
+  // this CPU (otherwise fast runs f32 products too).
+  bool bf16 = math == "fast";
   double gemm_peak = 0;
-  try {
-    gemm_peak = GemmGflops(prompt_len, 2048, 2048, dnnl::memory::data_type::bf16);
-  } catch (const dnnl::error&) {
-    bf16 = false;
-    gemm_peak = GemmGflops(prompt_len, 2048, 2048, dnnl::memory::data_type::f32);
+  if (bf16) {
+    try {
+      gemm_peak = GemmGflops(prompt_len, 2048, 2048, dnnl::memory::data_type::bf16);
+    } catch (const dnnl::error&) {
+      bf16 = false;
+    }
   }
+  if (!bf16) gemm_peak = GemmGflops(prompt_len, 2048, 2048, dnnl::memory::data_type::f32);
   const double gemm_moe = GemmGflops(std::max<int64_t>(1, prompt_len * c.num_experts_per_tok / std::max<int64_t>(1, c.n_routed_experts)),
                                      c.moe_intermediate_size, c.hidden_size,
                                      bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32);
@@ -250,7 +312,7 @@ int main(int argc, char** argv) {
   std::printf("# model %s: %s, hidden %ld, %ld layers, %ld experts (top-%ld), weights %.2f GB\n", model_dir.c_str(),
               c.model_type.c_str(), c.hidden_size, c.num_hidden_layers, c.n_routed_experts, c.num_experts_per_tok,
               m.weight_bytes() / 1e9);
-  std::printf("# threads %d, math %s, oneDNN GEMM dtype %s\n", omp_get_max_threads(), math.c_str(), bf16 ? "bf16" : "f32 (no bf16 matmul on this CPU)");
+  std::printf("# threads %d, math %s, oneDNN GEMM dtype %s\n", omp_get_max_threads(), math.c_str(), bf16 ? "bf16" : (math == "fast" ? "f32 (no bf16 matmul on this CPU)" : "f32 (as exact math)"));
   std::printf("# backend: %s\n", m.backend().Describe().c_str());
   std::printf("# read ceiling: %.1f GB/s (%s)\n", stream, read_how.c_str());
   std::printf("# oneDNN GEMM [%ld x 2048 x 2048]: %.1f GFLOP/s, expert-sized [%ld]: %.1f GFLOP/s\n",
