@@ -287,6 +287,7 @@ class CpuBackend final : public Backend {
     if (m == 0 || w.rows == 0) return;
     const int64_t K = w.cols;
     if (m <= cpu::kGemvMaxM) {
+      if (mode == MathMode::kFast && k_.gemv_rows_fast(x, m, ldx, w, y, ldy, Scratch(xbf16_, K))) return;
       k_.gemv_rows(x, m, ldx, w, y, ldy);
       return;
     }

@@ -22,6 +22,12 @@ struct CpuKernels {
   // ---- Decode products: stream the weight once in its stored dtype ----
   // y[m, w.rows] = x[m, w.cols] · wᵀ, m <= kGemvMaxM; parallel over rows of w.
   void (*gemv_rows)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
+  // --math fast: gemv_rows with the activations rounded to bf16 and bf16 dot
+  // products, where this level has them (AVX512_BF16) for this product (M = 1,
+  // bf16 weights); returns false, computing nothing, otherwise. `xb` is
+  // scratch for w.cols bf16 values.
+  bool (*gemv_rows_fast)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
+                         uint16_t* xb);
   // y[m, w.cols] = x[m, w.rows] · w, m <= kGemvMaxM; parallel over column blocks.
   void (*gemv_cols)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
   // Every head of a per-head product (HeadsLinearParams), p.m <= kGemvMaxM, in

@@ -87,41 +87,61 @@ void RowsGeneric(const float* x, int64_t ldx, const WeightView& w, float* y, int
 }
 
 #if defined(DS_HAVE_SIMD)
-// M = 1 (batch-1 decode), rows [r0, r1): four weight rows at a time share each
-// activation load and give the core four independent streams and eight
-// accumulator chains. FP8 sums each scale block in vector registers and folds
-// it in with one FMA per block; the horizontal sums happen once per row.
+// M = 1 (batch-1 decode), rows [r0, r1): kRowGroup weight rows at a time share
+// each activation load and keep that many streams in flight per core, each
+// prefetched kPrefetch bytes ahead (measured on a 2-core Sapphire Rapids:
+// 8 rows + 512 B reads ~12% faster than 4 rows without prefetch; one core
+// cannot saturate memory alone, so the number of reads in flight is what
+// counts). FP8 sums each scale block in vector registers and folds it in with
+// one FMA per block; the horizontal sums happen once per row.
+#if defined(__AVX512F__)
+constexpr int kRowGroup = 8;  // 16 accumulators + 2 activations of 32 registers
+#else
+constexpr int kRowGroup = 4;  // AVX2 has 16 registers
+#endif
+constexpr int kVecs = 2;  // vectors per row per step
+constexpr int kPrefetch = 512;
+
 template <DType T>
-void Rows1x4(const float* x, const WeightView& w, float* y, int64_t r0, int64_t r1) {
+void Rows1xG(const float* x, const WeightView& w, float* y, int64_t r0, int64_t r1) {
   constexpr int64_t es = T == DType::kF32 ? 4 : (T == DType::kF8E4M3 ? 1 : 2);
+  constexpr int G = kRowGroup;
   const int64_t K = w.cols;
   const bool fp8 = T == DType::kF8E4M3;
-  // FP8 scale blocks must hold whole vectors for the blocked sum.
+  constexpr int64_t step = kVecs * kLanes;
+  // FP8 scale blocks must hold whole steps for the blocked sum.
   const int64_t seg = fp8 ? w.block : K;
-  if (fp8 && w.block % (2 * kLanes) != 0) return RowsGeneric<T, 1>(x, 0, w, y, 0, r0, r1);
+  if (fp8 && w.block % step != 0) return RowsGeneric<T, 1>(x, 0, w, y, 0, r0, r1);
   int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const uint8_t* p[4] = {RowPtr(w, r), RowPtr(w, r + 1), RowPtr(w, r + 2), RowPtr(w, r + 3)};
-    VecF tot[4] = {VZero(), VZero(), VZero(), VZero()};
+  for (; r + G <= r1; r += G) {
+    const uint8_t* p[G];
+    VecF tot[G];
+    for (int i = 0; i < G; ++i) p[i] = RowPtr(w, r + i), tot[i] = VZero();
     int64_t c = 0;
-    for (int64_t kb = 0; c + 2 * kLanes <= K; ++kb) {
-      VecF a[4] = {VZero(), VZero(), VZero(), VZero()}, b[4] = {VZero(), VZero(), VZero(), VZero()};
+    for (int64_t kb = 0; c + step <= K; ++kb) {
+      VecF a[G][kVecs];
+      for (int i = 0; i < G; ++i)
+        for (int v = 0; v < kVecs; ++v) a[i][v] = VZero();
       const int64_t end = Min(K, (kb + 1) * seg);
-      for (; c + 2 * kLanes <= end; c += 2 * kLanes) {
-        const VecF x0 = VLoadF32(x + c), x1 = VLoadF32(x + c + kLanes);
-        for (int i = 0; i < 4; ++i) {
-          a[i] = VFma(VLoad<T>(p[i] + c * es), x0, a[i]);
-          b[i] = VFma(VLoad<T>(p[i] + (c + kLanes) * es), x1, b[i]);
+      for (; c + step <= end; c += step) {
+        VecF xv[kVecs];
+        for (int v = 0; v < kVecs; ++v) xv[v] = VLoadF32(x + c + v * kLanes);
+        for (int i = 0; i < G; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(p[i] + c * es) + kPrefetch, _MM_HINT_T0);
+          for (int v = 0; v < kVecs; ++v) a[i][v] = VFma(VLoad<T>(p[i] + (c + v * kLanes) * es), xv[v], a[i][v]);
         }
       }
-      if constexpr (fp8) {
-        for (int i = 0; i < 4; ++i) tot[i] = VFma(VAdd(a[i], b[i]), VSet(ScaleRow(w, r + i)[kb]), tot[i]);
-      } else {
-        for (int i = 0; i < 4; ++i) tot[i] = VAdd(a[i], b[i]);
+      for (int i = 0; i < G; ++i) {
+        for (int v = 1; v < kVecs; ++v) a[i][0] = VAdd(a[i][0], a[i][v]);
+        if constexpr (fp8) {
+          tot[i] = VFma(a[i][0], VSet(ScaleRow(w, r + i)[kb]), tot[i]);
+        } else {
+          tot[i] = a[i][0];
+        }
       }
-      if (c < end) break;  // a partial vector pair left in this block: scalar tail below
+      if (c < end) break;  // a partial vector left in this block: scalar tail below
     }
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < G; ++i) {
       float s = VSum(tot[i]);
       for (int64_t t = c; t < K; ++t) s += LoadOne(T, p[i] + t * es) * x[t] * (fp8 ? ScaleRow(w, r + i)[t / w.block] : 1.0f);
       y[r + i] = s;
@@ -131,13 +151,44 @@ void Rows1x4(const float* x, const WeightView& w, float* y, int64_t r0, int64_t 
 }
 #endif
 
+#if defined(__AVX512BF16__)
+// --math fast, M = 1, bf16 weights: the activation rounded to bf16 once, then
+// one VDPBF16PS per 32 weights (a pair product summed in f32) instead of
+// widening each weight to f32 and two FMAs: fewer instructions per byte, which
+// lets a core keep more reads in flight. Same row groups and prefetch.
+void Rows1xGBf16Dot(const uint16_t* xb, const float* x, const WeightView& w, float* y, int64_t r0, int64_t r1) {
+  constexpr int G = kRowGroup;
+  const int64_t K = w.cols;
+  int64_t r = r0;
+  for (; r + G <= r1; r += G) {
+    const uint16_t* p[G];
+    __m512 a[G];
+    for (int i = 0; i < G; ++i) p[i] = reinterpret_cast<const uint16_t*>(RowPtr(w, r + i)), a[i] = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (; c + 32 <= K; c += 32) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + c);
+      for (int i = 0; i < G; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(p[i] + c) + kPrefetch, _MM_HINT_T0);
+        a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)_mm512_loadu_si512(p[i] + c), xv);
+      }
+    }
+    for (int i = 0; i < G; ++i) {
+      float s = _mm512_reduce_add_ps(a[i]);
+      for (int64_t t = c; t < K; ++t) s += Bf16Bits(p[i][t]) * Bf16Bits(xb[t]);
+      y[r + i] = s;
+    }
+  }
+  if (r < r1) RowsGeneric<DType::kBF16, 1>(x, 0, w, y, 0, r, r1);
+}
+#endif
+
 template <DType T>
 void RowsRange(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, int64_t r0,
                int64_t r1) {
   switch (m) {
     case 1:
 #if defined(DS_HAVE_SIMD)
-      return Rows1x4<T>(x, w, y, r0, r1);
+      return Rows1xG<T>(x, w, y, r0, r1);
 #else
       return RowsGeneric<T, 1>(x, ldx, w, y, ldy, r0, r1);
 #endif
@@ -212,14 +263,35 @@ void GemvRows(const float* x, int64_t m, int64_t ldx, const WeightView& w, float
   if (w.rows * w.cols * m < kParallelMinWork || omp_get_max_threads() == 1) {
     return GemvRowsSerial(x, m, ldx, w, y, ldy, 0, w.rows);
   }
-  // One contiguous slab of rows per thread (multiples of 4: the M = 1 kernel's
-  // row group), so each core streams its own region of the weight.
+  // One contiguous slab of rows per thread (whole row groups of the M = 1
+  // kernel), so each core streams its own region of the weight.
 #pragma omp parallel
   {
     int64_t r0, r1;
-    Part(w.rows, omp_get_thread_num(), omp_get_num_threads(), 4, &r0, &r1);
+    Part(w.rows, omp_get_thread_num(), omp_get_num_threads(), 8, &r0, &r1);
     if (r0 < r1) GemvRowsSerial(x, m, ldx, w, y, ldy, r0, r1);
   }
+}
+
+bool GemvRowsFast(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
+                  uint16_t* xb) {
+#if defined(__AVX512BF16__)
+  if (m != 1 || w.dtype != DType::kBF16 || w.rows == 0) return false;
+  for (int64_t c = 0; c < w.cols; ++c) xb[c] = ToBf16(x[c]);
+  if (w.rows * w.cols < kParallelMinWork || omp_get_max_threads() == 1) {
+    Rows1xGBf16Dot(xb, x, w, y, 0, w.rows);
+    return true;
+  }
+#pragma omp parallel
+  {
+    int64_t r0, r1;
+    Part(w.rows, omp_get_thread_num(), omp_get_num_threads(), kRowGroup, &r0, &r1);
+    if (r0 < r1) Rows1xGBf16Dot(xb, x, w, y, r0, r1);
+  }
+  return true;
+#else
+  return false;
+#endif
 }
 
 void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {

@@ -27,6 +27,8 @@ void GemvColsSerial(const float* x, int64_t m, int64_t ldx, const WeightView& w,
                     int64_t c1);
 void GemvRows(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
 void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
+bool GemvRowsFast(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
+                  uint16_t* xb);
 void GemvHeads(const HeadsLinearParams& p);
 void WidenRowsF32(const WeightView& w, int64_t r0, int64_t n, float* dst);
 void WidenRowsBf16(const WeightView& w, int64_t r0, int64_t n, uint16_t* dst);

@@ -7,6 +7,7 @@ extern const CpuKernels kKernels;
 const CpuKernels kKernels = {
     .isa = DS_ISA_ENUM,
     .gemv_rows = GemvRows,
+    .gemv_rows_fast = GemvRowsFast,
     .gemv_cols = GemvCols,
     .gemv_heads = GemvHeads,
     .widen_rows_f32 = WidenRowsF32,
