@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,9 @@ struct BackendFactory {
   std::string name;
   std::function<std::unique_ptr<Backend>(MathMode)> make;
 };
+
+// Test names and ctest listings show the backend's name, not its bytes.
+inline void PrintTo(const BackendFactory& f, std::ostream* os) { *os << f.name; }
 
 // The CPU backend once per kernel level this machine runs ("cpu_avx2", ...).
 inline std::vector<BackendFactory> AllBackendFactories() {

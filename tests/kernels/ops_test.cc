@@ -511,6 +511,77 @@ TEST_P(OpsTest, AttentionThroughBlockTablesF32AndBf16) {
   EXPECT_LT(NormErr(run(DType::kBF16, true), ref), 1e-6);
 }
 
+// Shapes the tiled kernel cuts differently: absorbed MLA (many query heads on
+// one KV head whose value is a prefix of the key row; more heads than one job
+// holds) and MHA prefill (queries in blocks), with contexts of several key
+// tiles whose scores grow along the context (the online softmax must rescale),
+// in bf16 and f32.
+TEST_P(OpsTest, AttentionManyHeadsOneLatentHeadAndLongPrefill) {
+  struct Case {
+    int64_t nh, nkvh, dqk, dv;
+    std::vector<AttentionSeq> seqs;  // q_begin, n_q, pos0, kv_begin (in tokens of that sequence's KV)
+    DType dt;
+  };
+  const std::vector<Case> cases = {
+      // 20 heads on 1 latent head (v = the first 64 of 72 key values): a decode
+      // at position 149 and a chunk of 5 queries at 96..100.
+      {20, 1, 72, 64, {{0, 1, 149, 0}, {1, 5, 96, 150}}, DType::kBF16},
+      // MHA: a 40-query prefill from position 0 (blocks of 16 queries, causal
+      // inside a block) and a 130-key decode.
+      {3, 3, 32, 32, {{0, 40, 0, 0}, {40, 1, 129, 40}}, DType::kF32},
+  };
+  for (const Case& cs : cases) {
+    SCOPED_TRACE(DTypeName(cs.dt));
+    const bool latent = cs.nkvh == 1 && cs.nh > 1;
+    const int64_t kvw = latent ? cs.dqk : cs.nkvh * (cs.dqk + cs.dv);  // one cached row
+    int64_t n_q = 0, n_rows = 0;
+    for (const AttentionSeq& sq : cs.seqs) n_q += sq.n_q, n_rows += sq.pos0 + sq.n_q;
+    std::vector<float> q = Random(n_q * cs.nh * cs.dqk, 21), kv = Random(n_rows * kvw, 22);
+    // Later keys score higher: the running max grows tile after tile.
+    int64_t row = 0;
+    for (const AttentionSeq& sq : cs.seqs)
+      for (int64_t j = 0; j < sq.pos0 + sq.n_q; ++j, ++row)
+        for (int64_t c = 0; c < kvw; ++c) kv[row * kvw + c] *= 1.0f + static_cast<float>(j) / 40.0f;
+    std::vector<float> rounded = kv;
+    if (cs.dt == DType::kBF16)
+      for (auto& x : rounded) x = Bf16ToF32(F32ToBf16(x));
+    // Contiguous rows (paged addressing is AttentionThroughBlockTablesF32AndBf16's).
+    std::vector<AttentionSeq> seqs = cs.seqs;
+    int64_t kv0 = 0;
+    for (AttentionSeq& sq : seqs) sq.kv_begin = static_cast<int32_t>(kv0), kv0 += sq.pos0 + sq.n_q;
+    DeviceVec<float> dkv(*be, kv), dq(*be, q), out(*be, n_q * cs.nh * cs.dv);
+    auto contiguous = be->Allocate(n_rows * kvw * DTypeSize(cs.dt), "KV rows").value();
+    std::vector<int32_t> ident(n_rows);
+    for (int64_t j = 0; j < n_rows; ++j) ident[j] = static_cast<int32_t>(j);
+    DeviceVec<int32_t> dident(*be, ident);
+    be->KvWrite({contiguous.data(), cs.dt, kvw}, dident.get(), n_rows, dkv.get(), kvw);
+    DeviceVec<AttentionSeq> dseqs(*be, seqs);
+    AttentionParams p;
+    p.q = dq.get(), p.q_token_stride = cs.nh * cs.dqk, p.q_head_stride = cs.dqk, p.n_heads = cs.nh;
+    p.head_dim_qk = cs.dqk;
+    p.k = contiguous.data(), p.k_token_stride = kvw, p.k_head_stride = latent ? 0 : cs.dqk;
+    p.v = latent ? contiguous.data()
+                 : static_cast<uint8_t*>(contiguous.data()) + cs.nkvh * cs.dqk * DTypeSize(cs.dt);
+    p.v_token_stride = kvw, p.v_head_stride = latent ? 0 : cs.dv;
+    p.kv_dtype = cs.dt, p.n_kv_heads = cs.nkvh, p.head_dim_v = cs.dv;
+    p.seqs = dseqs.get(), p.n_seqs = static_cast<int64_t>(seqs.size()), p.max_kv = 150, p.scale = 0.3f;
+    p.out = out.get(), p.out_token_stride = cs.nh * cs.dv, p.out_head_stride = cs.dv;
+    be->Attention(p);
+    const std::vector<float> got = out.Read();
+    std::vector<double> ref;
+    int64_t q0 = 0, r0 = 0;
+    for (const AttentionSeq& sq : cs.seqs) {
+      const int64_t nk = sq.pos0 + sq.n_q;
+      std::vector<float> qs(q.begin() + q0 * cs.nh * cs.dqk, q.begin() + (q0 + sq.n_q) * cs.nh * cs.dqk);
+      std::vector<float> ks(rounded.begin() + r0 * kvw, rounded.begin() + (r0 + nk) * kvw);
+      std::vector<float> vs = latent ? ks : std::vector<float>(ks.begin() + cs.nkvh * cs.dqk, ks.end());
+      ReferenceAttention(qs, cs.nh * cs.dqk, ks, kvw, vs, kvw, sq.n_q, cs.nh, cs.nkvh, cs.dqk, cs.dv, sq.pos0, 0.3, ref);
+      q0 += sq.n_q, r0 += nk;
+    }
+    EXPECT_LT(NormErr(got, ref), 2e-6);
+  }
+}
+
 // Top-k routing against a plain reference of DeepSeek's gates: softmax greedy
 // (V2-Lite), and sigmoid with noaux_tc group selection and a bias (V3).
 TEST_P(OpsTest, RouteTopKMatchesReference) {
