@@ -31,7 +31,7 @@ options:
                        --tokenizer tests/data/tokenizers/deepseek-v3' under the cache
                        (V2-Lite widths; the vocabulary follows the tokenizer, 128815 ids)
   --layers N           layers of the default model (default 4)
-  --threads N          threads for every engine (default: nproc = $(nproc))
+  --threads N          threads for every engine (default: all online CPUs = $(getconf _NPROCESSORS_ONLN))
   --runs N             interleaved rounds (default 3)
   --prompt N           prefill length, and the context decode runs at (default 512)
   --decode-steps N     decode steps (default 32)
@@ -49,7 +49,7 @@ environment:
   DEEPSHARD_BENCH_VENV   Python venv (default \$HOME/.cache/deepshard/bench-venv), created when
                          missing: tools/reference/requirements.txt (torch, transformers, ...) and
                          what llama.cpp's convert_hf_to_gguf.py needs
-  DEEPSHARD_BENCH_JOBS   parallel jobs for the llama.cpp build (default: nproc)
+  DEEPSHARD_BENCH_JOBS   parallel jobs for the llama.cpp build (default: all online CPUs)
 
 Needs deepshard built first (bash scripts/build.sh). First run: ~6 GB venv, ~1 GB llama.cpp
 source + build, and for the default 4-layer model ~5 GB model + ~9 GB GGUFs.
@@ -60,7 +60,7 @@ die() { echo "$PROG: error: $*" >&2; exit 2; }
 log() { echo "[bench $(date -u +%H:%M:%S)] $*" >&2; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
-MODEL="" LAYERS=4 THREADS="$(nproc)" RUNS=3 PROMPT=512 STEPS=32 ENGINES="deepshard,llama.cpp,transformers"
+MODEL="" LAYERS=4 THREADS="$(getconf _NPROCESSORS_ONLN)" RUNS=3 PROMPT=512 STEPS=32 ENGINES="deepshard,llama.cpp,transformers"
 OUT="" BUILD_DIR="$ROOT/build" LLAMA_PY_VERSION="$LLAMA_PY_VERSION_DEFAULT" SETUP_ONLY=0
 while [ $# -gt 0 ]; do
   arg="$1"; val=""; has_val=0
@@ -112,7 +112,7 @@ fi
 
 CACHE="${DEEPSHARD_BENCH_CACHE:-$HOME/.cache/deepshard/bench}"
 VENV="${DEEPSHARD_BENCH_VENV:-$HOME/.cache/deepshard/bench-venv}"
-JOBS="${DEEPSHARD_BENCH_JOBS:-$(nproc)}"
+JOBS="${DEEPSHARD_BENCH_JOBS:-$(getconf _NPROCESSORS_ONLN)}"
 DS_CLI="$BUILD_DIR/launcher/deepshard"
 DS_BENCH="$BUILD_DIR/tests/bench/deepshard_bench_forward"
 LLAMA_PKG="$CACHE/llama-cpp-python-$LLAMA_PY_VERSION"
@@ -350,14 +350,17 @@ import json, sys
 raw, engine, weights, math, rnd, rc, pre, dec, logf = sys.argv[1:10]
 err = sys.argv[10] if len(sys.argv) > 10 else ""
 num = lambda s: float(s) if s not in ("", "nan") else None
+load1 = float(open("/proc/loadavg").read().split()[0])  # 1-minute load average right after the run
 with open(raw, "a") as f:
     f.write(json.dumps({"engine": engine, "weights": weights, "math": math, "round": int(rnd), "rc": int(rc),
-                        "prefill_tok_s": num(pre), "decode_tok_s": num(dec), "log": logf, "error": err}) + "\n")
+                        "prefill_tok_s": num(pre), "decode_tok_s": num(dec), "loadavg1_after": load1, "log": logf,
+                        "error": err}) + "\n")
 PY
 }
 
 run_deepshard() {  # ROUND WEIGHTS MATH
-  local r="$1" w="$2" m="$3" logf="$LOGDIR/deepshard-$w-$3-r$1.log" rc=0 args=()
+  local r="$1" w="$2" m="$3" rc=0 args=()
+  local logf="$LOGDIR/deepshard-$w-$m-r$r.log"
   args=(--model "$MODEL" --prompt "$PROMPT" --decode-steps "$STEPS" --threads "$THREADS")
   [ "$m" != default ] && args+=(--math "$m")
   [ "$w" != bf16 ] && args+=(--weights "$w")
@@ -395,7 +398,8 @@ PY
 }
 
 run_transformers() {  # ROUND
-  local r="$1" logf="$LOGDIR/transformers-r$1.json" rc=0 err=""
+  local r="$1" rc=0 err=""
+  local logf="$LOGDIR/transformers-r$r.json"
   "$PY" "$ROOT/tools/bench_transformers.py" --model "$MODEL" --threads "$THREADS" --prompt "$PROMPT" \
     --decode-steps "$STEPS" >"$logf" 2>"$logf.err" || rc=$?
   local vals pre="" dec=""
@@ -439,10 +443,10 @@ LLAMA_JSON="{}"
 HF_VERSIONS=""
 [ -x "$PY" ] && HF_VERSIONS="$("$PY" -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")' 2>/dev/null || true)"
 
-MODEL_BYTES="$(find "$MODEL/" -maxdepth 1 -name '*.safetensors' -printf '%s\n' | awk '{s+=$1} END{print s+0}')"
+MODEL_BYTES="$(find "$MODEL/" -maxdepth 1 -name '*.safetensors' -printf '%s\n' | awk '{s+=$1} END{printf "%.0f\n", s}')"
 REPORT_PY="$PY"; [ -x "$REPORT_PY" ] || REPORT_PY=python3
 B_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')" B_HOST="$(hostname)" B_CPU_MODEL="$CPU_MODEL" B_CPU_FLAGS="$CPU_FLAGS" \
-B_CORES="$(nproc)" B_MEM_KB="$(awk '/MemTotal/{print $2}' /proc/meminfo)" B_THREADS="$THREADS" B_RUNS="$RUNS" \
+B_CORES="$(getconf _NPROCESSORS_ONLN)" B_MEM_KB="$(awk '/MemTotal/{print $2}' /proc/meminfo)" B_THREADS="$THREADS" B_RUNS="$RUNS" \
 B_PROMPT="$PROMPT" B_STEPS="$STEPS" B_MODEL="$MODEL" B_MODEL_BYTES="$MODEL_BYTES" B_DS_COMMIT="$DS_COMMIT" \
 B_LLAMA_JSON="$LLAMA_JSON" B_HF_VERSIONS="$HF_VERSIONS" B_LOAD_BEFORE="$LOAD_BEFORE" B_LOAD_AFTER="$LOAD_AFTER" \
 B_SETUP_S="$((T_SETUP - T_START))" B_MEASURE_S="$((T_END - T_SETUP))" B_NOTE1="$DS_QUANT_NOTE" \
@@ -509,7 +513,7 @@ for name, a, b in pairs:
     sa, sb = by.get(a), by.get(b)
     if sa is None and sb is None:
         continue
-    why = "" if sa and sb else f"no {' '.join(a if sa is None else b)} result"
+    why = "" if sa and sb else f"no {' '.join((a if sa is None else b)[:2])} result"
     ratios.append({"ratio": name, "prefill": ratio(sa, sb, "prefill_tok_s"), "decode": ratio(sa, sb, "decode_tok_s"),
                    "missing": why})
 
@@ -523,8 +527,14 @@ print(f"# model {meta['model']} ({meta['model_bytes'] / 1e9:.2f} GB safetensors)
 lc = meta["llama_cpp"]
 print(f"# deepshard {meta['deepshard_commit']}; llama.cpp {lc.get('llama_cpp_commit', '-')} "
       f"(llama-cpp-python {lc.get('llama_cpp_python', '-')}); {meta['python_reference'] or 'transformers not run'}")
-print(f"# load average before {meta['loadavg_before']}, after {meta['loadavg_after']}; setup {meta['setup_s']} s, "
-      f"measuring {meta['measure_s']} s")
+loads = [r["loadavg1_after"] for r in rows if r.get("loadavg1_after") is not None]
+meta["loadavg1_after_runs"] = [min(loads), max(loads)] if loads else None
+print(f"# load average before {meta['loadavg_before']}, after {meta['loadavg_after']}"
+      + (f", 1-min after each run {min(loads):.2f}-{max(loads):.2f}" if loads else "")
+      + f"; setup {meta['setup_s']} s, measuring {meta['measure_s']} s")
+if loads and max(loads) > 0.5 + meta["threads"] and meta["threads"] >= meta["cores"]:
+    print(f"# warning: other processes ran on the {meta['cores']} cores during the runs (load above the {meta['threads']}"
+          " threads measured): engines that spin at barriers (llama.cpp, OpenMP) lose most when a core is taken")
 print()
 hdr = ("engine", "weights", "math", "prefill tok/s", "decode tok/s", "prefill runs", "decode runs")
 print(f"| {' | '.join(hdr)} |")
