@@ -514,7 +514,16 @@ for name, a, b in pairs:
     if sa is None and sb is None:
         continue
     why = "" if sa and sb else f"no {' '.join((a if sa is None else b)[:2])} result"
+    # Same-round ratios too: each round runs every engine within minutes of the others.
+    per_round = {"prefill_tok_s": [], "decode_tok_s": []}
+    if sa and sb:
+        ra = {r["round"]: r for r in groups[a]}
+        rb = {r["round"]: r for r in groups[b]}
+        for rnd in sorted(set(ra) & set(rb)):
+            for key in per_round:
+                per_round[key].append(ratio(ra[rnd], rb[rnd], key))
     ratios.append({"ratio": name, "prefill": ratio(sa, sb, "prefill_tok_s"), "decode": ratio(sa, sb, "decode_tok_s"),
+                   "prefill_per_round": per_round["prefill_tok_s"], "decode_per_round": per_round["decode_tok_s"],
                    "missing": why})
 
 f = lambda v, p=1: "-" if v is None else f"{v:.{p}f}"
@@ -543,11 +552,13 @@ for s in summary:
     pr = " / ".join(f(v) for v in s["prefill_runs"]); dr = " / ".join(f(v, 2) for v in s["decode_runs"])
     print(f"| {s['engine']} | {s['weights']} | {s['math']} | {f(s['prefill_tok_s'])} | {f(s['decode_tok_s'], 2)} | {pr} | {dr} |")
 print()
-print("| ratio (medians) | prefill | decode |")
-print("|---|---|---|")
+print("| ratio | prefill (of medians) | decode (of medians) | prefill, same round | decode, same round |")
+print("|---|---|---|---|---|")
 for r in ratios:
     tail = f" ({r['missing']})" if r["missing"] else ""
-    print(f"| {r['ratio']}{tail} | {f(r['prefill'], 2)} | {f(r['decode'], 2)} |")
+    pr = " / ".join(f(v, 2) for v in r["prefill_per_round"]) or "-"
+    dr = " / ".join(f(v, 2) for v in r["decode_per_round"]) or "-"
+    print(f"| {r['ratio']}{tail} | {f(r['prefill'], 2)} | {f(r['decode'], 2)} | {pr} | {dr} |")
 for n in meta["notes"]:
     print(f"\n# {n}")
 for s in summary:
@@ -563,7 +574,8 @@ if out.endswith(".csv"):
             w.writerow(["median", s["engine"], s["weights"], s["math"], s["runs"], s["prefill_tok_s"], s["decode_tok_s"],
                         " ".join(map(str, s["prefill_runs"])), " ".join(map(str, s["decode_runs"])), "; ".join(s["errors"])])
         for r in ratios:
-            w.writerow(["ratio", r["ratio"], "", "", "", r["prefill"], r["decode"], "", "", r["missing"]])
+            w.writerow(["ratio", r["ratio"], "", "", "", r["prefill"], r["decode"],
+                        " ".join(map(str, r["prefill_per_round"])), " ".join(map(str, r["decode_per_round"])), r["missing"]])
         for k, v in meta.items():
             w.writerow(["meta", k, "", "", "", "", "", "", "", json.dumps(v)])
 else:
