@@ -51,8 +51,9 @@ environment:
                          what llama.cpp's convert_hf_to_gguf.py needs
   DEEPSHARD_BENCH_JOBS   parallel jobs for the llama.cpp build (default: all online CPUs)
 
-Needs deepshard built first (bash scripts/build.sh). First run: ~6 GB venv, ~1 GB llama.cpp
-source + build, and for the default 4-layer model ~5 GB model + ~9 GB GGUFs.
+Needs deepshard built first (bash scripts/build.sh). First run: ~7 GB venv, ~0.3 GB llama.cpp
+source + build, and for the default 4-layer model 4.7 GB model + 8.7 GB GGUFs (BF16, Q8_0, Q4_0);
+about 15 minutes of setup on 2 cores, most of it the llama.cpp build.
 EOF
 }
 
@@ -186,6 +187,7 @@ setup_llama() {
     [ -f "$LLAMA_PKG.tmp/vendor/llama.cpp/CMakeLists.txt" ] || die "$tgz has no vendor/llama.cpp"
     rm -rf "$LLAMA_PKG" && mv "$LLAMA_PKG.tmp" "$LLAMA_PKG"
     rm -f "$tgz"
+    rmdir "$dl" 2>/dev/null || true
   fi
   # LLAMA_CURL is deprecated in this tree; LLAMA_OPENSSL=OFF is what keeps it off the network.
   # AMX is compiled out (-mno-amx-*; GGML_NATIVE keeps AVX-512, VNNI, BF16 and the CPU_REPACK
@@ -208,8 +210,8 @@ setup_llama() {
       || { tail -30 "$CACHE/llama-cmake.log" >&2; die "llama.cpp cmake configure failed (log: $CACHE/llama-cmake.log)"; }
     nice -n 10 cmake --build "$LLAMA_BUILD" --target llama-bench llama-quantize -j "$JOBS" >"$CACHE/llama-build.log" 2>&1 \
       || { tail -30 "$CACHE/llama-build.log" >&2; die "llama.cpp build failed (log: $CACHE/llama-build.log)"; }
-    # The package has no .git, so llama.cpp's own build info says "unknown": the commit comes
-    # from the package's CHANGELOG ("update llama.cpp to ggml-org/llama.cpp@<commit>").
+    # llama-bench reports build_commit from the shallow .git the sdist carries; the commit the
+    # package's CHANGELOG names ("update llama.cpp to ggml-org/llama.cpp@<commit>") is kept too.
     local commit
     commit="$(awk -v v="## [$LLAMA_PY_VERSION]" '$0==v{f=1;next} f&&/^## \[/{exit} f' "$LLAMA_PKG/CHANGELOG.md" \
               | grep -o 'ggml-org/llama.cpp@[0-9a-f]*' | head -1 | cut -d@ -f2 || true)"
