@@ -347,7 +347,7 @@ fi
 
 # record ENGINE WEIGHTS MATH ROUND RC PREFILL DECODE LOG [ERROR]
 record() {
-  "$PY" - "$RAW" "$@" <<'PY'
+  python3 - "$RAW" "$@" <<'PY'
 import json, sys
 raw, engine, weights, math, rnd, rc, pre, dec, logf = sys.argv[1:10]
 err = sys.argv[10] if len(sys.argv) > 10 else ""
@@ -383,7 +383,7 @@ run_llama() {  # ROUND QUANT
   "$LLAMA_BUILD/bin/llama-bench" "${common[@]}" -p "$PROMPT" -n 0 >"$logp" 2>"$logp.err" || rc=$?
   [ $rc = 0 ] && { "$LLAMA_BUILD/bin/llama-bench" "${common[@]}" -p 0 -n "$STEPS" -d "$PROMPT" >"$logd" 2>"$logd.err" || rc=$?; }
   local pre="" dec=""
-  IFS='|' read -r pre dec < <("$PY" - "$logp" "$logd" <<'PY'
+  IFS='|' read -r pre dec < <(python3 - "$logp" "$logd" <<'PY'
 import json, sys
 out = []
 for path, key in ((sys.argv[1], "n_prompt"), (sys.argv[2], "n_gen")):
@@ -405,7 +405,7 @@ run_transformers() {  # ROUND
   "$PY" "$ROOT/tools/bench_transformers.py" --model "$MODEL" --threads "$THREADS" --prompt "$PROMPT" \
     --decode-steps "$STEPS" >"$logf" 2>"$logf.err" || rc=$?
   local vals pre="" dec=""
-  vals="$("$PY" -c 'import json,sys
+  vals="$(python3 -c 'import json,sys
 try:
     d = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 except Exception:
@@ -443,10 +443,10 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || DS_COMMIT="$DS_COMMIT+dirty"
 LLAMA_JSON="{}"
 [ $RUN_LLAMA = 1 ] && [ -f "$LLAMA_INFO" ] && LLAMA_JSON="$(cat "$LLAMA_INFO")"
 HF_VERSIONS=""
-[ -x "$PY" ] && HF_VERSIONS="$("$PY" -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")' 2>/dev/null || true)"
+[ $RUN_HF = 1 ] && HF_VERSIONS="$("$PY" -c 'import torch, transformers; print(f"torch {torch.__version__}, transformers {transformers.__version__}")' 2>/dev/null || true)"
 
 MODEL_BYTES="$(find "$MODEL/" -maxdepth 1 -name '*.safetensors' -printf '%s\n' | awk '{s+=$1} END{printf "%.0f\n", s}')"
-REPORT_PY="$PY"; [ -x "$REPORT_PY" ] || REPORT_PY=python3
+REPORT_PY=python3  # the report needs only the standard library
 B_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')" B_HOST="$(hostname)" B_CPU_MODEL="$CPU_MODEL" B_CPU_FLAGS="$CPU_FLAGS" \
 B_CORES="$(getconf _NPROCESSORS_ONLN)" B_MEM_KB="$(awk '/MemTotal/{print $2}' /proc/meminfo)" B_THREADS="$THREADS" B_RUNS="$RUNS" \
 B_PROMPT="$PROMPT" B_STEPS="$STEPS" B_MODEL="$MODEL" B_MODEL_BYTES="$MODEL_BYTES" B_DS_COMMIT="$DS_COMMIT" \
