@@ -332,13 +332,11 @@ RAW="$LOGDIR/raw.jsonl"
 : >"$RAW"
 export OMP_NUM_THREADS="$THREADS"
 
-# DS weight variants: bf16 always; int8/int4 when deepshard_bench_forward parses --weights.
-# (Its current argument loop runs the whole benchmark on '--help', so the flag is looked
-# for in the binary's strings rather than by running it.)
+# DS weight variants: bf16 always; int8/int4 when deepshard_bench_forward --help lists --weights.
 DS_WEIGHTS=(bf16)
 DS_QUANT_NOTE=""
 if [ $RUN_DS = 1 ]; then
-  if grep -aq -- '--weights' "$DS_BENCH"; then
+  if "$DS_BENCH" --help 2>/dev/null | grep -q -- '--weights'; then
     DS_WEIGHTS+=(int8 int4)
   else
     DS_QUANT_NOTE="deepshard int8/int4: not supported by this build ($DS_BENCH has no --weights flag)"
