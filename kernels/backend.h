@@ -164,9 +164,10 @@ class Backend {
   virtual MemoryKind memory_kind() const = 0;
   // ResourceExhausted naming `what` when the memory is not there.
   virtual absl::StatusOr<Buffer> Allocate(int64_t bytes, std::string_view what) = 0;
-  // A view the ops can read, valid for the backend's life: the CPU backend reads
-  // the memory-mapped checkpoint in place (no copy); a GPU backend copies to
-  // device memory it keeps.
+  // A view the ops can read, valid for the backend's life: the CPU backend
+  // copies large weights onto huge pages, first touched by the threads that
+  // read them (DEEPSHARD_CPU_WEIGHTS=map reads the memory-mapped checkpoint in
+  // place instead); a GPU backend copies to device memory it keeps.
   virtual absl::StatusOr<WeightView> Upload(const WeightView& w) = 0;
   virtual absl::StatusOr<VectorView> Upload(const VectorView& v) = 0;
   // Host -> backend memory (ordered before later ops).

@@ -4,12 +4,15 @@
 // (weights are read from the memory-mapped checkpoint in place) and copies are
 // memcpy.
 #include <omp.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "base/checked_math.h"
@@ -41,12 +44,21 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend(MathMode mode, int threads, cpu::CpuIsa isa) : mode_(mode), k_(*cpu::CpuKernelsFor(isa)) {
     if (threads > 0) omp_set_num_threads(threads);
+    const char* placement = std::getenv("DEEPSHARD_CPU_WEIGHTS");
+    copy_weights_ = placement == nullptr || std::string_view(placement) != "map";
+  }
+  ~CpuBackend() override {
+    for (const auto& [p, len] : copies_) munmap(p, len);
   }
   std::string_view name() const override { return "cpu"; }
   std::string KernelLevel() const override { return std::string(cpu::CpuIsaName(k_.isa)); }
   std::string Describe() const override {
+    size_t copied = 0;
+    for (const auto& c : copies_) copied += c.second;
     return absl::StrCat("cpu: ", cpu::DescribeCpuKernels(k_.isa), ", ", omp_get_max_threads(), " threads, ",
-                        mode_ == MathMode::kFast ? "fast" : "exact", " math");
+                        mode_ == MathMode::kFast ? "fast" : "exact", " math, ",
+                        copy_weights_ ? absl::StrCat(absl::SixDigits(copied / 1e9), " GB of weights on huge pages")
+                                      : std::string("weights read from the mapping"));
   }
   MathMode math_mode() const override { return mode_; }
 
@@ -62,7 +74,39 @@ class CpuBackend final : public Backend {
     }
     return Buffer(this, p, bytes, MemoryKind::kHost);
   }
-  absl::StatusOr<WeightView> Upload(const WeightView& w) override { return w; }
+  // Large weights are copied out of the checkpoint's page-cache mapping (4 KiB
+  // pages) into anonymous memory on transparent huge pages, each slab of rows
+  // first touched by the thread whose GEMV slab it is (so on a multi-socket
+  // machine it lands on that thread's node): the batch-1 GEMV reads ~10%
+  // faster from huge pages (docs/benchmarks.md). DEEPSHARD_CPU_WEIGHTS=map
+  // reads the mapping in place instead (no copy, no extra resident memory).
+  absl::StatusOr<WeightView> Upload(const WeightView& w) override {
+    if (!copy_weights_ || w.bytes() < kCopyMinBytes || (w.dtype == DType::kF8E4M3 && w.row0 != 0)) return w;
+    const int64_t row_bytes = w.cols * DTypeSize(w.dtype);
+    if (absl::Status st = CheckFitsInMemory(w.bytes(), "a weight copy"); !st.ok()) return w;
+    const size_t len = static_cast<size_t>((w.bytes() + kHugePage - 1) / kHugePage * kHugePage);
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return w;  // keep reading the mapping
+#if defined(MADV_HUGEPAGE)
+    madvise(p, len, MADV_HUGEPAGE);
+#endif
+    const uint8_t* src = w.RowPtr(0);
+    uint8_t* dst = static_cast<uint8_t*>(p);
+    const int64_t rows = w.rows;
+#pragma omp parallel
+    {
+      // The GEMV's partition: contiguous slabs of whole 8-row groups.
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t units = (rows + 7) / 8;
+      const int64_t r0 = std::min(rows, units * t / nt * 8), r1 = std::min(rows, units * (t + 1) / nt * 8);
+      if (r1 > r0) std::memcpy(dst + r0 * row_bytes, src + r0 * row_bytes, (r1 - r0) * row_bytes);
+    }
+    copies_.push_back({p, len});
+    WeightView out = w;
+    out.data = p;
+    out.row0 = 0;  // the copy starts at the view's first row (FP8 views here start at 0)
+    return out;
+  }
   absl::StatusOr<VectorView> Upload(const VectorView& v) override { return v; }
   void CopyFromHost(void* dst, const void* src, int64_t bytes) override {
     if (bytes > 0) std::memcpy(dst, src, bytes);
@@ -323,8 +367,13 @@ class CpuBackend final : public Backend {
     }
   }
 
+  static constexpr int64_t kCopyMinBytes = 2 << 20;  // smaller weights stay mapped
+  static constexpr int64_t kHugePage = 2 << 20;
+
   MathMode mode_;
   const cpu::CpuKernels& k_;
+  bool copy_weights_ = true;
+  std::vector<std::pair<void*, size_t>> copies_;  // anonymous weight copies, unmapped with the backend
   int64_t max_kv_ = 0;
   absl::Status error_;
   cpu::OneDnnMatmul mm_;
