@@ -72,7 +72,7 @@ curl -sS -N "$URL/v1/chat/completions" -H 'Content-Type: application/json' \
        "max_tokens": 8, "temperature": 0, "ignore_eos": true, "stream": true}'
 echo
 echo "== curl $URL/metrics (excerpt)"
-curl -sS "$URL/metrics" | grep -E '^deepshard_(kv_blocks|sequences|generation_tokens_total|step_seconds_total\{phase="(attention|dispatch_combine)",rank="0"\})'
+curl -sS "$URL/metrics" | grep -E '^deepshard_(kv_blocks|sequences|generation_tokens_total|backend_info|step_seconds_total\{phase="(attention|dispatch_combine)",rank="0"\})'
 echo
 echo "== SIGTERM to every rank: drain, then exit 0"
 kill -TERM $(grep -o "ready, pid [0-9]*" "$LOG" | awk '{print $3}')

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -57,7 +58,7 @@ class CpuBackend final : public Backend {
     for (const auto& c : copies_) copied += c.second;
     return absl::StrCat("cpu: ", cpu::DescribeCpuKernels(k_.isa), ", ", omp_get_max_threads(), " threads, ",
                         mode_ == MathMode::kFast ? "fast" : "exact", " math, ",
-                        copy_weights_ ? absl::StrCat(absl::SixDigits(copied / 1e9), " GB of weights on huge pages")
+                        copy_weights_ ? absl::StrCat(GbText(copied), " of weights on huge pages")
                                       : std::string("weights read from the mapping"));
   }
   MathMode math_mode() const override { return mode_; }
@@ -318,6 +319,13 @@ class CpuBackend final : public Backend {
  private:
   void Fail(absl::Status s) {
     if (error_.ok()) error_ = std::move(s);
+  }
+
+  // "1.23 GB".
+  static std::string GbText(size_t bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f GB", static_cast<double>(bytes) / 1e9);
+    return buf;
   }
 
   // The norm weights widened to f32 (gamma may be stored in bf16).

@@ -416,6 +416,11 @@ def test_main_server():
         m = srv.metrics()
         running = sum(v for k, v in m.items() if k.startswith("deepshard_sequences{") and 'state="running"' in k)
         check(srv.kv_used() == 0 and running == 0, "8 clients that disconnect mid-stream free their blocks")
+        info = [k for k, v in m.items() if k.startswith("deepshard_backend_info{") and v == 1]
+        check(len(info) == 1 and 'device="cpu"' in info[0]
+              and re.search(r'kernels="(scalar|avx2|avx512|avx512-bf16)"', info[0]) is not None,
+              "/metrics names the backend and the CPU kernel level chosen at start-up: "
+              + (info[0] if info else "missing"))
 
         # Bad input: each gets its status, the server keeps serving.
         cases = [
