@@ -96,10 +96,10 @@ class CpuBackend final : public Backend {
     const int64_t rows = w.rows;
 #pragma omp parallel
     {
-      // The GEMV's partition: contiguous slabs of whole 8-row groups.
+      // The GEMV's partition (kGemvSlabRows).
       const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t units = (rows + 7) / 8;
-      const int64_t r0 = std::min(rows, units * t / nt * 8), r1 = std::min(rows, units * (t + 1) / nt * 8);
+      const int64_t g = cpu::kGemvSlabRows, units = (rows + g - 1) / g;
+      const int64_t r0 = std::min(rows, units * t / nt * g), r1 = std::min(rows, units * (t + 1) / nt * g);
       if (r1 > r0) std::memcpy(dst + r0 * row_bytes, src + r0 * row_bytes, (r1 - r0) * row_bytes);
     }
     copies_.push_back({p, len});
@@ -123,7 +123,8 @@ class CpuBackend final : public Backend {
     error_ = absl::OkStatus();
     return s;
   }
-  void ReserveAttention(int64_t max_kv) override { max_kv_ = std::max(max_kv_, max_kv); }
+  // Attention's scratch does not grow with the context (key tiles).
+  void ReserveAttention(int64_t max_kv) override {}
 
   // ---- GEMMs ----
   void Linear(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) override {
@@ -286,9 +287,8 @@ class CpuBackend final : public Backend {
       Fail(absl::InvalidArgumentError(absl::StrCat("Attention: unsupported KV dtype ", DTypeName(p.kv_dtype))));
       return;
     }
-    const int64_t max_kv = std::max(max_kv_, p.max_kv);
-    float* scratch = Scratch(attn_scratch_, k_.attention_scratch(p, max_kv, omp_get_max_threads()));
-    k_.attention(p, max_kv, scratch);
+    float* scratch = Scratch(attn_scratch_, k_.attention_scratch(p, omp_get_max_threads()));
+    k_.attention(p, scratch);
   }
 
   // ---- MoE routing ----
@@ -382,7 +382,6 @@ class CpuBackend final : public Backend {
   const cpu::CpuKernels& k_;
   bool copy_weights_ = true;
   std::vector<std::pair<void*, size_t>> copies_;  // anonymous weight copies, unmapped with the backend
-  int64_t max_kv_ = 0;
   absl::Status error_;
   cpu::OneDnnMatmul mm_;
   std::vector<uint16_t> xbf16_, tile_bf16_;

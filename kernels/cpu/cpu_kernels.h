@@ -15,6 +15,10 @@ namespace deepshard::cpu {
 
 // Products of at most this many rows run as GEMV (decode); larger ones as GEMM.
 inline constexpr int64_t kGemvMaxM = 8;
+// The GEMV gives each thread one contiguous slab of weight rows, [t, t + 1) of
+// nthreads equal parts with ends on multiples of this; the CPU backend's
+// Upload first-touches a weight copy with the same slabs.
+inline constexpr int64_t kGemvSlabRows = 8;
 
 struct CpuKernels {
   CpuIsa isa;
@@ -60,11 +64,12 @@ struct CpuKernels {
                          int64_t ld_dst);
 
   // ---- Attention ----
-  // Scratch floats Attention needs for `threads` threads and keys up to max_kv.
-  int64_t (*attention_scratch)(const AttentionParams& p, int64_t max_kv, int threads);
+  // Scratch floats Attention needs for `threads` threads (it does not grow
+  // with the context: keys are taken in tiles).
+  int64_t (*attention_scratch)(const AttentionParams& p, int threads);
   // p validated by the caller (heads divisible, dtype f32 or bf16); `scratch`
-  // holds attention_scratch(p, max_kv, omp_get_max_threads()) floats.
-  void (*attention)(const AttentionParams& p, int64_t max_kv, float* scratch);
+  // holds attention_scratch(p, omp_get_max_threads()) floats.
+  void (*attention)(const AttentionParams& p, float* scratch);
 
   // ---- Measuring ----
   // Sums `bytes` (a multiple of 64 KiB) of f32 at p with every thread, each

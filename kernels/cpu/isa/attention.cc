@@ -221,13 +221,13 @@ void AttentionT(const AttentionParams& p, float* scratch) {
 
 }  // namespace
 
-int64_t AttentionScratch(const AttentionParams& p, int64_t max_kv, int threads) {
+int64_t AttentionScratch(const AttentionParams& p, int threads) {
   int64_t n_q = 0;
   for (int64_t i = 0; i < p.n_seqs; ++i) n_q += p.seqs[i].n_q;
   return threads * PerThread(p) + 2 * n_q;  // + the query-block list (int32 pairs, one float each)
 }
 
-void Attention(const AttentionParams& p, int64_t max_kv, float* scratch) {
+void Attention(const AttentionParams& p, float* scratch) {
   if (p.kv_dtype == DType::kF32) {
     AttentionT<float>(p, scratch);
   } else {

@@ -260,17 +260,10 @@ void GemvColsSerial(const float* x, int64_t m, int64_t ldx, const WeightView& w,
 
 void GemvRows(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
   if (m == 0 || w.rows == 0) return;
-  if (w.rows * w.cols * m < kParallelMinWork || omp_get_max_threads() == 1) {
-    return GemvRowsSerial(x, m, ldx, w, y, ldy, 0, w.rows);
-  }
-  // One contiguous slab of rows per thread (whole row groups of the M = 1
-  // kernel), so each core streams its own region of the weight.
-#pragma omp parallel
-  {
-    int64_t r0, r1;
-    Part(w.rows, omp_get_thread_num(), omp_get_num_threads(), 8, &r0, &r1);
-    if (r0 < r1) GemvRowsSerial(x, m, ldx, w, y, ldy, r0, r1);
-  }
+  // One contiguous slab of rows per thread, so each core streams its own
+  // region of the weight (the region Upload placed for it).
+  ForEachSlab(w.rows, kGemvSlabRows, w.rows * w.cols * m < kParallelMinWork,
+              [&](int64_t r0, int64_t r1) { GemvRowsSerial(x, m, ldx, w, y, ldy, r0, r1); });
 }
 
 bool GemvRowsFast(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
@@ -278,16 +271,8 @@ bool GemvRowsFast(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
 #if defined(__AVX512BF16__)
   if (m != 1 || w.dtype != DType::kBF16 || w.rows == 0) return false;
   for (int64_t c = 0; c < w.cols; ++c) xb[c] = ToBf16(x[c]);
-  if (w.rows * w.cols < kParallelMinWork || omp_get_max_threads() == 1) {
-    Rows1xGBf16Dot(xb, x, w, y, 0, w.rows);
-    return true;
-  }
-#pragma omp parallel
-  {
-    int64_t r0, r1;
-    Part(w.rows, omp_get_thread_num(), omp_get_num_threads(), kRowGroup, &r0, &r1);
-    if (r0 < r1) Rows1xGBf16Dot(xb, x, w, y, r0, r1);
-  }
+  ForEachSlab(w.rows, kGemvSlabRows, w.rows * w.cols < kParallelMinWork,
+              [&](int64_t r0, int64_t r1) { Rows1xGBf16Dot(xb, x, w, y, r0, r1); });
   return true;
 #else
   return false;
@@ -296,15 +281,8 @@ bool GemvRowsFast(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
 
 void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
   if (m == 0 || w.cols == 0) return;
-  if (w.rows * w.cols * m < kParallelMinWork || omp_get_max_threads() == 1) {
-    return GemvColsSerial(x, m, ldx, w, y, ldy, 0, w.cols);
-  }
-#pragma omp parallel
-  {
-    int64_t c0, c1;
-    Part(w.cols, omp_get_thread_num(), omp_get_num_threads(), 64, &c0, &c1);
-    if (c0 < c1) GemvColsSerial(x, m, ldx, w, y, ldy, c0, c1);
-  }
+  ForEachSlab(w.cols, 64, w.rows * w.cols * m < kParallelMinWork,
+              [&](int64_t c0, int64_t c1) { GemvColsSerial(x, m, ldx, w, y, ldy, c0, c1); });
 }
 
 void GemvHeads(const HeadsLinearParams& p) {

@@ -2,6 +2,8 @@
 // declared in that level's namespace. Included only by kernels/cpu/isa/*.cc.
 #pragma once
 
+#include <omp.h>
+
 #include <cstdint>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -18,6 +20,22 @@ inline void Part(int64_t total, int t, int n, int64_t align, int64_t* begin, int
   const int64_t b = units * t / n * align, e = units * (t + 1) / n * align;
   *begin = b < total ? b : total;
   *end = e < total ? e : total;
+}
+
+// f(begin, end) over [0, total): on this thread when `serial`, else once per
+// thread on its Part (ends multiples of `align`) in one parallel region.
+template <typename F>
+void ForEachSlab(int64_t total, int64_t align, bool serial, F&& f) {
+  if (serial || omp_get_max_threads() == 1) {
+    f(int64_t{0}, total);
+    return;
+  }
+#pragma omp parallel
+  {
+    int64_t b, e;
+    Part(total, omp_get_thread_num(), omp_get_num_threads(), align, &b, &e);
+    if (b < e) f(b, e);
+  }
 }
 
 // gemv.cc
@@ -48,7 +66,7 @@ void KvWriteBf16(uint16_t* base, int64_t width, const int32_t* slots, int64_t n,
 void KvGatherBf16(const uint16_t* base, int64_t width, const int32_t* slots, int64_t n, float* dst, int64_t ld_dst);
 
 // attention.cc
-int64_t AttentionScratch(const AttentionParams& p, int64_t max_kv, int threads);
-void Attention(const AttentionParams& p, int64_t max_kv, float* scratch);
+int64_t AttentionScratch(const AttentionParams& p, int threads);
+void Attention(const AttentionParams& p, float* scratch);
 
 }  // namespace deepshard::cpu::DS_ISA_NS
