@@ -233,7 +233,15 @@ std::optional<RankShare> SetUpRankShare(const std::string& command, const std::s
   const int rank = mpi.rank();
   std::shared_ptr<StartupWatch> watch;
   auto fail = [&](int code, const std::string& m) {
-    if (watch) watch->End();  // every rank fails here together: no rank is stalled
+    // Every rank fails here together (each check below is agreed or made
+    // from values every rank shares), so no rank is stalled. Rank 0 stops
+    // watching before any worker may leave: without the barrier a worker's
+    // exit could reach rank 0's watch first and read as a lost rank, a
+    // second, misleading message after the real one.
+    if (watch) {
+      watch->End();
+      MPI_Barrier(MPI_COMM_WORLD);
+    }
     if (rank == 0 && !m.empty()) std::fprintf(stderr, "deepshard %s: error: %s\n", command.c_str(), m.c_str());
     *exit_code = code;
     return std::nullopt;
