@@ -26,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "kernels/buffer.h"
 #include "kernels/tensor.h"
 
@@ -170,6 +171,12 @@ class Backend {
   // place instead); a GPU backend copies to device memory it keeps.
   virtual absl::StatusOr<WeightView> Upload(const WeightView& w) = 0;
   virtual absl::StatusOr<VectorView> Upload(const VectorView& v) = 0;
+  // A copy of `w` quantised to `target` (DType::kQ8 or kQ4) with `group`
+  // columns per scale (kernels/quant.h; w passes CheckQuantizable), valid for
+  // the backend's life. Backends without these formats answer Unimplemented.
+  virtual absl::StatusOr<WeightView> UploadQuantized(const WeightView& w, DType target, int64_t group) {
+    return absl::UnimplementedError(absl::StrCat("the ", std::string(name()), " backend has no quantised weights"));
+  }
   // Host -> backend memory (ordered before later ops).
   virtual void CopyFromHost(void* dst, const void* host_src, int64_t bytes) = 0;
   // Backend -> host memory; returns once the bytes are on the host.

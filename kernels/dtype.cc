@@ -19,6 +19,8 @@ const char* DTypeName(DType t) {
     case DType::kU8: return "U8";
     case DType::kBool: return "BOOL";
     case DType::kF64: return "F64";
+    case DType::kQ8: return "Q8";  // internal formats: ParseDType never accepts them
+    case DType::kQ4: return "Q4";
   }
   return "?";
 }

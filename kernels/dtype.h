@@ -11,9 +11,12 @@
 
 namespace deepshard {
 
-enum class DType : uint8_t { kF32, kBF16, kF16, kF8E4M3, kI64, kI32, kU8, kBool, kF64 };
+// kQ8 and kQ4 are deepshard's own group-quantised weight formats
+// (kernels/quant.h), made at load by --weights int8|int4; no file stores them.
+enum class DType : uint8_t { kF32, kBF16, kF16, kF8E4M3, kI64, kI32, kU8, kBool, kF64, kQ8, kQ4 };
 
-// Bytes per element.
+// Bytes per element (kQ4 packs two elements per byte: it answers 0; use
+// RowBytes).
 inline int64_t DTypeSize(DType t) {
   switch (t) {
     case DType::kF32: return 4;
@@ -25,9 +28,15 @@ inline int64_t DTypeSize(DType t) {
     case DType::kU8: return 1;
     case DType::kBool: return 1;
     case DType::kF64: return 8;
+    case DType::kQ8: return 1;
+    case DType::kQ4: return 0;
   }
   return 0;
 }
+
+// Bytes of one row of `cols` elements (the quantised formats' scales are
+// stored apart, kernels/quant.h).
+inline int64_t RowBytes(DType t, int64_t cols) { return t == DType::kQ4 ? cols / 2 : cols * DTypeSize(t); }
 
 // The safetensors spelling ("F32", "BF16", "F8_E4M3", ...).
 const char* DTypeName(DType t);

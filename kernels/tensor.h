@@ -14,6 +14,10 @@ namespace deepshard {
 // [ceil(total_rows / block), ceil(cols / block)] and element (r, c) is
 // fp8(r, c) * scale_inv[r / block][c / block]; edge blocks may be partial.
 //
+// Group-quantised weights (DType::kQ8, kQ4; kernels/quant.h) carry one f16
+// scale per `group` columns of each row: `qscale` is [total_rows, cols /
+// group], element (r, g) at qscale[r * (cols / group) + g].
+//
 // `row0` lets a view select a row range (one head's slice of kv_b_proj, one
 // tile) without losing track of which scale block a row falls in.
 struct WeightView {
@@ -24,6 +28,8 @@ struct WeightView {
   int64_t row0 = 0;            // first physical row of the view
   const float* scale_inv = nullptr;  // FP8 only
   int64_t block = 128;               // FP8 block edge (rows and cols)
+  const uint16_t* qscale = nullptr;  // kQ8/kQ4 only: f16 scales
+  int64_t group = 0;                 // kQ8/kQ4 only: columns per scale
 
   // Rows [r, r + n) of this view.
   WeightView Rows(int64_t r, int64_t n) const {
@@ -34,10 +40,10 @@ struct WeightView {
   }
   // Pointer to the first element of logical row r (not valid for scales).
   const uint8_t* RowPtr(int64_t r) const {
-    return static_cast<const uint8_t*>(data) + (row0 + r) * cols * DTypeSize(dtype);
+    return static_cast<const uint8_t*>(data) + (row0 + r) * RowBytes(dtype, cols);
   }
   int64_t scale_cols() const { return (cols + block - 1) / block; }
-  int64_t bytes() const { return rows * cols * DTypeSize(dtype); }
+  int64_t bytes() const { return rows * RowBytes(dtype, cols); }
   bool empty() const { return data == nullptr; }
 };
 

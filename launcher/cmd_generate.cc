@@ -233,12 +233,13 @@ int GenerateOnRoot(const Options& o, serve::Job& job, const Tokenizer* tok) {
       o.gen.max_new_tokens > 0 ? job.engine().Snapshot() : serve::EngineSnapshot{};
   std::fprintf(stderr,
                "deepshard generate: %zu prompts (%zu tokens), %zu new tokens in %.3f s on %d %s (pp %d x ep %d), "
-               "%ld KV blocks of %ld tokens per DP slot, %ld preemptions, prefix cache %ld of %ld tokens%s; %s\n",
+               "%ld KV blocks of %ld tokens per DP slot, %ld preemptions, prefix cache %ld of %ld tokens%s; %s; %s\n",
                n, n_prompt, n_new, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                pc.world, pc.world == 1 ? "rank" : "ranks", pc.pp, pc.ep, static_cast<long>(job.n_blocks()),
                static_cast<long>(job.options().block_size), static_cast<long>(snap.preemptions),
                static_cast<long>(snap.prefix_cache_hits), static_cast<long>(snap.prefix_cache_queries),
-               job.options().prefix_caching ? "" : " (off)", job.model().backend().Describe().c_str());
+               job.options().prefix_caching ? "" : " (off)", job.model().backend().Describe().c_str(),
+               job.model().weights_summary().c_str());
   return 0;
 }
 

@@ -26,7 +26,7 @@ const std::set<std::string>& ModelRunFlags() {
       "device",         "math",          "mla",          "threads",        "max-context",
       "kv-cache-dtype", "pp",            "ep",           "layer-split",    "expert-map",
       "kv-cache-memory", "block-size",   "max-num-seqs", "max-num-batched-tokens",
-      "prefill-chunk",  "micro-batches", "startup-timeout"};
+      "prefill-chunk",  "micro-batches", "startup-timeout", "weights", "weights-group"};
   return flags;
 }
 
@@ -36,7 +36,7 @@ std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags) {
 }
 
 const std::set<std::string>& ModelRunBoolFlags() {
-  static const std::set<std::string> flags = {"no-prefix-cache"};
+  static const std::set<std::string> flags = {"no-prefix-cache", "quantize-fp8"};
   return flags;
 }
 
@@ -47,11 +47,35 @@ std::set<std::string> WithModelRunBoolFlags(std::set<std::string> command_bool_f
 
 const char kModelRunUsage[] =
     "         [--device cpu] [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
+    "         [--weights stored|int8|int4 [--weights-group 32] [--quantize-fp8]]\n"
     "         [--kv-cache-memory 1GiB] [--kv-cache-dtype f32|bf16] [--block-size 64] [--max-num-seqs 64]\n"
     "         [--max-num-batched-tokens 512] [--prefill-chunk 512] [--micro-batches N] [--no-prefix-cache]\n"
     "         [--pp P --ep E [--layer-split 2,2] [--expert-map 0,0,1,1,...]]   (under mpirun -np P*E)\n"
     "         [--startup-timeout 300]   under mpirun: seconds for MPI_Init and the first collectives\n"
     "                                   before a rank gives up on the others and exits 1 (0: no limit)\n";
+
+absl::Status ParseWeightFlags(const Flags& flags, RuntimeConfig* rt) {
+  const std::string weights = flags.String("weights", "stored");
+  if (weights == "stored") {
+    rt->weights = WeightQuant::kStored;
+  } else if (weights == "int8") {
+    rt->weights = WeightQuant::kInt8;
+  } else if (weights == "int4") {
+    rt->weights = WeightQuant::kInt4;
+  } else {
+    return absl::InvalidArgumentError("--weights must be stored, int8 or int4, got \"" + weights + "\"");
+  }
+  ASSIGN_OR_RETURN(rt->quant_group, flags.Int("weights-group", kDefaultQuantGroup));
+  if (rt->quant_group < 32 || rt->quant_group > 4096 || rt->quant_group % 32 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--weights-group must be a multiple of 32 in [32, 4096], got ", rt->quant_group));
+  }
+  rt->quantize_fp8 = flags.Bool("quantize-fp8");
+  if (rt->weights == WeightQuant::kStored && (flags.Has("weights-group") || rt->quantize_fp8)) {
+    return absl::InvalidArgumentError("--weights-group and --quantize-fp8 need --weights int8 or int4");
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place,
                                 serve::JobOptions* job, double* startup_timeout_s) {
@@ -66,6 +90,7 @@ absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, Placement
                                                    "(devices: cpu)"));
   }
   ASSIGN_OR_RETURN(rt->kv_dtype, ParseKvCacheDType(flags.String("kv-cache-dtype", "f32")));
+  RETURN_IF_ERROR(ParseWeightFlags(flags, rt));
   ASSIGN_OR_RETURN(job->kv_bytes, ParseByteSize(flags.String("kv-cache-memory", "1GiB")));
   ASSIGN_OR_RETURN(job->block_size, flags.Int("block-size", 64));
   ASSIGN_OR_RETURN(job->max_num_seqs, flags.Int("max-num-seqs", 64));

@@ -58,17 +58,20 @@ void EndStartupWatch(RankShare& share);
 
 // The value flags every model-running command (generate, serve) shares:
 // --device cpu, --math exact|fast, --mla auto|naive|absorbed, --threads,
-// --max-context, --kv-cache-dtype f32|bf16, --pp, --ep, --layer-split,
+// --max-context, --kv-cache-dtype f32|bf16, --weights stored|int8|int4,
+// --weights-group, --pp, --ep, --layer-split,
 // --expert-map, --startup-timeout, and the engine's: --kv-cache-memory,
 // --block-size, --max-num-seqs, --max-num-batched-tokens, --prefill-chunk,
 // --micro-batches.
 const std::set<std::string>& ModelRunFlags();
 // `command_flags` plus ModelRunFlags(), for Flags::Parse.
 std::set<std::string> WithModelRunFlags(std::set<std::string> command_flags);
-// The boolean flags they share: --no-prefix-cache.
+// The boolean flags they share: --no-prefix-cache, --quantize-fp8.
 const std::set<std::string>& ModelRunBoolFlags();
 // `command_bool_flags` plus ModelRunBoolFlags(), for Flags::Parse.
 std::set<std::string> WithModelRunBoolFlags(std::set<std::string> command_bool_flags);
+// --weights, --weights-group and --quantize-fp8 into `rt` (errors name the flag).
+absl::Status ParseWeightFlags(const Flags& flags, RuntimeConfig* rt);
 // Reads those flags into `rt`, `place`, `job` and `startup_timeout_s`
 // (--startup-timeout, seconds; 0: none); errors name the flag.
 absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, PlacementOptions* place,

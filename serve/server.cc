@@ -45,11 +45,12 @@ int RunServer(Job& job, HttpServerOptions http, const Tokenizer* tokenizer, Stop
   DescribeEngineMetrics(metrics);
   metrics.Describe("deepshard_backend_info", MetricType::kGauge,
                    "Always 1; the labels name rank 0's compute backend: device, kernel level chosen at run time "
-                   "(CPU: scalar, avx2, avx512, avx512-bf16) and math mode.");
+                   "(CPU: scalar, avx2, avx512, avx512-bf16), math mode and weight format (stored, int8, int4).");
   metrics.Set("deepshard_backend_info",
               {{"device", std::string(model.backend().name())},
                {"kernels", model.backend().KernelLevel()},
-               {"math", model.backend().math_mode() == MathMode::kFast ? "fast" : "exact"}},
+               {"math", model.backend().math_mode() == MathMode::kFast ? "fast" : "exact"},
+               {"weights", WeightQuantName(model.runtime().weights)}},
               1);
   engine.set_on_snapshot([&metrics](const EngineSnapshot& s) { PublishEngineMetrics(metrics, s); });
 
@@ -115,7 +116,7 @@ int RunServer(Job& job, HttpServerOptions http, const Tokenizer* tokenizer, Stop
                         pc.world, pc.world == 1 ? " rank" : " ranks", ": pp ", pc.pp, " x ep ", pc.ep, ", ",
                         job.n_blocks(), " KV blocks of ", job.options().block_size, " tokens per DP slot, ",
                         model.runtime().kv_dtype == DType::kBF16 ? "bf16" : "f32", " KV cache, context ", engine.max_context(), "; ",
-                        model.backend().Describe(), ")"));
+                        model.backend().Describe(), "; ", model.weights_summary(), ")"));
 
   const absl::Status st = engine.Run();
   if (!st.ok()) {

@@ -23,6 +23,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/onednn_matmul.h"
 #include "kernels/cpu/router.h"
+#include "kernels/quant.h"
 
 namespace deepshard {
 namespace {
@@ -59,7 +60,8 @@ class CpuBackend final : public Backend {
     return absl::StrCat("cpu: ", cpu::DescribeCpuKernels(k_.isa), ", ", omp_get_max_threads(), " threads, ",
                         mode_ == MathMode::kFast ? "fast" : "exact", " math, ",
                         copy_weights_ ? absl::StrCat(GbText(copied), " of weights on huge pages")
-                                      : std::string("weights read from the mapping"));
+                                      : std::string("weights read from the mapping"),
+                        quantized_bytes_ > 0 ? absl::StrCat(" (", GbText(quantized_bytes_), " quantised)") : "");
   }
   MathMode math_mode() const override { return mode_; }
 
@@ -83,7 +85,7 @@ class CpuBackend final : public Backend {
   // reads the mapping in place instead (no copy, no extra resident memory).
   absl::StatusOr<WeightView> Upload(const WeightView& w) override {
     if (!copy_weights_ || w.bytes() < kCopyMinBytes || (w.dtype == DType::kF8E4M3 && w.row0 != 0)) return w;
-    const int64_t row_bytes = w.cols * DTypeSize(w.dtype);
+    const int64_t row_bytes = RowBytes(w.dtype, w.cols);
     if (absl::Status st = CheckFitsInMemory(w.bytes(), "a weight copy"); !st.ok()) return w;
     const size_t len = static_cast<size_t>((w.bytes() + kHugePage - 1) / kHugePage * kHugePage);
     void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -109,6 +111,48 @@ class CpuBackend final : public Backend {
     return out;
   }
   absl::StatusOr<VectorView> Upload(const VectorView& v) override { return v; }
+  // Quantised copies live on huge pages like the other copies, each GEMV slab
+  // of rows quantised (and so first touched) by the thread that reads it.
+  absl::StatusOr<WeightView> UploadQuantized(const WeightView& w, DType target, int64_t group) override {
+    RETURN_IF_ERROR(CheckQuantizable(w, group));
+    if (target != DType::kQ8 && target != DType::kQ4) {
+      return absl::InvalidArgumentError(absl::StrCat("UploadQuantized: ", DTypeName(target), " is not a quantised format"));
+    }
+    const int64_t row_bytes = RowBytes(target, w.cols), groups = w.cols / group;
+    const int64_t data_bytes = (w.rows * row_bytes + kAlign - 1) / kAlign * kAlign;
+    const int64_t total = data_bytes + w.rows * groups * 2;
+    RETURN_IF_ERROR(CheckFitsInMemory(total, "a quantised weight"));
+    // Small weights on 4 KiB pages: a 2 MiB page each would waste most of it.
+    const int64_t page = total >= kCopyMinBytes ? kHugePage : 4096;
+    const size_t len = static_cast<size_t>((total + page - 1) / page * page);
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(absl::StrCat("out of host memory for a quantised weight (", total, " bytes)"));
+    }
+#if defined(MADV_HUGEPAGE)
+    if (total >= kCopyMinBytes) madvise(p, len, MADV_HUGEPAGE);
+#endif
+    uint8_t* q = static_cast<uint8_t*>(p);
+    uint16_t* scales = reinterpret_cast<uint16_t*>(q + data_bytes);
+    const int64_t rows = w.rows;
+#pragma omp parallel if (rows * w.cols >= (1 << 16))
+    {
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t g = cpu::kGemvSlabRows, units = (rows + g - 1) / g;
+      const int64_t r0 = std::min(rows, units * t / nt * g), r1 = std::min(rows, units * (t + 1) / nt * g);
+      if (r1 > r0) QuantizeRows(w, r0, r1, target, group, q + r0 * row_bytes, scales + r0 * groups);
+    }
+    copies_.push_back({p, len});
+    quantized_bytes_ += static_cast<size_t>(total);
+    WeightView out;
+    out.dtype = target;
+    out.data = q;
+    out.rows = w.rows;
+    out.cols = w.cols;
+    out.qscale = scales;
+    out.group = group;
+    return out;
+  }
   void CopyFromHost(void* dst, const void* src, int64_t bytes) override {
     if (bytes > 0) std::memcpy(dst, src, bytes);
   }
@@ -321,10 +365,14 @@ class CpuBackend final : public Backend {
     if (error_.ok()) error_ = std::move(s);
   }
 
-  // "1.23 GB".
+  // "1.23 GB", or "45.6 MB" below 0.1 GB.
   static std::string GbText(size_t bytes) {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%.2f GB", static_cast<double>(bytes) / 1e9);
+    if (bytes < 100'000'000) {
+      std::snprintf(buf, sizeof buf, "%.1f MB", static_cast<double>(bytes) / 1e6);
+    } else {
+      std::snprintf(buf, sizeof buf, "%.2f GB", static_cast<double>(bytes) / 1e9);
+    }
     return buf;
   }
 
@@ -382,6 +430,7 @@ class CpuBackend final : public Backend {
   const cpu::CpuKernels& k_;
   bool copy_weights_ = true;
   std::vector<std::pair<void*, size_t>> copies_;  // anonymous weight copies, unmapped with the backend
+  size_t quantized_bytes_ = 0;                      // of which quantised (values and scales)
   absl::Status error_;
   cpu::OneDnnMatmul mm_;
   std::vector<uint16_t> xbf16_, tile_bf16_;

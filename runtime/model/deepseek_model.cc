@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "base/checked_math.h"
 #include "base/status_macros.h"
 #include "runtime/model/mla_attention.h"
@@ -67,25 +68,51 @@ absl::Status DeepseekModel::UploadWeights() {
     ASSIGN_OR_RETURN(view, be.Upload(view));
     return absl::OkStatus();
   };
-  auto up_mlp = [&up](MlpWeights& w) -> absl::Status {
-    RETURN_IF_ERROR(up(w.gate_proj));
-    RETURN_IF_ERROR(up(w.up_proj));
-    return up(w.down_proj);
+  // --weights int8|int4 quantises the projections that GEMVs stream every
+  // step: attention's q/kv_a/o (and MHA's q/k/v), every MLP and expert, and
+  // the LM head. Kept as stored: kv_b_proj (absorbed MLA reads it per head,
+  // column-wise, and it is small), the router (its scores decide discrete
+  // choices), the embedding (one row per token) and the norms.
+  const DType target = rt_.weights == WeightQuant::kInt8 ? DType::kQ8 : DType::kQ4;
+  int64_t n_quantized = 0, n_fp8_kept = 0, n_indivisible = 0;
+  double bytes_before = 0, bytes_after = 0;
+  auto up_q = [&](WeightView& view) -> absl::Status {
+    if (view.empty()) return absl::OkStatus();
+    if (rt_.weights == WeightQuant::kStored) return up(view);
+    if (view.dtype == DType::kF8E4M3 && !rt_.quantize_fp8) {
+      ++n_fp8_kept;
+      return up(view);
+    }
+    if (view.cols % rt_.quant_group != 0) {
+      ++n_indivisible;
+      return up(view);
+    }
+    bytes_before += static_cast<double>(view.bytes());
+    ASSIGN_OR_RETURN(view, be.UploadQuantized(view, target, rt_.quant_group));
+    bytes_after += static_cast<double>(view.bytes() + view.rows * (view.cols / view.group) * 2);
+    ++n_quantized;
+    return absl::OkStatus();
+  };
+  auto up_mlp = [&up_q](MlpWeights& w) -> absl::Status {
+    RETURN_IF_ERROR(up_q(w.gate_proj));
+    RETURN_IF_ERROR(up_q(w.up_proj));
+    return up_q(w.down_proj);
   };
   ModelWeights& w = weights_;
   RETURN_IF_ERROR(up(w.embed_tokens));
   RETURN_IF_ERROR(up(w.norm));
-  RETURN_IF_ERROR(up(w.lm_head));
+  RETURN_IF_ERROR(up_q(w.lm_head));
   router_bias_.resize(w.layers.size());
   for (size_t l = 0; l < w.layers.size(); ++l) {
     LayerWeights& L = w.layers[l];
     RETURN_IF_ERROR(up(L.input_layernorm));
     RETURN_IF_ERROR(up(L.post_attention_layernorm));
     AttentionWeights& a = L.attn;
-    for (WeightView* v : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj, &a.k_proj,
-                          &a.v_proj, &a.o_proj}) {
-      RETURN_IF_ERROR(up(*v));
+    for (WeightView* v : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.k_proj, &a.v_proj,
+                          &a.o_proj}) {
+      RETURN_IF_ERROR(up_q(*v));
     }
+    RETURN_IF_ERROR(up(a.kv_b_proj));
     RETURN_IF_ERROR(up(a.q_a_layernorm));
     RETURN_IF_ERROR(up(a.kv_a_layernorm));
     RETURN_IF_ERROR(up_mlp(L.mlp));
@@ -100,6 +127,20 @@ absl::Status DeepseekModel::UploadWeights() {
       ConvertToF32(bias.dtype, bias.data, f.data(), bias.size);
       ASSIGN_OR_RETURN(router_bias_[l], be.Allocate(bias.size * sizeof(float), "the router bias"));
       be.CopyFromHost(router_bias_[l].data(), f.data(), bias.size * sizeof(float));
+    }
+  }
+  if (rt_.weights == WeightQuant::kStored) {
+    weights_summary_ = "weights as stored";
+  } else {
+    const double unit = bytes_before >= 1e8 ? 1e9 : 1e6;
+    weights_summary_ = absl::StrFormat("weights %s (group %d): %d tensors quantised, %.2f %s -> %.2f %s",
+                                       WeightQuantName(rt_.weights), rt_.quant_group, n_quantized,
+                                       bytes_before / unit, unit == 1e9 ? "GB" : "MB", bytes_after / unit,
+                                       unit == 1e9 ? "GB" : "MB");
+    if (n_fp8_kept > 0) absl::StrAppend(&weights_summary_, "; ", n_fp8_kept, " fp8 kept as fp8 (--quantize-fp8)");
+    if (n_indivisible > 0) {
+      absl::StrAppend(&weights_summary_, "; ", n_indivisible, " kept as stored (columns not a multiple of ",
+                      rt_.quant_group, ")");
     }
   }
   const int64_t table_bytes = static_cast<int64_t>(rope_.cos.size() * sizeof(float));

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "comm/expert_exchange.h"
 #include "kernels/backend.h"
+#include "kernels/quant.h"
 #include "runtime/config/model_config.h"
 #include "runtime/model/forward_batch.h"
 #include "runtime/model/kv_cache.h"
@@ -32,6 +33,11 @@ struct RuntimeConfig {
   int64_t max_context = 0;           // longest sequence; 0 = min(max_position_embeddings, 16384)
   bool prefault = true;              // touch every weight page at load (not during the first steps)
   DType kv_dtype = DType::kF32;      // latent KV cache values: f32 or bf16 (--kv-cache-dtype)
+  // --weights: quantise the projections at load (kernels/quant.h). fp8
+  // weights stay fp8 unless quantize_fp8.
+  WeightQuant weights = WeightQuant::kStored;
+  int64_t quant_group = kDefaultQuantGroup;
+  bool quantize_fp8 = false;
 };
 
 class DeepseekModel {
@@ -50,6 +56,9 @@ class DeepseekModel {
   Backend& backend() { return *backend_; }
   int64_t max_context() const { return max_context_; }
   int64_t n_local_layers() const { return static_cast<int64_t>(weights_.layers.size()); }
+  // One line on the weights' format: "weights as stored", or what --weights
+  // quantised (tensors, bytes before and after) and what it kept.
+  const std::string& weights_summary() const { return weights_summary_; }
   // Bytes of tensor data this rank asked the checkpoint for.
   uint64_t weight_bytes() const { return ckpt_->bytes_requested(); }
 
@@ -101,6 +110,7 @@ class DeepseekModel {
   std::vector<Buffer> router_bias_;     // [local layer]: e_score_correction_bias as f32 (noaux_tc)
   RouterParams router_;
   int64_t max_context_ = 0;
+  std::string weights_summary_;
   int64_t hidden_tokens_ = 0;           // rows of ws_.x the last Embed/WriteHidden filled
   Workspace ws_;
 };

@@ -105,21 +105,26 @@ double GemmGflops(int64_t m, int64_t n, int64_t k, dnnl::memory::data_type dt) {
   return Median(runs);
 }
 
-uint64_t MlpBytes(const ds::MlpWeights& w) { return w.gate_proj.bytes() + w.up_proj.bytes() + w.down_proj.bytes(); }
+// Bytes a product reads of a weight: its values, and a quantised weight's scales.
+uint64_t ReadBytes(const ds::WeightView& w) {
+  return w.bytes() + (w.qscale != nullptr ? w.rows * (w.cols / w.group) * 2 : 0);
+}
+
+uint64_t MlpBytes(const ds::MlpWeights& w) { return ReadBytes(w.gate_proj) + ReadBytes(w.up_proj) + ReadBytes(w.down_proj); }
 
 // Weight bytes one batch-1 decode step reads: all dense weights, k experts per
 // MoE layer, one embedding row, lm_head.
 uint64_t DecodeBytes(const ds::DeepseekModel& m) {
   const auto& c = m.config();
   const auto& w = m.weights();
-  uint64_t b = w.lm_head.bytes() + w.embed_tokens.bytes() / c.vocab_size;
+  uint64_t b = ReadBytes(w.lm_head) + w.embed_tokens.bytes() / c.vocab_size;
   for (const auto& L : w.layers) {
     const auto& a = L.attn;
     for (const auto* v : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj, &a.k_proj,
                           &a.v_proj, &a.o_proj})
-      b += v->bytes();
+      b += ReadBytes(*v);
     if (L.is_moe) {
-      b += L.moe.gate.bytes() + (L.moe.has_shared ? MlpBytes(L.moe.shared) : 0);
+      b += ReadBytes(L.moe.gate) + (L.moe.has_shared ? MlpBytes(L.moe.shared) : 0);
       b += c.num_experts_per_tok * MlpBytes(L.moe.experts[0]);
     } else {
       b += MlpBytes(L.mlp);
@@ -204,6 +209,8 @@ constexpr char kUsage[] =
     "  --decode-steps N    batch-1 decode steps after the prompt; the median is reported (default 32)\n"
     "  --threads N         OpenMP threads (default: OpenMP's default)\n"
     "  --math exact|fast   how GEMMs treat bf16/fp8 weights (default fast)\n"
+    "  --weights stored|int8|int4  quantise the projections at load (deepshard --weights; default stored)\n"
+    "  --weights-group N   columns per quantisation scale (default 32)\n"
     "  --help              this text\n"
     "\n"
     "The CPU kernel level is chosen at run time; DEEPSHARD_CPU_KERNELS=avx2 (etc.) forces one.\n";
@@ -222,8 +229,8 @@ bool ParsePositive(const std::string& flag, const std::string& v, int64_t* out) 
 }
 
 int main(int argc, char** argv) {
-  std::string model_dir, math = "fast";
-  int64_t decode_steps = 32, prompt_len = 512, threads = 0, layers = 2;
+  std::string model_dir, math = "fast", weights = "stored";
+  int64_t decode_steps = 32, prompt_len = 512, threads = 0, layers = 2, group = ds::kDefaultQuantGroup;
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
     if (f == "--help" || f == "-h") {
@@ -252,6 +259,18 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "deepshard_bench_forward: --math wants exact or fast, got '%s'\n", v.c_str());
         return 2;
       }
+    } else if (f == "--weights") {
+      weights = v;
+      if (weights != "stored" && weights != "int8" && weights != "int4") {
+        std::fprintf(stderr, "deepshard_bench_forward: --weights wants stored, int8 or int4, got '%s'\n", v.c_str());
+        return 2;
+      }
+    } else if (f == "--weights-group") {
+      ok = ParsePositive(f, v, &group);
+      if (ok && group % 32 != 0) {
+        std::fprintf(stderr, "deepshard_bench_forward: --weights-group wants a multiple of 32, got '%s'\n", v.c_str());
+        return 2;
+      }
     } else {
       std::fprintf(stderr, "deepshard_bench_forward: unknown flag %s (see --help)\n", f.c_str());
       return 2;
@@ -277,6 +296,8 @@ int main(int argc, char** argv) {
   ds::RuntimeConfig rt;
   rt.math = math == "exact" ? ds::MathMode::kExact : ds::MathMode::kFast;
   rt.max_context = prompt_len + decode_steps + 8;
+  rt.weights = weights == "int8" ? ds::WeightQuant::kInt8 : weights == "int4" ? ds::WeightQuant::kInt4 : ds::WeightQuant::kStored;
+  rt.quant_group = group;
   const auto load0 = Clock::now();
   auto loaded = ds::DeepseekModel::Load(model_dir, rt);
   if (!loaded.ok()) {
@@ -314,6 +335,7 @@ int main(int argc, char** argv) {
               m.weight_bytes() / 1e9);
   std::printf("# threads %d, math %s, oneDNN GEMM dtype %s\n", omp_get_max_threads(), math.c_str(), bf16 ? "bf16" : (math == "fast" ? "f32 (no bf16 matmul on this CPU)" : "f32 (as exact math)"));
   std::printf("# backend: %s\n", m.backend().Describe().c_str());
+  std::printf("# %s\n", m.weights_summary().c_str());
   std::printf("# read ceiling: %.1f GB/s (%s)\n", stream, read_how.c_str());
   std::printf("# oneDNN GEMM [%ld x 2048 x 2048]: %.1f GFLOP/s, expert-sized [%ld]: %.1f GFLOP/s\n",
               prompt_len, gemm_peak, std::max<int64_t>(1, prompt_len * c.num_experts_per_tok / c.n_routed_experts), gemm_moe);

@@ -7,7 +7,9 @@
 # with SIGILL on an AVX2 machine. Arguments: the object files.
 set -euo pipefail
 bad=0
+[[ $# -gt 0 ]] || { echo "no object files given"; exit 2; }
 for obj in "$@"; do
+  [[ -f "$obj" ]] || { echo "no object file '$obj'"; exit 2; }
   level="$(echo "$obj" | sed -n 's#.*deepshard_kernels_\([a-z0-9_]*\)\.dir/.*#\1#p')"
   [[ -n "$level" ]] || { echo "cannot tell the level of $obj"; exit 2; }
   while IFS= read -r line; do

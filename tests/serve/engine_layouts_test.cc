@@ -118,21 +118,22 @@ std::vector<serve::OfflineResult> RunOnLayout(Layout& l, const std::vector<std::
   return got.ok() ? *std::move(got) : std::vector<serve::OfflineResult>{};
 }
 
-void CheckLayout(const std::string& preset, const std::vector<std::vector<int32_t>>& prompts, SamplingParams sp) {
+void CheckLayout(const std::string& preset, const std::vector<std::vector<int32_t>>& prompts, SamplingParams sp,
+                 const RuntimeConfig& rt = RuntimeConfig{}) {
   const int pp = EnvInt("DS_TEST_PP", 1), ep = EnvInt("DS_TEST_EP", 1);
   RandomModelOptions o;
   o.preset = preset;
   o.num_layers = 4;  // enough layers for pp = 4
   const std::string dir = SharedModel(o, preset);
   Layout l;
-  StartLayout(dir, RuntimeConfig{}, pp, ep, l);
+  StartLayout(dir, rt, pp, ep, l);
   if (l.job == nullptr) return;
   const int64_t steps = 8;
   const auto got = RunOnLayout(l, prompts, sp, steps);
   if (l.pc.rank != 0) return;
   ASSERT_EQ(got.size(), prompts.size());
   // The single-rank reference, computed on rank 0 without the engine.
-  auto full = DeepseekModel::Load(dir, RuntimeConfig{});
+  auto full = DeepseekModel::Load(dir, rt);
   ASSERT_TRUE(full.ok());
   const int64_t V = (*full)->config().vocab_size;
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -163,6 +164,13 @@ const std::vector<std::vector<int32_t>> kPrompts = {
 
 TEST(EngineLayouts, TinyV3GreedyMatchesSingleRank) { CheckLayout("tiny-v3", kPrompts, SamplingParams{}); }
 TEST(EngineLayouts, TinyV2GreedyMatchesSingleRank) { CheckLayout("tiny-v2", kPrompts, SamplingParams{}); }
+// Every rank quantises its own layers and experts at load (--weights int4):
+// the same bytes as one rank quantising the whole model, so the same tokens.
+TEST(EngineLayouts, Int4WeightsMatchSingleRank) {
+  RuntimeConfig rt;
+  rt.weights = WeightQuant::kInt4;
+  CheckLayout("tiny-v3", kPrompts, SamplingParams{}, rt);
+}
 
 TEST(EngineLayouts, SampledTokensMatchSingleRank) {
   SamplingParams sp;

@@ -17,6 +17,11 @@ Usage (from the repository root, inside the venv of tools/reference/requirements
   python tools/reference/make_fixtures.py                 # regenerate all fixtures
   python tools/reference/make_fixtures.py --check         # compare with committed fixtures, write nothing
   python tools/reference/make_fixtures.py --variants tiny-v3-f32,tiny-v2-f32
+
+Quantised variants (QUANT_VARIANTS, e.g. tiny-v3-bf16-int4) use the checkpoint of their base
+variant with every tensor that `--weights int8|int4` quantises replaced by its quantise-dequantise
+image (kernels/quant.h, reimplemented here in numpy); they also print the accuracy of that format
+against the unquantised reference.
 """
 
 import argparse
@@ -25,6 +30,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -54,6 +60,15 @@ VARIANTS = [
     ("tiny-v2-lite-f32", "tiny-v2-lite", "f32", []),
     ("tiny-moe16b-f32", "tiny-moe16b", "f32", []),
 ]
+# Quantised variants (--weights int8|int4): the reference runs the quantise-dequantise image of the
+# tensors deepshard quantises at load (see quantize_state_dict). variant -> (base variant, format).
+QUANT_VARIANTS = {
+    "tiny-v3-bf16-int8": ("tiny-v3-bf16", "int8"),
+    "tiny-v3-bf16-int4": ("tiny-v3-bf16", "int4"),
+    "tiny-v2-lite-f32-int4": ("tiny-v2-lite-f32", "int4"),
+}
+QUANT_GROUP = 32            # --weights-group for every quantised variant
+VARIANTS += [(name, *next(v[1:] for v in VARIANTS if v[0] == base)) for name, (base, _) in QUANT_VARIANTS.items()]
 SEED = 1                    # make-model --seed for every variant
 PROMPT_SEED = 1234          # numpy RandomState seed for the prompt token ids
 PROMPT_LENGTHS = (5, 17, 45)  # drawn in this order: RandomState(1234).randint(2, vocab, size=L)
@@ -180,6 +195,125 @@ def model_config_for_torch(cfg):
     for k in ("auto_map",):
         c.pop(k, None)
     return c
+
+
+# ----------------------------------------------------------------------------------------------
+# --weights int8|int4: group quantisation as specified in kernels/quant.h, written out independently.
+# ----------------------------------------------------------------------------------------------
+
+# The tensors deepshard quantises (runtime/model/deepseek_model.cc, UploadWeights): attention's
+# q/q_a/q_b/kv_a/o (MHA: q/k/v/o), every dense, routed-expert and shared-expert MLP projection, and
+# the LM head. Not kv_b_proj, the router (mlp.gate.weight), the embedding, norms or biases.
+QUANTIZED_TENSOR_RE = re.compile(
+    r"^lm_head\.weight$"
+    r"|^model\.layers\.\d+\.self_attn\.(q_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|k_proj|v_proj|o_proj)\.weight$"
+    r"|^model\.layers\.\d+\.mlp\.(experts\.\d+\.|shared_experts\.)?(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def f16_scale_up(d):
+    """float32 scales -> float16 bits: round to nearest even, then one f16 step away from zero where
+    that rounding made the magnitude smaller (so no |w / d| exceeds 127 or 8)."""
+    h = d.astype(np.float16)  # IEEE round-to-nearest-even, subnormals included
+    ht = torch.from_numpy(d).to(torch.float16).numpy()  # second opinion on the rounding
+    if not np.array_equal(h.view(np.uint16), ht.view(np.uint16)):
+        raise AssertionError("numpy and torch disagree on float32 -> float16 rounding")
+    bits = h.view(np.uint16).copy()
+    shrunk = np.abs(h.astype(np.float32)) < np.abs(d)
+    bits[shrunk] += 1  # same sign bit: the next magnitude up
+    return bits.view(np.float16)
+
+
+def quantize_dequantize(w, fmt, group):
+    """The float32 image of a [N, K] float32 weight after --weights int8|int4 with `group` columns
+    per scale (kernels/quant.h):
+
+      int8: d = f16up(amax / 127), q = clamp(rint(w / d), -127, 127),      w' = q * d
+      int4: d = f16up(m / -8),     q = clamp(rint(w / d) + 8, 0, 15),      w' = (q - 8) * d
+            m = the group's value of largest magnitude, the first one on ties
+
+    d is computed in float32; w / d is a float32 division by the f16 scale; rint is half-to-even.
+    An all-zero group has d = 0 (int4: -0.0) and w' = 0. q * d is exact in float32.
+    """
+    x = w.detach().to(torch.float32).contiguous().numpy()
+    n, k = x.shape
+    if k % group:
+        raise ValueError(f"{k} columns are not a multiple of the group {group}")
+    g = x.reshape(n, k // group, group)
+    first = np.argmax(np.abs(g), axis=-1)[..., None]  # argmax returns the first maximum
+    m = np.take_along_axis(g, first, axis=-1)[..., 0]
+    m = np.where(np.abs(m) > 0, m, np.float32(0.0)).astype(np.float32)  # all-zero group: m = +0
+    if fmt == "int8":
+        d32 = (np.abs(m) / np.float32(127.0)).astype(np.float32)
+    elif fmt == "int4":
+        d32 = (m / np.float32(-8.0)).astype(np.float32)
+    else:
+        raise ValueError(f"unknown weight format {fmt!r}")
+    assert d32.dtype == np.float32
+    d = f16_scale_up(d32).astype(np.float32)[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (g / d).astype(np.float32)  # float32 / float32: one IEEE division
+    assert ratio.dtype == np.float32
+    v = np.where(d == 0, np.float32(0.0), np.rint(ratio)).astype(np.float32)
+    # q is stored as an integer (so a rint of -0.0 is plain 0) and widened back to float32.
+    if fmt == "int8":
+        q = np.clip(v, -127.0, 127.0).astype(np.int32)
+    else:
+        q = np.clip(v + np.float32(8.0), 0.0, 15.0).astype(np.int32) - 8
+    out = (q.astype(np.float32) * d).astype(np.float32)
+    if fmt == "int8":
+        assert np.all(np.abs(np.rint(ratio[np.broadcast_to(d != 0, ratio.shape)])) <= 127)
+    return torch.from_numpy(out.reshape(n, k))
+
+
+def quantize_state_dict(state, cfg, fmt, group):
+    """Replaces, in place, every tensor that deepshard quantises by its quantise-dequantise image.
+    Returns (quantised tensor names, names kept because their columns are not a multiple of group)."""
+    if cfg.get("tie_word_embeddings"):
+        raise ValueError("tied embeddings: deepshard quantises lm_head but not embed_tokens")
+    if cfg.get("quantization_config") is not None:
+        raise ValueError("fp8 checkpoint: the quantised fixtures assume weights deepshard would quantise "
+                         "without --quantize-fp8")
+    done, kept = [], []
+    for key in sorted(state):
+        if not QUANTIZED_TENSOR_RE.match(key):
+            continue
+        t = state[key]
+        if t.dim() != 2:
+            raise ValueError(f"{key}: expected a matrix, got shape {tuple(t.shape)}")
+        if t.shape[1] % group:
+            kept.append(key)
+            continue
+        state[key] = quantize_dequantize(t, fmt, group)
+        done.append(key)
+    return done, kept
+
+
+def rel_logit_err(ours, ref):
+    """Max over rows of max|ours - ref| / max|ref| (the C++ tests' RowRelErr)."""
+    ours, ref = ours.reshape(-1, ref.shape[-1]).double(), ref.reshape(-1, ref.shape[-1]).double()
+    return float(((ours - ref).abs().amax(dim=-1) / ref.abs().amax(dim=-1)).max())
+
+
+def quant_accuracy(q_rec, ref_rec):
+    """How far the quantised reference is from the unquantised one (same model and prompts)."""
+    out, prompt_errs, agree, rows = {}, [], 0, 0
+    for i in range(len(PROMPT_LENGTHS)):
+        a, b = q_rec[f"prompt{i}.logits"], ref_rec[f"prompt{i}.logits"]
+        prompt_errs.append(rel_logit_err(a, b))
+        agree += int((a.argmax(dim=-1) == b.argmax(dim=-1)).sum())
+        rows += a.shape[0]
+    out["prompt_max_rel_logit_err"] = max(prompt_errs)
+    out["prompt_rel_logit_err"] = prompt_errs
+    out["prompt_argmax_agree"] = f"{agree}/{rows}"
+    qt, rt = q_rec["decode.tokens"], ref_rec["decode.tokens"]
+    same = (qt == rt).tolist()
+    first = same.index(False) if False in same else len(same)
+    out["decode_tokens_identical"] = f"{sum(same)}/{len(same)}"
+    out["decode_first_divergent_step"] = first if first < len(same) else None
+    # Decode logits compared while both greedy paths share their context (up to the first divergence).
+    n = min(first + 1, len(same))
+    out["decode_max_rel_logit_err"] = rel_logit_err(q_rec["decode.logits"][:n], ref_rec["decode.logits"][:n])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -576,6 +710,14 @@ def process_variant(args, variant, preset, dtype, extra, tmp_root):
         raise ValueError(f"{variant}: config.json lacks {missing_keys}; original and native defaults differ")
     state, n_mtp = load_checkpoint(model_dir, cfg)
     print(f"weights_fnv1a64 {digest}; {len(state)} tensors (dropped {n_mtp} MTP tensors)")
+    quant = QUANT_VARIANTS.get(variant)
+    unquantized_state = None
+    if quant is not None:
+        unquantized_state = {k: v.clone() for k, v in state.items()}
+        done, kept = quantize_state_dict(state, cfg, quant[1], QUANT_GROUP)
+        print(f"weights {quant[1]} (group {QUANT_GROUP}): {len(done)} tensors quantised"
+              + (f"; {len(kept)} kept as stored (columns not a multiple of {QUANT_GROUP}, e.g. {kept[0]})"
+                 if kept else ""))
 
     original_path = {"deepseek_v3": args.original_v3, "deepseek_v2": args.original_v2,
                      "deepseek": args.original_moe16b}[mt]
@@ -612,6 +754,27 @@ def process_variant(args, variant, preset, dtype, extra, tmp_root):
     del model
 
     summary = {}
+    if quant is not None:
+        # Accuracy of the format on this model: the quantised reference against the unquantised one.
+        torch.manual_seed(0)
+        if impl == "patched-native":
+            ref_model, _ = build_native(cfg, unquantized_state, patch=True)
+        elif impl == "native":
+            ref_model, _ = build_native(cfg, unquantized_state, patch=False)
+        else:
+            ref_model = build_original(cfg, unquantized_state, original_path)
+        ref_records, _ = compute_records(ref_model, cfg["vocab_size"], check_recompute=False)
+        del ref_model
+        acc = quant_accuracy(records, ref_records)
+        summary["quant_accuracy"] = acc
+        print(f"ACCURACY {variant} ({quant[1]}, group {QUANT_GROUP}) vs unquantised reference: "
+              f"prompt logits max rel err {acc['prompt_max_rel_logit_err']:.3e} "
+              f"(per prompt {', '.join(f'{e:.3e}' for e in acc['prompt_rel_logit_err'])}), "
+              f"prompt argmax agreement {acc['prompt_argmax_agree']}; "
+              f"greedy decode tokens identical {acc['decode_tokens_identical']}"
+              + (f" (first divergence at step {acc['decode_first_divergent_step']})"
+                 if acc["decode_first_divergent_step"] is not None else "")
+              + f", decode logits max rel err {acc['decode_max_rel_logit_err']:.3e} (shared-context steps)")
     if have_original and impl != "original":
         orig_records, _ = compute_records(build_original(cfg, state, original_path), cfg["vocab_size"],
                                           check_recompute=False)
@@ -647,6 +810,17 @@ def process_variant(args, variant, preset, dtype, extra, tmp_root):
         # config.json is not covered by weights_fnv1a64 (e.g. --no-yarn changes only the config).
         "config_json": json.dumps(cfg, sort_keys=True, separators=(",", ":")),
     }
+    if quant is not None:  # only quantised variants carry these keys (the others stay byte-identical)
+        acc = summary["quant_accuracy"]
+        meta.update({
+            "weights": quant[1],
+            "weights_group": str(QUANT_GROUP),
+            "weights_quantized_tensors": str(len(done)),
+            "quant_accuracy_vs_unquantized": json.dumps(
+                {k: acc[k] for k in ("prompt_max_rel_logit_err", "prompt_argmax_agree",
+                                     "decode_tokens_identical", "decode_max_rel_logit_err")},
+                sort_keys=True, separators=(",", ":")),
+        })
     return records, meta
 
 
@@ -698,6 +872,7 @@ def main():
                 d, bad = worst(diffs)
                 same_digest = old_meta.get("weights_fnv1a64") == meta["weights_fnv1a64"]
                 same_config = old_meta.get("config_json", meta["config_json"]) == meta["config_json"]
+                same_config = same_config and all(old_meta.get(k) == meta.get(k) for k in ("weights", "weights_group"))
                 for k, v in diffs.items():
                     print(f"  {k:22s} {v if isinstance(v, str) else f'{v:.3e}'}")
                 ok = not bad and not extra_keys and d <= args.tol and same_digest and same_config

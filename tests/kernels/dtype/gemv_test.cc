@@ -2,7 +2,10 @@
 // for F32, BF16, F16 and FP8 e4m3 with DeepSeek-V3 block scales, against a plain
 // double-precision reference, on every kernel level (kernels/cpu/isa.h) this
 // machine runs. Shapes are chosen so that edge (partial) scale blocks and row
-// sub-views that start inside a block are covered.
+// sub-views that start inside a block are covered. The group-quantised dtypes
+// (kQ8, kQ4) are checked against DequantizeRow (kernels/quant.h, tested in
+// quant_test.cc), with shapes that leave rows over after the GEMV's row groups
+// and cross its stretches of widened scales.
 #include "kernels/cpu/cpu_kernels.h"
 
 #include <gtest/gtest.h>
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "kernels/dtype.h"
+#include "kernels/quant.h"
 #include "kernels/tensor.h"
 
 namespace deepshard::cpu {
@@ -30,6 +34,9 @@ void WidenRowsF32(const WeightView& w, int64_t r0, int64_t n, float* dst) { g_k-
 void WidenRowsBf16(const WeightView& w, int64_t r0, int64_t n, uint16_t* dst) {
   g_k->widen_rows_bf16(w, r0, n, dst);
 }
+void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
+  g_k->gemv_cols(x, m, ldx, w, y, ldy);
+}
 
 class Levels : public ::testing::TestWithParam<CpuIsa> {
  protected:
@@ -43,18 +50,23 @@ std::string LevelName(const ::testing::TestParamInfo<CpuIsa>& info) {
 class WidenRowsF32Test : public Levels {};
 class WidenRowsBf16Test : public Levels {};
 class GemvRowsTest : public Levels {};
+class GemvColsTest : public Levels {};
 INSTANTIATE_TEST_SUITE_P(Levels, WidenRowsF32Test, ::testing::ValuesIn(AvailableCpuIsas()), LevelName);
 INSTANTIATE_TEST_SUITE_P(Levels, WidenRowsBf16Test, ::testing::ValuesIn(AvailableCpuIsas()), LevelName);
 INSTANTIATE_TEST_SUITE_P(Levels, GemvRowsTest, ::testing::ValuesIn(AvailableCpuIsas()), LevelName);
+INSTANTIATE_TEST_SUITE_P(Levels, GemvColsTest, ::testing::ValuesIn(AvailableCpuIsas()), LevelName);
 
 // A weight matrix in its stored dtype plus the f32 value of every element
-// (exact: every stored dtype widens exactly, and fp8 * f32 scale is exact in double).
+// (exact: every stored dtype widens exactly, fp8 * f32 scale is exact in double,
+// and a quantised q * d is exact in f32).
 struct TestWeight {
   DType dtype;
   int64_t rows, cols, block;
   std::vector<uint8_t> bytes;
   std::vector<float> scales;  // FP8 only: [ceil(rows/block), ceil(cols/block)]
   std::vector<double> value;  // [rows, cols], dequantised
+  int64_t group;                 // kQ8/kQ4 only
+  std::vector<uint16_t> qscale;  // kQ8/kQ4 only: [rows, cols / group] f16
 
   WeightView View() const {
     WeightView w;
@@ -64,12 +76,16 @@ struct TestWeight {
     w.cols = cols;
     w.block = block;
     w.scale_inv = dtype == DType::kF8E4M3 ? scales.data() : nullptr;
+    if (dtype == DType::kQ8 || dtype == DType::kQ4) {
+      w.qscale = qscale.data();
+      w.group = group;
+    }
     return w;
   }
 };
 
 TestWeight MakeWeight(DType dtype, int64_t rows, int64_t cols, uint32_t seed, int64_t block = 128) {
-  TestWeight t{dtype, rows, cols, block, {}, {}, {}};
+  TestWeight t{dtype, rows, cols, block, {}, {}, {}, 0, {}};
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   t.bytes.resize(rows * cols * DTypeSize(dtype));
@@ -119,6 +135,30 @@ TestWeight MakeWeight(DType dtype, int64_t rows, int64_t cols, uint32_t seed, in
   return t;
 }
 
+// A kQ8/kQ4 weight quantised from random values whose magnitude changes from
+// group to group and row to row (2^-4 .. 2^4), so a scale taken from the wrong
+// group or row shows; values are DequantizeRow's.
+TestWeight MakeQWeight(DType dtype, int64_t rows, int64_t cols, int64_t group, uint32_t seed) {
+  TestWeight t{dtype, rows, cols, 128, {}, {}, {}, group, {}};
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int64_t row_bytes = RowBytes(dtype, cols), groups = cols / group;
+  t.bytes.resize(rows * row_bytes);
+  t.qscale.resize(rows * groups);
+  std::vector<float> row(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) row[c] = std::ldexp(u(rng), static_cast<int>((r * 3 + c / group * 5) % 9) - 4);
+    QuantizeRow(row.data(), cols, dtype, group, &t.bytes[r * row_bytes], &t.qscale[r * groups]);
+  }
+  t.value.resize(rows * cols);
+  const WeightView w = t.View();
+  for (int64_t r = 0; r < rows; ++r) {
+    DequantizeRow(w, r, row.data());
+    for (int64_t c = 0; c < cols; ++c) t.value[r * cols + c] = row[c];
+  }
+  return t;
+}
+
 std::string Name(DType t, int64_t rows, int64_t cols) {
   return std::string(DTypeName(t)) + " [" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
 }
@@ -128,6 +168,18 @@ struct Shape {
 };
 const Shape kShapes[] = {{300, 200}, {129, 257}, {5, 7}, {128, 128}, {1, 1}, {256, 384}, {131, 16}};
 const DType kDTypes[] = {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3};
+const DType kQDTypes[] = {DType::kQ8, DType::kQ4};
+
+struct QShape {
+  int64_t rows, cols, group;
+};
+// Rows: fewer than, exactly and not a multiple of the row groups (8 on AVX-512,
+// 4 on AVX2); columns: one block, odd block counts, ~2048, and more groups than
+// one stretch of widened scales (64) with a partial one after it.
+const QShape kQShapes[] = {{37, 64, 32},   {37, 96, 32},    {1, 32, 32},     {8, 32, 32},     {13, 128, 64},
+                           {37, 384, 128}, {21, 2080, 32},  {24, 2048, 64},  {17, 2048, 128}, {16, 8320, 32},
+                           {3, 96, 96},    {40, 4096, 32}};
+std::string QName(const QShape& s) { return std::to_string(s.group) + "-group"; }
 
 TEST_P(WidenRowsF32Test, MatchesReferenceExactly) {
   uint32_t seed = 1;
@@ -191,6 +243,48 @@ TEST_P(WidenRowsF32Test, SmallerBlockSize) {
   std::vector<float> out(70 * 100);
   WidenRowsF32(v, 0, 70, out.data());
   for (int64_t i = 0; i < 70 * 100; ++i) ASSERT_EQ(out[i], static_cast<float>(t.value[60 * 100 + i])) << i;
+}
+
+TEST_P(WidenRowsF32Test, QuantMatchesDequantizeRowExactly) {
+  uint32_t seed = 500;
+  for (DType dt : kQDTypes) {
+    for (const QShape& s : kQShapes) {
+      SCOPED_TRACE(Name(dt, s.rows, s.cols) + " " + QName(s));
+      const TestWeight t = MakeQWeight(dt, s.rows, s.cols, s.group, seed++);
+      std::vector<float> out(s.rows * s.cols, NAN);
+      WidenRowsF32(t.View(), 0, s.rows, out.data());
+      for (int64_t i = 0; i < s.rows * s.cols; ++i) {
+        ASSERT_EQ(static_cast<double>(out[i]), t.value[i]) << "element (" << i / s.cols << ", " << i % s.cols << ")";
+      }
+      // A partial range of a row sub-view (row0 != 0): its scales are those of
+      // the physical rows.
+      if (s.rows > 4) {
+        const int64_t r = 2, n = s.rows - 3;
+        const WeightView v = t.View().Rows(r, n);
+        std::vector<float> part((n - 1) * s.cols, NAN);
+        WidenRowsF32(v, 1, n - 1, part.data());
+        for (int64_t i = 0; i < (n - 1) * s.cols; ++i) {
+          ASSERT_EQ(static_cast<double>(part[i]), t.value[(r + 1) * s.cols + i]) << "sub-view element " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(WidenRowsBf16Test, QuantMatchesRoundedDequantized) {
+  uint32_t seed = 600;
+  for (DType dt : kQDTypes) {
+    for (const QShape& s : kQShapes) {
+      SCOPED_TRACE(Name(dt, s.rows, s.cols) + " " + QName(s));
+      const TestWeight t = MakeQWeight(dt, s.rows, s.cols, s.group, seed++);
+      const int64_t r = s.rows > 4 ? 3 : 0, n = s.rows - r;
+      std::vector<uint16_t> out(n * s.cols);
+      WidenRowsBf16(t.View().Rows(r, n), 0, n, out.data());
+      for (int64_t i = 0; i < n * s.cols; ++i) {
+        ASSERT_EQ(out[i], F32ToBf16(static_cast<float>(t.value[r * s.cols + i]))) << "element " << i;
+      }
+    }
+  }
 }
 
 TEST_P(WidenRowsBf16Test, MatchesRoundedReference) {
@@ -301,6 +395,73 @@ TEST_P(GemvRowsTest, Fp8ScalesAppliedPerBlock) {
   }
 }
 
+TEST_P(GemvRowsTest, QuantShapesAndM) {
+  uint32_t seed = 3000;
+  for (DType dt : kQDTypes) {
+    for (const QShape& s : kQShapes) {
+      const TestWeight t = MakeQWeight(dt, s.rows, s.cols, s.group, seed++);
+      for (int64_t m = 1; m <= kGemvMaxM; ++m) {
+        SCOPED_TRACE(Name(dt, s.rows, s.cols) + " " + QName(s) + " M=" + std::to_string(m));
+        CheckGemv(t, 0, s.rows, m, seed + m);
+      }
+    }
+  }
+}
+
+TEST_P(GemvRowsTest, QuantRowSubViews) {
+  uint32_t seed = 4000;
+  for (DType dt : kQDTypes) {
+    for (int64_t group : {32, 64, 128}) {
+      const TestWeight t = MakeQWeight(dt, 300, 256, group, seed++);
+      for (int64_t m : {1, 2, 3, 8}) {
+        for (auto [r, n] : {std::pair<int64_t, int64_t>{37, 100}, {127, 2}, {129, 171}, {255, 45}, {299, 1},
+                            {1, 16}, {3, 37}}) {
+          SCOPED_TRACE(std::string(DTypeName(dt)) + " group " + std::to_string(group) + " rows " +
+                       std::to_string(r) + "+" + std::to_string(n) + " M=" + std::to_string(m));
+          CheckGemv(t, r, n, m, seed + m);
+        }
+      }
+    }
+  }
+}
+
+TEST_P(GemvRowsTest, QuantScalesAppliedPerGroup) {
+  // One non-zero scale column (group g of every row) at a time: y must only see
+  // that group's columns, each row with its own scale.
+  for (DType dt : kQDTypes) {
+    const TestWeight t = MakeQWeight(dt, 37, 256, 32, 41);
+    for (int64_t g = 0; g < 8; ++g) {
+      TestWeight tg = t;
+      for (int64_t r = 0; r < tg.rows; ++r) {
+        for (int64_t j = 0; j < 8; ++j) {
+          if (j != g) tg.qscale[r * 8 + j] = 0;
+        }
+      }
+      std::vector<float> row(tg.cols);
+      for (int64_t r = 0; r < tg.rows; ++r) {
+        DequantizeRow(tg.View(), r, row.data());
+        for (int64_t c = 0; c < tg.cols; ++c) tg.value[r * tg.cols + c] = row[c];
+      }
+      SCOPED_TRACE(std::string(DTypeName(dt)) + " group " + std::to_string(g));
+      CheckGemv(tg, 0, 37, 1, 7);
+      CheckGemv(tg, 0, 37, 2, 8);
+      CheckGemv(tg, 5, 19, 1, 9);
+    }
+  }
+}
+
+TEST_P(GemvRowsTest, FastPathRefusesQuant) {
+  // gemv_rows_fast handles bf16 weights only; for the quantised dtypes it must
+  // answer false and leave y alone.
+  for (DType dt : kQDTypes) {
+    const TestWeight t = MakeQWeight(dt, 16, 64, 32, 5);
+    std::vector<float> x(64, 1.0f), y(16, 7.0f);
+    std::vector<uint16_t> xb(64);
+    EXPECT_FALSE(g_k->gemv_rows_fast(x.data(), 1, 64, t.View(), y.data(), 16, xb.data())) << DTypeName(dt);
+    for (float v : y) EXPECT_EQ(v, 7.0f);
+  }
+}
+
 TEST_P(GemvRowsTest, ZeroRowsOrM) {
   const TestWeight t = MakeWeight(DType::kBF16, 4, 4, 3);
   float x[4] = {1, 2, 3, 4};
@@ -308,6 +469,65 @@ TEST_P(GemvRowsTest, ZeroRowsOrM) {
   GemvRows(x, 0, 4, t.View(), y, 4);
   GemvRows(x, 1, 4, t.View().Rows(2, 0), y, 4);
   for (float v : y) EXPECT_EQ(v, 7.0f);
+}
+
+// y[m, c] = x[m, rows] · w[rows, c] against the double reference, normalised
+// as CheckGemv.
+void CheckGemvCols(const TestWeight& t, int64_t r_begin, int64_t n_rows, int64_t m, uint32_t seed) {
+  const int64_t N = t.cols;
+  const int64_t ldx = n_rows + 3, ldy = N + 5;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  std::vector<float> x(m * ldx, NAN);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t r = 0; r < n_rows; ++r) x[i * ldx + r] = u(rng);
+  }
+  const float kSentinel = 12345.0f;
+  std::vector<float> y(m * ldy, kSentinel);
+  GemvCols(x.data(), m, ldx, t.View().Rows(r_begin, n_rows), y.data(), ldy);
+  const double tol = static_cast<double>(n_rows + 8) * std::ldexp(1.0, -23);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t c = 0; c < N; ++c) {
+      double ref = 0, mag = 0;
+      for (int64_t r = 0; r < n_rows; ++r) {
+        const double p = t.value[(r_begin + r) * N + c] * static_cast<double>(x[i * ldx + r]);
+        ref += p;
+        mag += std::fabs(p);
+      }
+      const double err = std::fabs(y[i * ldy + c] - ref) / (mag + 1e-30);
+      ASSERT_LE(err, tol) << "m=" << i << " col " << c << ": got " << y[i * ldy + c] << " want " << ref;
+    }
+    for (int64_t c = N; c < ldy; ++c) ASSERT_EQ(y[i * ldy + c], kSentinel) << "m=" << i << " pad " << c;
+  }
+}
+
+TEST_P(GemvColsTest, QuantMatchesReference) {
+  uint32_t seed = 5000;
+  // Column counts over one 512-column block of the kernel, not multiples of it,
+  // and (with several threads) split at 64-column boundaries inside groups of 128.
+  for (DType dt : kQDTypes) {
+    for (const QShape& s : {QShape{128, 512, 32}, QShape{40, 1056, 32}, QShape{64, 640, 128}, QShape{9, 96, 96},
+                            QShape{130, 32, 32}}) {
+      const TestWeight t = MakeQWeight(dt, s.rows, s.cols, s.group, seed++);
+      for (int64_t m : {1, 2, 8}) {
+        SCOPED_TRACE(Name(dt, s.rows, s.cols) + " " + QName(s) + " M=" + std::to_string(m));
+        CheckGemvCols(t, 0, s.rows, m, seed + m);
+        CheckGemvCols(t, 3, s.rows - 5, m, seed + m);  // a row sub-view: row0 != 0
+      }
+    }
+  }
+}
+
+TEST_P(GemvColsTest, StoredDTypesMatchReference) {
+  uint32_t seed = 6000;
+  for (DType dt : kDTypes) {
+    const TestWeight t = MakeWeight(dt, 129, 600, seed++);
+    for (int64_t m : {1, 3}) {
+      SCOPED_TRACE(Name(dt, 129, 600) + " M=" + std::to_string(m));
+      CheckGemvCols(t, 0, 129, m, seed + m);
+      CheckGemvCols(t, 100, 28, m, seed + m);
+    }
+  }
 }
 
 }  // namespace

@@ -9,12 +9,20 @@
 //     original_max_position_embeddings = 32),
 //   - 16 greedy decode steps through the KV cache (tokens and logits),
 // in both MLA forms. Error metric, per logits row: max|ours - ref| / max|ref|.
+//
+// Quantised fixtures (metadata "weights": int8|int4, "weights_group") hold the
+// logits of the quantise-dequantise image of the model (kernels/quant.h,
+// reimplemented in the script): every model loaded for them runs with
+// RuntimeConfig::weights / quant_group set, under the same tolerances, since
+// q * d is exact in f32.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
 
 #include "gtest/gtest.h"
+#include "kernels/quant.h"
 #include "tests/util/logits.h"
 #include "runtime/generate.h"
 #include "runtime/model/deepseek_model.h"
@@ -67,10 +75,11 @@ struct Fixture {
 
 // Max over rows of max|a - b| / max|b|.
 
-class GoldenTest : public ::testing::TestWithParam<std::string> {
+// Opens tests/data/golden/<variant>.safetensors and regenerates its model.
+class GoldenFixtureTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const std::string path = std::string(DS_SOURCE_DIR) + "/tests/data/golden/" + GetParam() + ".safetensors";
+  void Open(const std::string& variant) {
+    const std::string path = std::string(DS_SOURCE_DIR) + "/tests/data/golden/" + variant + ".safetensors";
     auto f = SafetensorsFile::Open(path);
     ASSERT_TRUE(f.ok()) << f.status();
     fx_.file = std::move(f).value();
@@ -88,13 +97,43 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
            "tools/reference/make_fixtures.py (see tools/reference/README.md)";
   }
 
-  void CheckForm(MlaMode mode, MathMode math, double tol, DType kv_dtype = DType::kF32) {
+  // The runtime settings every model of this fixture is loaded with: the
+  // fixture's --weights format, if it has one.
+  RuntimeConfig BaseRuntime() const {
     RuntimeConfig rt;
+    const std::string w = fx_.meta("weights");
+    if (w.empty()) return rt;
+    EXPECT_TRUE(w == "int8" || w == "int4") << "unknown weights format " << w;
+    rt.weights = w == "int8" ? WeightQuant::kInt8 : WeightQuant::kInt4;
+    const std::string g = fx_.meta("weights_group");
+    if (!g.empty()) rt.quant_group = std::stoll(g);
+    return rt;
+  }
+
+  // Quantised fixtures: the script quantised as many tensors as the model did.
+  void ExpectWeightsAsFixture(const DeepseekModel& m) const {
+    const std::string n = fx_.meta("weights_quantized_tensors");
+    if (n.empty()) return;
+    EXPECT_NE(m.weights_summary().find(" " + n + " tensors quantised"), std::string::npos)
+        << m.weights_summary() << " (the fixture quantised " << n << ")";
+  }
+
+  Fixture fx_;
+  std::string dir_;
+};
+
+class GoldenTest : public GoldenFixtureTest, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override { Open(GetParam()); }
+
+  void CheckForm(MlaMode mode, MathMode math, double tol, DType kv_dtype = DType::kF32) {
+    RuntimeConfig rt = BaseRuntime();
     rt.mla_mode = mode;
     rt.math = math;
     rt.kv_dtype = kv_dtype;
     auto m = DeepseekModel::Load(dir_, rt);
     ASSERT_TRUE(m.ok()) << m.status();
+    ExpectWeightsAsFixture(**m);
     const int64_t V = (*m)->config().vocab_size;
     for (int i = 0;; ++i) {
       const std::string key = "prompt" + std::to_string(i);
@@ -127,9 +166,6 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     EXPECT_LE(err, tol);
     EXPECT_EQ(*out, ref_tokens);
   }
-
-  Fixture fx_;
-  std::string dir_;
 };
 
 TEST_P(GoldenTest, DefaultFormsMatchReference) { CheckForm(MlaMode::kAuto, MathMode::kExact, kExactTol); }
@@ -145,10 +181,11 @@ TEST_P(GoldenTest, DefaultFormsMatchReference) { CheckForm(MlaMode::kAuto, MathM
 constexpr double kBf16KvTol = 1e-2;
 
 TEST_P(GoldenTest, Bf16KvCacheMatchesReference) {
-  RuntimeConfig f32_rt, bf16_rt;
+  RuntimeConfig f32_rt = BaseRuntime(), bf16_rt = BaseRuntime();
   bf16_rt.kv_dtype = DType::kBF16;
   auto a = DeepseekModel::Load(dir_, f32_rt), b = DeepseekModel::Load(dir_, bf16_rt);
   ASSERT_TRUE(a.ok() && b.ok());
+  ExpectWeightsAsFixture(**a);
   StepProfile pa, pb;
   (*a)->set_profile(&pa);
   (*b)->set_profile(&pb);
@@ -223,12 +260,121 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, ::testing::ValuesIn(FixtureVarian
 
 TEST(GoldenFixtures, AllVariantsPresent) {
   // The coverage list: V2-Lite-, V2- and V3-style, with and without
-  // YaRN, FP8 block-scaled, and DeepSeekMoE 16B.
+  // YaRN, FP8 block-scaled, and DeepSeekMoE 16B; and --weights int8/int4.
   const auto v = FixtureVariants();
   for (const char* want : {"tiny-v3-f32", "tiny-v3-fp8", "tiny-v3-bf16", "tiny-v3-noyarn-f32", "tiny-v2-f32",
-                           "tiny-v2-lite-f32", "tiny-moe16b-f32"}) {
+                           "tiny-v2-lite-f32", "tiny-moe16b-f32", "tiny-v3-bf16-int8", "tiny-v3-bf16-int4",
+                           "tiny-v2-lite-f32-int4"}) {
     EXPECT_NE(std::find(v.begin(), v.end(), want), v.end()) << "missing fixture " << want;
   }
+}
+
+// --weights on an fp8 checkpoint: fp8 tensors stay fp8 unless quantize_fp8.
+// The fp8 checkpoint's lm_head is bf16 (as DeepSeek-V3's), so --weights int8
+// quantises it either way and the logits cannot stay bit-identical; what must
+// stay bit-identical without --quantize-fp8 is everything before the head,
+// the residual stream after the last layer (Embed + RunLayers + ReadHidden).
+class GoldenFp8WeightsTest : public GoldenFixtureTest {
+ protected:
+  void SetUp() override { Open("tiny-v3-fp8"); }
+
+  // Residual stream after the last layer, then the logits, of every prompt.
+  void Run(const RuntimeConfig& rt, std::vector<float>* hidden, std::vector<float>* logits,
+           std::unique_ptr<DeepseekModel>* keep) {
+    auto m = DeepseekModel::Load(dir_, rt);
+    ASSERT_TRUE(m.ok()) << m.status();
+    const int64_t H = (*m)->config().hidden_size, V = (*m)->config().vocab_size;
+    for (int i = 0;; ++i) {
+      const std::string key = "prompt" + std::to_string(i);
+      if (fx_.file->Find(key + ".ids") == nullptr) break;
+      const auto ids = fx_.Get<int32_t>(key + ".ids");
+      const int64_t T = static_cast<int64_t>(ids.size());
+      auto cache = (*m)->NewCache().value();
+      SequenceChunk ch{cache.get(), 0, ids.data(), T};
+      const absl::Status st = (*m)->Embed({&ch, 1});
+      ASSERT_TRUE(st.ok()) << st;
+      ASSERT_TRUE((*m)->RunLayers({&ch, 1}, nullptr).ok());
+      std::vector<float> h(T * H);
+      ASSERT_TRUE((*m)->ReadHidden(h.data(), T).ok());
+      hidden->insert(hidden->end(), h.begin(), h.end());
+      auto cache2 = (*m)->NewCache().value();
+      SequenceChunk ch2{cache2.get(), 0, ids.data(), T};
+      std::vector<float> l(T * V);
+      ASSERT_TRUE((*m)->Forward({&ch2, 1}, true, l.data()).ok());
+      logits->insert(logits->end(), l.begin(), l.end());
+    }
+    *keep = std::move(m).value();
+  }
+
+  static bool BitIdentical(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  }
+
+  // Each layer weight's dtype, in a fixed order.
+  static std::vector<DType> LayerWeightDtypes(const DeepseekModel& m) {
+    std::vector<DType> out;
+    auto add = [&out](const WeightView& v) {
+      if (!v.empty()) out.push_back(v.dtype);
+    };
+    for (const LayerWeights& L : m.weights().layers) {
+      const AttentionWeights& a = L.attn;
+      for (const WeightView* v : {&a.q_proj, &a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa, &a.kv_b_proj,
+                                  &a.k_proj, &a.v_proj, &a.o_proj}) {
+        add(*v);
+      }
+      std::vector<const MlpWeights*> mlps = {&L.mlp};
+      if (L.is_moe) {
+        add(L.moe.gate);
+        for (const MlpWeights& e : L.moe.experts) mlps.push_back(&e);
+        if (L.moe.has_shared) mlps.push_back(&L.moe.shared);
+      }
+      for (const MlpWeights* w : mlps) {
+        add(w->gate_proj);
+        add(w->up_proj);
+        add(w->down_proj);
+      }
+    }
+    return out;
+  }
+};
+
+TEST_F(GoldenFp8WeightsTest, Int8KeepsFp8WeightsBitIdentical) {
+  std::vector<float> h0, l0, h1, l1;
+  std::unique_ptr<DeepseekModel> m0, m1;
+  RuntimeConfig rt;
+  ASSERT_NO_FATAL_FAILURE(Run(rt, &h0, &l0, &m0));
+  rt.weights = WeightQuant::kInt8;
+  rt.quantize_fp8 = false;
+  ASSERT_NO_FATAL_FAILURE(Run(rt, &h1, &l1, &m1));
+  std::printf("[ tiny-v3-fp8 ] --weights int8: %s\n", m1->weights_summary().c_str());
+  EXPECT_NE(m1->weights_summary().find("fp8 kept as fp8"), std::string::npos) << m1->weights_summary();
+  const std::vector<DType> stored = LayerWeightDtypes(*m0), kept = LayerWeightDtypes(*m1);
+  EXPECT_NE(std::count(stored.begin(), stored.end(), DType::kF8E4M3), 0);
+  EXPECT_EQ(kept, stored) << "a layer weight changed format without --quantize-fp8";
+  EXPECT_TRUE(BitIdentical(h1, h0)) << "the layers' output changed: fp8 weights were not kept as stored";
+  // Only the bf16 lm_head was quantised.
+  EXPECT_EQ(m0->weights().lm_head.dtype, DType::kBF16);
+  EXPECT_EQ(m1->weights().lm_head.dtype, DType::kQ8);
+  const double err = testing_util::RowRelErr(l1, l0, m0->config().vocab_size);
+  std::printf("[ tiny-v3-fp8 ] int8 lm_head only: max rel logit err vs stored %.3g\n", err);
+}
+
+TEST_F(GoldenFp8WeightsTest, Int8WithQuantizeFp8Quantises) {
+  std::vector<float> h0, l0, h1, l1;
+  std::unique_ptr<DeepseekModel> m0, m1;
+  RuntimeConfig rt;
+  ASSERT_NO_FATAL_FAILURE(Run(rt, &h0, &l0, &m0));
+  rt.weights = WeightQuant::kInt8;
+  rt.quantize_fp8 = true;
+  ASSERT_NO_FATAL_FAILURE(Run(rt, &h1, &l1, &m1));
+  std::printf("[ tiny-v3-fp8 ] --weights int8 --quantize-fp8: %s\n", m1->weights_summary().c_str());
+  EXPECT_EQ(m1->weights_summary().find("fp8 kept as fp8"), std::string::npos) << m1->weights_summary();
+  const std::vector<DType> q = LayerWeightDtypes(*m1);
+  EXPECT_NE(std::count(q.begin(), q.end(), DType::kQ8), 0);
+  EXPECT_FALSE(BitIdentical(h1, h0)) << "--quantize-fp8 left the layers' output unchanged";
+  EXPECT_FALSE(BitIdentical(l1, l0)) << "--quantize-fp8 left the logits unchanged";
+  const double err = testing_util::RowRelErr(l1, l0, m0->config().vocab_size);
+  std::printf("[ tiny-v3-fp8 ] int8 with --quantize-fp8: max rel logit err vs stored %.3g\n", err);
 }
 
 }  // namespace
