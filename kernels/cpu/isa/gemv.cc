@@ -468,15 +468,33 @@ void WidenRowsBf16(const WeightView& w, int64_t r0, int64_t n, uint16_t* dst) {
       } else {
         WidenAnyF32(w.dtype, src + c0 * es, row, len, 1.0f);
       }
-      for (int64_t c = 0; c < len; ++c) out[c0 + c] = ToBf16(srow ? row[c] * srow[(c0 + c) / w.block] : row[c]);
+      int64_t c = 0;
+#if defined(DS_HAVE_SIMD)
+      // FP8: with the block a multiple of the lanes (DeepSeek's 128), each
+      // vector lies in one scale block (c0 and c are multiples of the lanes).
+      const bool vec = srow == nullptr || w.block % kLanes == 0;
+      if (vec) {
+        for (; c + kLanes <= len; c += kLanes) {
+          VecF v = VLoadF32(row + c);
+          if (srow != nullptr) v = VMul(v, VSet(srow[(c0 + c) / w.block]));
+          VStoreBf16(out + c0 + c, v);
+        }
+      }
+#endif
+      for (; c < len; ++c) out[c0 + c] = ToBf16(srow ? row[c] * srow[(c0 + c) / w.block] : row[c]);
     }
   }
 }
 
 void F32ToBf16Rows(const float* x, int64_t m, int64_t k, int64_t ldx, uint16_t* y) {
 #pragma omp parallel for schedule(static) if (m * k >= kParallelMinWork)
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t c = 0; c < k; ++c) y[i * k + c] = ToBf16(x[i * ldx + c]);
+  for (int64_t i = 0; i < m; ++i) {
+    int64_t c = 0;
+#if defined(DS_HAVE_SIMD)
+    for (; c + kLanes <= k; c += kLanes) VStoreBf16(y + i * k + c, VLoadF32(x + i * ldx + c));
+#endif
+    for (; c < k; ++c) y[i * k + c] = ToBf16(x[i * ldx + c]);
+  }
 }
 
 float ReadSum(const void* p, int64_t bytes, int streams, int prefetch) {

@@ -97,6 +97,17 @@ inline VecF VLoad<DType::kF8E4M3>(const uint8_t* p) {
   __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(mag), _mm512_set1_ps(0x1p120f));
   return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), sign));
 }
+// v rounded to bf16 (round-to-nearest-even, NaN quieted: ToBf16's rule, lane
+// by lane, subnormals kept; VCVTNEPS2BF16 would flush them) at p.
+inline void VStoreBf16(uint16_t* p, VecF v) {
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i hi = _mm512_srli_epi32(b, 16);
+  const __m512i lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
 // The integer values (not scaled) of one 32-column block of a kQ8/kQ4 row
 // (kernels/quant.h) as 32 / kLanes f32 vectors, columns in order; p is the
 // block's first byte.
@@ -164,6 +175,18 @@ inline VecF VLoad<DType::kF8E4M3>(const uint8_t* p) {
   __m256i sign = _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(0x80)), 24);
   __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(0x1p120f));
   return _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(f), sign));
+}
+// See the AVX-512 version.
+inline void VStoreBf16(uint16_t* p, VecF v) {
+  const __m256i b = _mm256_castps_si256(v);
+  const __m256i hi = _mm256_srli_epi32(b, 16);
+  const __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+  // Values fit 16 bits: pack within 128-bit lanes, then gather the two halves.
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 // See the AVX-512 versions.
 template <DType T>

@@ -304,6 +304,55 @@ TEST_P(WidenRowsBf16Test, MatchesRoundedReference) {
   }
 }
 
+// Values where round-to-nearest-even to bf16 is easy to get wrong: exact ties
+// (to even, both ways), just above and below them, NaNs (quiet, signalling,
+// negative: quieted, not rounded into infinity), infinities, the largest
+// floats (they round to infinity), subnormals (kept, not flushed), zeros.
+std::vector<float> Bf16EdgeValues(int64_t n) {
+  const uint32_t bits[] = {0x3f808000, 0x3f818000, 0x3f808001, 0x3f807fff, 0xbf808000, 0xbf818000, 0x7fc00000,
+                           0x7f800001, 0xffc12345, 0x7fbfffff, 0x7f800000, 0xff800000, 0x7f7fffff, 0xff7fffff,
+                           0x7f7f8000, 0x00000001, 0x00008000, 0x00018000, 0x807fffff, 0x00000000, 0x80000000};
+  std::vector<float> v(n);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-3.0f, 3.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t b = bits[(i * 5) % (sizeof(bits) / sizeof(bits[0]))];  // 5 is prime to 21: every value
+    float f;
+    std::memcpy(&f, &b, 4);
+    v[i] = i % 3 == 2 ? u(rng) : f;
+  }
+  return v;
+}
+
+uint16_t Bits16(float f) { return F32ToBf16(f); }
+
+TEST_P(WidenRowsBf16Test, F32EdgeValuesRoundAsF32ToBf16) {
+  for (const int64_t cols : {int64_t{16}, int64_t{45}, int64_t{256}}) {
+    const int64_t rows = 3;
+    std::vector<float> w = Bf16EdgeValues(rows * cols);
+    WeightView v;
+    v.dtype = DType::kF32;
+    v.data = w.data();
+    v.rows = rows;
+    v.cols = cols;
+    std::vector<uint16_t> out(rows * cols);
+    WidenRowsBf16(v, 0, rows, out.data());
+    for (int64_t i = 0; i < rows * cols; ++i) ASSERT_EQ(out[i], Bits16(w[i])) << "cols " << cols << " element " << i;
+  }
+}
+
+TEST_P(WidenRowsBf16Test, ActivationsRoundAsF32ToBf16) {
+  for (const int64_t k : {int64_t{7}, int64_t{32}, int64_t{100}}) {
+    const int64_t m = 4, ldx = k + 5;
+    std::vector<float> x = Bf16EdgeValues(m * ldx);
+    std::vector<uint16_t> y(m * k, 0xdead);
+    g_k->f32_to_bf16_rows(x.data(), m, k, ldx, y.data());
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t c = 0; c < k; ++c) ASSERT_EQ(y[i * k + c], Bits16(x[i * ldx + c])) << "k " << k << " row " << i << " col " << c;
+    }
+  }
+}
+
 // Relative error of y against the double reference, normalised by sum |w| |x|
 // (so cancellation does not inflate it).
 void CheckGemv(const TestWeight& t, int64_t r_begin, int64_t n_rows, int64_t m, uint32_t seed) {
