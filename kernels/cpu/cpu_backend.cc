@@ -216,6 +216,9 @@ class CpuBackend final : public Backend {
 
   void GroupedMlp(const GroupedMlpParams& p) override {
     const int64_t I = p.inter;
+    bool decode = true;
+    for (size_t e = 0; e < p.experts.size(); ++e) decode = decode && p.offsets[e + 1] - p.offsets[e] <= cpu::kGemvMaxM;
+    if (decode) return GroupedMlpDecode(p);
     for (size_t e = 0; e < p.experts.size(); ++e) {
       const int64_t r0 = p.offsets[e], n = p.offsets[e + 1] - r0;
       if (n <= 0) continue;
@@ -227,6 +230,46 @@ class CpuBackend final : public Backend {
       SiluMul(gate, up, n, I, I, gate, I);
       Linear(gate, n, I, w.down_proj, p.out + r0 * p.ldo, p.ldo);
     }
+  }
+
+  // Decode-sized groups: every expert's gate and up products in one parallel
+  // region, one SiLU over all their rows, every down product in a second
+  // region (gemv_batch), instead of three regions per expert. The same row
+  // results as three Linear calls per expert.
+  void GroupedMlpDecode(const GroupedMlpParams& p) {
+    const int64_t I = p.inter, H = p.hidden, n_e = static_cast<int64_t>(p.experts.size());
+    const int64_t first = p.offsets[0], rows = p.offsets[n_e] - first;
+    if (rows <= 0) return;
+    float* gate = Scratch(mlp_gate_, rows * I);  // [rows, inter], row r - first
+    float* up = Scratch(mlp_up_, rows * I);
+    const bool fast = mode_ == MathMode::kFast;
+    uint16_t* xb = nullptr;
+    if (fast) {
+      xb = Scratch(xbf16_, rows * std::max(H, I));
+      k_.f32_to_bf16_rows(p.x + first * p.ldx, rows, H, p.ldx, xb);
+    }
+    std::vector<cpu::GemvJob>& jobs = gemv_jobs_;
+    jobs.clear();
+    for (int64_t e = 0; e < n_e; ++e) {
+      const int64_t r0 = p.offsets[e] - first, n = p.offsets[e + 1] - p.offsets[e];
+      if (n <= 0) continue;
+      const MlpWeights& w = p.experts[e];
+      const float* x = p.x + (first + r0) * p.ldx;
+      const uint16_t* xe = fast && n == 1 ? xb + r0 * H : nullptr;
+      jobs.push_back({x, n, p.ldx, w.gate_proj, gate + r0 * I, I, xe});
+      jobs.push_back({x, n, p.ldx, w.up_proj, up + r0 * I, I, xe});
+    }
+    k_.gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
+    k_.silu_mul(gate, up, rows, I, I, gate, I);
+    if (fast) k_.f32_to_bf16_rows(gate, rows, I, I, xb);
+    jobs.clear();
+    for (int64_t e = 0; e < n_e; ++e) {
+      const int64_t r0 = p.offsets[e] - first, n = p.offsets[e + 1] - p.offsets[e];
+      if (n <= 0) continue;
+      jobs.push_back({gate + r0 * I, n, I, p.experts[e].down_proj, p.out + (first + r0) * p.ldo, p.ldo,
+                      fast && n == 1 ? xb + r0 * I : nullptr});
+    }
+    k_.gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
   }
 
   // ---- Element-wise ----
@@ -436,6 +479,7 @@ class CpuBackend final : public Backend {
   std::vector<uint16_t> xbf16_, tile_bf16_;
   std::vector<float> tile_f32_, tile_t_, gamma_, attn_scratch_, ydense_, mlp_gate_, mlp_up_, route_scratch_;
   std::vector<int32_t> group_count_;
+  std::vector<cpu::GemvJob> gemv_jobs_;
   std::vector<char> route_taken_;
 };
 

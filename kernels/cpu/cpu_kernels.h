@@ -20,6 +20,18 @@ inline constexpr int64_t kGemvMaxM = 8;
 // Upload first-touches a weight copy with the same slabs.
 inline constexpr int64_t kGemvSlabRows = 8;
 
+// One product of a gemv_batch: y[m, w.rows] = x[m, w.cols] · wᵀ, m <= kGemvMaxM.
+// xb, when set, holds x rounded to bf16 (w.cols values, dense): an M = 1
+// product of bf16 weights then takes the bf16 dot product of gemv_rows_fast.
+struct GemvJob {
+  const float* x = nullptr;
+  int64_t m = 0, ldx = 0;
+  WeightView w;
+  float* y = nullptr;
+  int64_t ldy = 0;
+  const uint16_t* xb = nullptr;
+};
+
 struct CpuKernels {
   CpuIsa isa;
 
@@ -32,6 +44,12 @@ struct CpuKernels {
   // scratch for w.cols bf16 values.
   bool (*gemv_rows_fast)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
                          uint16_t* xb);
+  // Several independent products in one parallel region (an MoE layer's
+  // experts in decode: one region for every gate and up, one for every down,
+  // instead of one per product), the threads splitting the jobs' rows between
+  // them in slabs of kGemvSlabRows. Each row's result is what gemv_rows (or
+  // gemv_rows_fast, with xb) gives, bit for bit.
+  void (*gemv_batch)(const GemvJob* jobs, int64_t n_jobs);
   // y[m, w.cols] = x[m, w.rows] · w, m <= kGemvMaxM; parallel over column blocks.
   void (*gemv_cols)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
   // Every head of a per-head product (HeadsLinearParams), p.m <= kGemvMaxM, in

@@ -48,6 +48,7 @@ void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float
 bool GemvRowsFast(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy,
                   uint16_t* xb);
 void GemvHeads(const HeadsLinearParams& p);
+void GemvBatch(const GemvJob* jobs, int64_t n_jobs);
 void WidenRowsF32(const WeightView& w, int64_t r0, int64_t n, float* dst);
 void WidenRowsBf16(const WeightView& w, int64_t r0, int64_t n, uint16_t* dst);
 void F32ToBf16Rows(const float* x, int64_t m, int64_t k, int64_t ldx, uint16_t* y);

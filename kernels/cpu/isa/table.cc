@@ -8,6 +8,7 @@ const CpuKernels kKernels = {
     .isa = DS_ISA_ENUM,
     .gemv_rows = GemvRows,
     .gemv_rows_fast = GemvRowsFast,
+    .gemv_batch = GemvBatch,
     .gemv_cols = GemvCols,
     .gemv_heads = GemvHeads,
     .widen_rows_f32 = WidenRowsF32,

@@ -9,6 +9,7 @@
 #include "kernels/cpu/cpu_kernels.h"
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -577,6 +578,70 @@ TEST_P(GemvColsTest, StoredDTypesMatchReference) {
       CheckGemvCols(t, 100, 28, m, seed + m);
     }
   }
+}
+
+}  // namespace
+}  // namespace deepshard::cpu
+
+namespace deepshard::cpu {
+namespace {
+
+// gemv_batch gives every row what gemv_rows (or gemv_rows_fast, given the
+// bf16 activations) gives for that product alone, bit for bit, whatever the
+// thread count: a batch mixes dtypes, M and row counts that are not multiples
+// of the slab (so slabs straddle jobs).
+TEST_P(GemvRowsTest, BatchMatchesOneProductAtATimeBitForBit) {
+  struct Spec {
+    DType dt;
+    int64_t rows, cols, m;
+    bool fast;
+  };
+  const Spec specs[] = {{DType::kBF16, 37, 96, 1, true},  {DType::kBF16, 64, 200, 1, false},
+                        {DType::kF32, 13, 64, 3, false},  {DType::kF8E4M3, 40, 256, 1, false},
+                        {DType::kBF16, 9, 128, 2, true},  {DType::kF16, 100, 33, 1, false},
+                        {DType::kBF16, 611, 512, 1, true}};  // over the parallel threshold
+  std::vector<TestWeight> ws;
+  std::vector<std::vector<float>> xs, want, got;
+  std::vector<std::vector<uint16_t>> xbs;
+  std::vector<GemvJob> jobs;
+  uint32_t seed = 900;
+  for (const Spec& s : specs) {
+    ws.push_back(MakeWeight(s.dt, s.rows, s.cols, seed++));
+    std::mt19937 rng(seed++);
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    xs.emplace_back(s.m * s.cols);
+    for (float& v : xs.back()) v = u(rng);
+    xbs.emplace_back(s.m * s.cols);
+    g_k->f32_to_bf16_rows(xs.back().data(), s.m, s.cols, s.cols, xbs.back().data());
+  }
+  for (size_t j = 0; j < ws.size(); ++j) {
+    const Spec& s = specs[j];
+    const WeightView w = ws[j].View();
+    want.emplace_back(s.m * s.rows, 0.0f);
+    std::vector<uint16_t> scratch(s.cols);
+    if (!(s.fast && g_k->gemv_rows_fast(xs[j].data(), s.m, s.cols, w, want.back().data(), s.rows, scratch.data()))) {
+      GemvRows(xs[j].data(), s.m, s.cols, w, want.back().data(), s.rows);
+    }
+    got.emplace_back(s.m * s.rows, -1.0f);
+  }
+  for (size_t j = 0; j < ws.size(); ++j) {
+    const Spec& s = specs[j];
+    jobs.push_back({xs[j].data(), s.m, s.cols, ws[j].View(), got[j].data(), s.rows, s.fast ? xbs[j].data() : nullptr});
+  }
+  // Thread counts move the slab boundaries (and 1 takes the serial path).
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2, 3, 5}) {
+    omp_set_num_threads(threads);
+    for (auto& g : got) std::fill(g.begin(), g.end(), -1.0f);
+    g_k->gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
+    for (size_t j = 0; j < ws.size(); ++j) {
+      for (size_t i = 0; i < want[j].size(); ++i) {
+        ASSERT_EQ(std::memcmp(&got[j][i], &want[j][i], 4), 0) << threads << " threads, job " << j << " element " << i
+                                                             << ": " << got[j][i] << " vs " << want[j][i];
+      }
+    }
+  }
+  omp_set_num_threads(saved);
 }
 
 }  // namespace
