@@ -5,6 +5,7 @@
 
 #include "launcher/commands.h"
 #include "launcher/flags.h"
+#include "launcher/rank_setup.h"
 #include "runtime/parallel/placement.h"
 
 namespace deepshard {
@@ -12,7 +13,8 @@ namespace deepshard {
 namespace {
 constexpr char kUsage[] =
     "usage: deepshard plan --model DIR|CONFIG.json --pp P --ep E [--nodes N]\n"
-    "                      [--layer-split 14,13] [--expert-map 0,0,1,1,...]\n";
+    "                      [--layer-split 14,13] [--expert-map 0,0,1,1,...]\n"
+    "                      [--weights stored|int8|int4 [--weights-group 32] [--quantize-fp8]]\n";
 }
 
 int RunPlan(const std::vector<std::string>& args) {
@@ -21,7 +23,8 @@ int RunPlan(const std::vector<std::string>& args) {
     if (code == 2) std::fputs(kUsage, stderr);
     return code;
   };
-  auto flags = Flags::Parse(args, {"model", "pp", "ep", "nodes", "layer-split", "expert-map"}, {"help"});
+  auto flags = Flags::Parse(args, {"model", "pp", "ep", "nodes", "layer-split", "expert-map", "weights", "weights-group"},
+                            {"help", "quantize-fp8"});
   if (!flags.ok()) return fail(flags.status(), 2);
   if (flags->Bool("help")) {
     std::fputs(kUsage, stdout);
@@ -41,6 +44,9 @@ int RunPlan(const std::vector<std::string>& args) {
   }
   PlacementOptions o;
   o.pp = static_cast<int>(*pp), o.ep = static_cast<int>(*ep), o.nodes = static_cast<int>(*nodes);
+  RuntimeConfig rt;
+  if (absl::Status s = ParseWeightFlags(*flags, &rt); !s.ok()) return fail(s, 2);
+  o.weights = rt.weights, o.quant_group = rt.quant_group, o.quantize_fp8 = rt.quantize_fp8;
   if (flags->Has("layer-split")) {
     auto split = ParseLayerSplit(flags->String("layer-split", ""));
     if (!split.ok()) return fail(split.status(), 2);

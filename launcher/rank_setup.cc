@@ -138,6 +138,7 @@ absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, Placement
   if (pp < 1 || pp > 4096) return absl::InvalidArgumentError(absl::StrCat("--pp must be in [1, 4096], got ", pp));
   if (ep < 1 || ep > 4096) return absl::InvalidArgumentError(absl::StrCat("--ep must be in [1, 4096], got ", ep));
   rt->threads = static_cast<int>(threads);
+  place->weights = rt->weights, place->quant_group = rt->quant_group, place->quantize_fp8 = rt->quantize_fp8;
   place->pp = static_cast<int>(pp);
   place->ep = static_cast<int>(ep);
   if (flags.Has("layer-split")) {

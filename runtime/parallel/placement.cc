@@ -15,70 +15,97 @@ namespace {
 
 constexpr int64_t kMaxPlanRanks = 65536;
 
-// Bytes of one stored Linear weight [rows, cols] (with FP8 block scales).
-double LinearBytes(const ModelConfig& c, int64_t rows, int64_t cols, bool quantizable = true) {
-  if (c.fp8 && quantizable) {
+// How the weights are held: the checkpoint's dtypes, or --weights int8|int4.
+struct Sizes {
+  const ModelConfig& c;
+  WeightQuant quant = WeightQuant::kStored;
+  int64_t group = kDefaultQuantGroup;
+  bool quantize_fp8 = false;
+};
+
+// What a Linear weight is, for its bytes: a projection (fp8 in an fp8
+// checkpoint; quantised by --weights), kv_b_proj (fp8, never quantised), the
+// LM head (stored dtype; quantised) or the router/embedding (stored dtype).
+// The rules of DeepseekModel::UploadWeights.
+enum class Role { kProjection, kKvB, kHead, kFixed };
+
+// Bytes of one Linear weight [rows, cols] as held at run time (with FP8 block
+// scales or quantisation scales).
+double LinearBytes(const Sizes& s, int64_t rows, int64_t cols, Role role = Role::kProjection) {
+  const ModelConfig& c = s.c;
+  const bool fp8 = c.fp8 && (role == Role::kProjection || role == Role::kKvB);
+  const bool quantised = s.quant != WeightQuant::kStored && (role == Role::kProjection || role == Role::kHead) &&
+                         cols % s.group == 0 && (!fp8 || s.quantize_fp8);
+  if (quantised) {
+    return (s.quant == WeightQuant::kInt8 ? 1.0 : 0.5) * rows * cols + 2.0 * rows * (cols / s.group);
+  }
+  if (fp8) {
     const double b = static_cast<double>(c.fp8->block_rows);
     return static_cast<double>(rows) * cols + 4.0 * std::ceil(rows / b) * std::ceil(cols / b);
   }
   const double es = c.torch_dtype == "float32" ? 4.0 : 2.0;
   return es * rows * cols;
 }
-double VectorBytes(const ModelConfig& c, int64_t n) { return (c.torch_dtype == "float32" ? 4.0 : 2.0) * n; }
+double VectorBytes(const Sizes& s, int64_t n) { return (s.c.torch_dtype == "float32" ? 4.0 : 2.0) * n; }
 
-double MlpBytes(const ModelConfig& c, int64_t inter) { return 3 * LinearBytes(c, inter, c.hidden_size); }
+double MlpBytes(const Sizes& s, int64_t inter) {
+  return 2 * LinearBytes(s, inter, s.c.hidden_size) + LinearBytes(s, s.c.hidden_size, inter);
+}
 
-double AttentionBytes(const ModelConfig& c) {
+double AttentionBytes(const Sizes& s) {
+  const ModelConfig& c = s.c;
   const int64_t H = c.hidden_size, nh = c.num_attention_heads;
-  double b = 2 * VectorBytes(c, H);  // input and post-attention norms
+  double b = 2 * VectorBytes(s, H);  // input and post-attention norms
   if (c.is_mla()) {
     if (c.q_lora_rank > 0) {
-      b += LinearBytes(c, c.q_lora_rank, H) + VectorBytes(c, c.q_lora_rank) +
-           LinearBytes(c, nh * c.qk_head_dim(), c.q_lora_rank);
+      b += LinearBytes(s, c.q_lora_rank, H) + VectorBytes(s, c.q_lora_rank) +
+           LinearBytes(s, nh * c.qk_head_dim(), c.q_lora_rank);
     } else {
-      b += LinearBytes(c, nh * c.qk_head_dim(), H);
+      b += LinearBytes(s, nh * c.qk_head_dim(), H);
     }
-    b += LinearBytes(c, c.kv_lora_rank + c.qk_rope_head_dim, H) + VectorBytes(c, c.kv_lora_rank) +
-         LinearBytes(c, nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank) +
-         LinearBytes(c, H, nh * c.v_head_dim);
+    b += LinearBytes(s, c.kv_lora_rank + c.qk_rope_head_dim, H) + VectorBytes(s, c.kv_lora_rank) +
+         LinearBytes(s, nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank, Role::kKvB) +
+         LinearBytes(s, H, nh * c.v_head_dim);
   } else {
-    b += LinearBytes(c, nh * c.head_dim, H) + 2 * LinearBytes(c, c.num_key_value_heads * c.head_dim, H) +
-         LinearBytes(c, H, nh * c.head_dim);
+    b += LinearBytes(s, nh * c.head_dim, H) + 2 * LinearBytes(s, c.num_key_value_heads * c.head_dim, H) +
+         LinearBytes(s, H, nh * c.head_dim);
   }
   return b;
 }
 
 // Replicated (non-routed-expert) bytes of layer l.
-double ReplicatedLayerBytes(const ModelConfig& c, int64_t l) {
-  double b = AttentionBytes(c);
-  if (!c.is_moe_layer(l)) return b + MlpBytes(c, c.intermediate_size);
-  b += LinearBytes(c, c.n_routed_experts, c.hidden_size, /*quantizable=*/false);
+double ReplicatedLayerBytes(const Sizes& s, int64_t l) {
+  const ModelConfig& c = s.c;
+  double b = AttentionBytes(s);
+  if (!c.is_moe_layer(l)) return b + MlpBytes(s, c.intermediate_size);
+  b += LinearBytes(s, c.n_routed_experts, c.hidden_size, Role::kFixed);
   if (c.topk_method == TopkMethod::kNoauxTc) b += 4.0 * c.n_routed_experts;
-  if (c.n_shared_experts > 0) b += MlpBytes(c, c.moe_intermediate_size * c.n_shared_experts);
+  if (c.n_shared_experts > 0) b += MlpBytes(s, c.moe_intermediate_size * c.n_shared_experts);
   return b;
 }
 
-double LayerDecodeCost(const ModelConfig& c, int64_t l) {
-  double b = ReplicatedLayerBytes(c, l);
-  if (c.is_moe_layer(l)) b += c.num_experts_per_tok * MlpBytes(c, c.moe_intermediate_size);
+double LayerDecodeCost(const Sizes& s, int64_t l) {
+  double b = ReplicatedLayerBytes(s, l);
+  if (s.c.is_moe_layer(l)) b += s.c.num_experts_per_tok * MlpBytes(s, s.c.moe_intermediate_size);
   return b;
 }
 
-double HeadBytes(const ModelConfig& c) {
-  return VectorBytes(c, c.hidden_size) + LinearBytes(c, c.vocab_size, c.hidden_size, false);
+double HeadBytes(const Sizes& s) {
+  return VectorBytes(s, s.c.hidden_size) + LinearBytes(s, s.c.vocab_size, s.c.hidden_size, Role::kHead);
 }
-double EmbeddingBytes(const ModelConfig& c) { return LinearBytes(c, c.vocab_size, c.hidden_size, false); }
+double EmbeddingBytes(const Sizes& s) { return LinearBytes(s, s.c.vocab_size, s.c.hidden_size, Role::kFixed); }
 
 // Contiguous split of L layers into pp stages minimising the largest stage
 // cost (the pipeline's bottleneck). Small grids: dynamic programming over
 // split points (O(pp L^2), exact, the lowest cut on ties). Large ones (e.g.
 // 2e5 layers): bisection on the bottleneck with a linear greedy feasibility
 // check, O(L) per step, so planning stays bounded whatever the config.
-std::vector<int64_t> BalancedSplit(const ModelConfig& c, int pp) {
+std::vector<int64_t> BalancedSplit(const Sizes& sz, int pp) {
+  const ModelConfig& c = sz.c;
   const int64_t L = c.num_hidden_layers;
   std::vector<double> prefix(L + 1, 0);
-  for (int64_t l = 0; l < L; ++l) prefix[l + 1] = prefix[l] + LayerDecodeCost(c, l);
-  const double head = HeadBytes(c), embed_row = EmbeddingBytes(c) / c.vocab_size;
+  for (int64_t l = 0; l < L; ++l) prefix[l + 1] = prefix[l] + LayerDecodeCost(sz, l);
+  const double head = HeadBytes(sz), embed_row = EmbeddingBytes(sz) / c.vocab_size;
   auto stage_cost = [&](int s, int64_t a, int64_t b) {
     return prefix[b] - prefix[a] + (s == 0 ? embed_row : 0) + (s == pp - 1 ? head : 0);
   };
@@ -168,6 +195,7 @@ absl::StatusOr<std::vector<int>> ParseExpertMap(const std::string& s) {
 }
 
 absl::StatusOr<PlacementPlan> MakePlacementPlan(const ModelConfig& c, const PlacementOptions& o) {
+  const Sizes sz{c, o.weights, o.quant_group, o.quantize_fp8};
   if (o.pp < 1 || o.pp > 4096) return absl::InvalidArgumentError(absl::StrCat("--pp must be in [1, 4096], got ", o.pp));
   if (o.ep < 1 || o.ep > 4096) return absl::InvalidArgumentError(absl::StrCat("--ep must be in [1, 4096], got ", o.ep));
   if (static_cast<int64_t>(o.pp) * o.ep > kMaxPlanRanks) {
@@ -188,10 +216,11 @@ absl::StatusOr<PlacementPlan> MakePlacementPlan(const ModelConfig& c, const Plac
                                                    " routed experts; every rank must hold at least one"));
   }
   PlacementPlan p;
+  p.weights = o.weights, p.quant_group = o.quant_group, p.quantize_fp8 = o.quantize_fp8;
   p.pp = o.pp, p.ep = o.ep, p.nodes = o.nodes;
   std::vector<int64_t> split = o.layer_split;
   if (split.empty()) {
-    split = BalancedSplit(c, o.pp);
+    split = BalancedSplit(sz, o.pp);
   } else {
     if (static_cast<int>(split.size()) != o.pp) {
       return absl::InvalidArgumentError(absl::StrCat("--layer-split lists ", split.size(), " stages but --pp is ", o.pp));
@@ -207,9 +236,9 @@ absl::StatusOr<PlacementPlan> MakePlacementPlan(const ModelConfig& c, const Plac
   for (int s = 0; s < o.pp; ++s) {
     StagePlan st;
     st.stage = s, st.layer_begin = l, st.layer_end = l + split[s];
-    for (int64_t i = st.layer_begin; i < st.layer_end; ++i) st.cost += LayerDecodeCost(c, i);
-    if (s == 0) st.cost += EmbeddingBytes(c) / c.vocab_size;
-    if (s == o.pp - 1) st.cost += HeadBytes(c);
+    for (int64_t i = st.layer_begin; i < st.layer_end; ++i) st.cost += LayerDecodeCost(sz, i);
+    if (s == 0) st.cost += EmbeddingBytes(sz) / c.vocab_size;
+    if (s == o.pp - 1) st.cost += HeadBytes(sz);
     p.stages.push_back(st);
     l = st.layer_end;
   }
@@ -245,10 +274,10 @@ absl::StatusOr<PlacementPlan> MakePlacementPlan(const ModelConfig& c, const Plac
       r.load.embedding = s == 0, r.load.head = s == o.pp - 1;
       r.load.expert_list = r.experts;
       r.load.expert_begin = r.load.expert_end = 0;  // the list decides
-      double bytes = (r.load.embedding ? EmbeddingBytes(c) : 0) + (r.load.head ? HeadBytes(c) : 0);
+      double bytes = (r.load.embedding ? EmbeddingBytes(sz) : 0) + (r.load.head ? HeadBytes(sz) : 0);
       for (int64_t i = st.layer_begin; i < st.layer_end; ++i) {
-        bytes += ReplicatedLayerBytes(c, i);
-        if (c.is_moe_layer(i)) bytes += r.experts.size() * MlpBytes(c, c.moe_intermediate_size);
+        bytes += ReplicatedLayerBytes(sz, i);
+        if (c.is_moe_layer(i)) bytes += r.experts.size() * MlpBytes(sz, c.moe_intermediate_size);
       }
       r.weight_bytes = static_cast<uint64_t>(bytes);
       r.kv_bytes_per_1k = static_cast<uint64_t>(es_kv * 1024 * c.kv_cache_width() * (st.layer_end - st.layer_begin));
@@ -265,6 +294,10 @@ std::string FormatPlacementPlan(const ModelConfig& c, const PlacementPlan& p) {
       std::min(c.first_k_dense_replace, c.num_hidden_layers), c.n_routed_experts, c.num_experts_per_tok,
       c.n_shared_experts, c.fp8 ? "fp8 e4m3 (128x128 block scales), others " : "", c.torch_dtype, p.pp, p.ep,
       p.pp * p.ep, p.nodes);
+  if (p.weights != WeightQuant::kStored) {
+    out.insert(out.find('\n'), absl::StrFormat("; --weights %s (group %d%s)", WeightQuantName(p.weights), p.quant_group,
+                                                c.fp8 ? (p.quantize_fp8 ? ", fp8 quantised" : ", fp8 kept") : ""));
+  }
   out += "# stage  layers      embed  head   cost/token(MB)\n";
   for (const StagePlan& s : p.stages) {
     out += absl::StrFormat("  %5d  %3d..%-3d    %-5s  %-5s  %10.1f\n", s.stage, s.layer_begin, s.layer_end - 1,

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "comm/moe_exchange.h"
+#include "kernels/quant.h"
 #include "runtime/config/model_config.h"
 #include "runtime/model/model_weights.h"
 
@@ -41,6 +42,9 @@ struct RankPlan {
 
 struct PlacementPlan {
   int pp = 1, ep = 1, nodes = 1;
+  WeightQuant weights = WeightQuant::kStored;  // as PlacementOptions
+  int64_t quant_group = kDefaultQuantGroup;
+  bool quantize_fp8 = false;
   std::vector<StagePlan> stages;
   ExpertPlacement experts;  // expert -> ep rank (same in every stage)
   std::vector<RankPlan> ranks;
@@ -50,6 +54,11 @@ struct PlacementOptions {
   int pp = 1, ep = 1, nodes = 1;
   std::vector<int64_t> layer_split;   // layers per stage; empty = balanced
   std::vector<int> expert_owner;      // expert -> ep rank; empty = contiguous
+  // How weights are held (--weights, --weights-group, --quantize-fp8): the
+  // bytes per rank and the stage costs follow it.
+  WeightQuant weights = WeightQuant::kStored;
+  int64_t quant_group = kDefaultQuantGroup;
+  bool quantize_fp8 = false;
 };
 
 // Errors name the flag: --pp, --ep, --nodes, --layer-split, --expert-map.

@@ -176,6 +176,7 @@ TEST(Cli, BadInputIsAClearError) {
       {"generate" + m + " --prompt-ids 1 --weights int8 --weights-group 48", 2, "--weights-group must be a multiple of 32"},
       {"generate" + m + " --prompt-ids 1 --weights-group 64", 2, "--weights-group and --quantize-fp8 need --weights"},
       {"serve" + m + " --quantize-fp8", 2, "--weights-group and --quantize-fp8 need --weights"},
+      {"plan" + m + " --weights int2", 2, "--weights must be stored, int8 or int4"},
       {"generate" + m + " --prompt-ids 1 --kv-cache-memory 1KiB", 2, "--kv-cache-memory"},
       {"generate" + m + " --prompt-ids 1 --block-size 0", 2, "--block-size must be in [1, 4096]"},
       {"serve" + m + " --kv-cache-dtype fp8", 2, "--kv-cache-dtype"},

@@ -139,5 +139,32 @@ TEST(Placement, ManyLayersSplitQuicklyAndBalanced) {
   EXPECT_NE(std::string(p.status().message()).find("ranks"), std::string::npos) << p.status();
 }
 
+// --weights: an fp8 checkpoint keeps its fp8 layers (int8 without
+// --quantize-fp8 only changes the bf16 LM head: V·H·2 bytes become V·H
+// values plus one f16 scale per 32), and the quantised formats shrink a bf16
+// model in order.
+TEST(Placement, WeightFormatsChangeTheBytesAsUploadWeightsHoldsThem) {
+  const ModelConfig v3 = Real("deepseek-v3");
+  PlacementOptions stored, int8, int4_all;
+  int8.weights = WeightQuant::kInt8;
+  int4_all.weights = WeightQuant::kInt4;
+  int4_all.quantize_fp8 = true;
+  auto a = MakePlacementPlan(v3, stored), b = MakePlacementPlan(v3, int8), q = MakePlacementPlan(v3, int4_all);
+  ASSERT_TRUE(a.ok() && b.ok() && q.ok());
+  const double V = static_cast<double>(v3.vocab_size), H = static_cast<double>(v3.hidden_size);
+  EXPECT_DOUBLE_EQ(static_cast<double>(a->ranks[0].weight_bytes) - static_cast<double>(b->ranks[0].weight_bytes),
+                   V * H * 2 - (V * H + 2 * V * H / 32));
+  EXPECT_LT(q->ranks[0].weight_bytes, b->ranks[0].weight_bytes * 0.6);
+  const ModelConfig lite = Real("deepseek-v2-lite");
+  PlacementOptions l8, l4;
+  l8.weights = WeightQuant::kInt8;
+  l4.weights = WeightQuant::kInt4;
+  auto s0 = MakePlacementPlan(lite, PlacementOptions{}), s8 = MakePlacementPlan(lite, l8), s4 = MakePlacementPlan(lite, l4);
+  ASSERT_TRUE(s0.ok() && s8.ok() && s4.ok());
+  EXPECT_LT(s8->ranks[0].weight_bytes, s0->ranks[0].weight_bytes * 0.6);
+  EXPECT_LT(s4->ranks[0].weight_bytes, s8->ranks[0].weight_bytes * 0.6);
+  EXPECT_NE(FormatPlacementPlan(lite, *s4).find("--weights int4 (group 32)"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace deepshard
