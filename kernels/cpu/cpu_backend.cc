@@ -458,6 +458,10 @@ class CpuBackend final : public Backend {
       }
       return;
     }
+    // Exact products of bf16/f16 weights: our GEMM reads them as stored
+    // (cpu_kernels.h); fp8, quantised, and levels without SIMD widen tiles
+    // for oneDNN.
+    if (k_.gemm_rows(x, m, ldx, w, y, ldy)) return;
     float* tile = Scratch(tile_f32_, kTileRows * K);
     for (int64_t n0 = 0; n0 < w.rows; n0 += kTileRows) {
       const int64_t nt = std::min(kTileRows, w.rows - n0);

@@ -50,6 +50,10 @@ struct CpuKernels {
   // them in slabs of kGemvSlabRows. Each row's result is what gemv_rows (or
   // gemv_rows_fast, with xb) gives, bit for bit.
   void (*gemv_batch)(const GemvJob* jobs, int64_t n_jobs);
+  // Exact math, any m (prefill): y[m, w.rows] = x · wᵀ in f32 from the stored
+  // bf16/f16/f32 weight, widened in registers; false (nothing computed) for
+  // other dtypes or a level without SIMD, where oneDNN takes the product.
+  bool (*gemm_rows)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
   // y[m, w.cols] = x[m, w.rows] · w, m <= kGemvMaxM; parallel over column blocks.
   void (*gemv_cols)(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
   // Every head of a per-head product (HeadsLinearParams), p.m <= kGemvMaxM, in

@@ -402,6 +402,103 @@ bool GemvRowsFast(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
 #endif
 }
 
+#if defined(DS_HAVE_SIMD)
+// The exact-math GEMM for prefill-sized products (M > kGemvMaxM) of bf16,
+// f16 and f32 weights, reading the weight in its stored layout and dtype.
+// Why not oneDNN here: given a transposed ("ba") weight it packs that weight
+// into its blocked layout on every call, and the f32 path needs the bf16
+// weight widened into an f32 tile first: for an MoE expert (M ~ 48 rows) the
+// packing and widening cost as much as the multiplication.
+//
+// Register block: NB weight rows x MB activation rows, one f32 vector
+// accumulator per pair over the k lanes (24 of 32 registers on AVX-512),
+// reduced once at the end: per k step NB weight loads (widened in registers)
+// and MB activation loads feed NB*MB FMAs. Each thread owns a slab of weight
+// rows; activations go through in chunks of kGemmChunk rows so a chunk stays
+// in L2 while the slab's row blocks pass over it, and a row block (NB rows)
+// stays in L1 across the chunk's MB blocks.
+#if defined(__AVX512F__)
+constexpr int kGemmNB = 4, kGemmMB = 6;
+#else
+constexpr int kGemmNB = 2, kGemmMB = 4;
+#endif
+constexpr int64_t kGemmChunk = 96;
+
+template <DType T, int NB, int MB>
+void GemmBlock(const float* x, int64_t ldx, const uint8_t* const* w, int64_t K, float* y, int64_t ldy) {
+  constexpr int64_t es = T == DType::kF32 ? 4 : 2;
+  // The unroll pragmas keep the accumulators in registers: GCC does not
+  // unroll these loops at -O2 by itself, and indexed arrays then live in memory.
+  VecF acc[MB][NB];
+#pragma GCC unroll 8
+  for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 8
+    for (int n = 0; n < NB; ++n) acc[i][n] = VZero();
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    VecF wv[NB];
+#pragma GCC unroll 8
+    for (int n = 0; n < NB; ++n) wv[n] = VLoad<T>(w[n] + k * es);
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i) {
+      const VecF xv = VLoadF32(x + i * ldx + k);
+#pragma GCC unroll 8
+      for (int n = 0; n < NB; ++n) acc[i][n] = VFma(wv[n], xv, acc[i][n]);
+    }
+  }
+  for (int i = 0; i < MB; ++i) {
+    for (int n = 0; n < NB; ++n) {
+      float sum = VSum(acc[i][n]);
+      for (int64_t t = k; t < K; ++t) sum += LoadOne(T, w[n] + t * es) * x[i * ldx + t];
+      y[i * ldy + n] = sum;
+    }
+  }
+}
+
+// Rows of y for weight rows [r0, r1) of w, all m activation rows.
+template <DType T>
+void GemmSlab(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy, int64_t r0,
+              int64_t r1) {
+  constexpr int NB = kGemmNB, MB = kGemmMB;
+  const int64_t K = w.cols;
+  for (int64_t c0 = 0; c0 < m; c0 += kGemmChunk) {
+    const int64_t c1 = Min(m, c0 + kGemmChunk);
+    int64_t r = r0;
+    for (; r + NB <= r1; r += NB) {
+      const uint8_t* wr[NB];
+      for (int n = 0; n < NB; ++n) wr[n] = RowPtr(w, r + n);
+      int64_t i = c0;
+      for (; i + MB <= c1; i += MB) GemmBlock<T, NB, MB>(x + i * ldx, ldx, wr, K, y + i * ldy + r, ldy);
+      for (; i < c1; ++i) GemmBlock<T, NB, 1>(x + i * ldx, ldx, wr, K, y + i * ldy + r, ldy);
+    }
+    for (; r < r1; ++r) {
+      const uint8_t* wr[1] = {RowPtr(w, r)};
+      int64_t i = c0;
+      for (; i + MB <= c1; i += MB) GemmBlock<T, 1, MB>(x + i * ldx, ldx, wr, K, y + i * ldy + r, ldy);
+      for (; i < c1; ++i) GemmBlock<T, 1, 1>(x + i * ldx, ldx, wr, K, y + i * ldy + r, ldy);
+    }
+  }
+}
+#endif
+
+bool GemmRows(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
+#if defined(DS_HAVE_SIMD)
+  if (w.dtype != DType::kBF16 && w.dtype != DType::kF16 && w.dtype != DType::kF32) return false;
+  if (m == 0 || w.rows == 0) return true;
+  auto slab = [&](int64_t r0, int64_t r1) {
+    switch (w.dtype) {
+      case DType::kBF16: return GemmSlab<DType::kBF16>(x, m, ldx, w, y, ldy, r0, r1);
+      case DType::kF16: return GemmSlab<DType::kF16>(x, m, ldx, w, y, ldy, r0, r1);
+      default: return GemmSlab<DType::kF32>(x, m, ldx, w, y, ldy, r0, r1);
+    }
+  };
+  ForEachSlab(w.rows, kGemmNB, w.rows * w.cols * m < kParallelMinWork, slab);
+  return true;
+#else
+  return false;
+#endif
+}
+
 void GemvBatch(const GemvJob* jobs, int64_t n_jobs) {
   constexpr int64_t g = kGemvSlabRows;
   int64_t units = 0, work = 0;

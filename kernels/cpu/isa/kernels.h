@@ -49,6 +49,7 @@ bool GemvRowsFast(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
                   uint16_t* xb);
 void GemvHeads(const HeadsLinearParams& p);
 void GemvBatch(const GemvJob* jobs, int64_t n_jobs);
+bool GemmRows(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy);
 void WidenRowsF32(const WeightView& w, int64_t r0, int64_t n, float* dst);
 void WidenRowsBf16(const WeightView& w, int64_t r0, int64_t n, uint16_t* dst);
 void F32ToBf16Rows(const float* x, int64_t m, int64_t k, int64_t ldx, uint16_t* y);

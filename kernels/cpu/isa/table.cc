@@ -9,6 +9,7 @@ const CpuKernels kKernels = {
     .gemv_rows = GemvRows,
     .gemv_rows_fast = GemvRowsFast,
     .gemv_batch = GemvBatch,
+    .gemm_rows = GemmRows,
     .gemv_cols = GemvCols,
     .gemv_heads = GemvHeads,
     .widen_rows_f32 = WidenRowsF32,

@@ -356,7 +356,8 @@ TEST_P(WidenRowsBf16Test, ActivationsRoundAsF32ToBf16) {
 
 // Relative error of y against the double reference, normalised by sum |w| |x|
 // (so cancellation does not inflate it).
-void CheckGemv(const TestWeight& t, int64_t r_begin, int64_t n_rows, int64_t m, uint32_t seed) {
+// gemm: the product goes through gemm_rows (any m) instead of gemv_rows.
+void CheckGemv(const TestWeight& t, int64_t r_begin, int64_t n_rows, int64_t m, uint32_t seed, bool gemm = false) {
   const int64_t K = t.cols;
   const int64_t ldx = K + 3, ldy = n_rows + 5;  // padded strides
   std::mt19937 rng(seed);
@@ -370,7 +371,11 @@ void CheckGemv(const TestWeight& t, int64_t r_begin, int64_t n_rows, int64_t m, 
   std::vector<float> y(m * ldy, kSentinel);
   WeightView w = t.View();
   if (r_begin != 0 || n_rows != t.rows) w = w.Rows(r_begin, n_rows);
-  GemvRows(x.data(), m, ldx, w, y.data(), ldy);
+  if (gemm) {
+    ASSERT_TRUE(g_k->gemm_rows(x.data(), m, ldx, w, y.data(), ldy));
+  } else {
+    GemvRows(x.data(), m, ldx, w, y.data(), ldy);
+  }
   // Recursive f32 summation error bound, with margin: about K unit roundoffs
   // of sum |w x| (a wrong element or scale block gives errors of order 1).
   const double tol = static_cast<double>(K + 8) * std::ldexp(1.0, -23);
@@ -391,6 +396,33 @@ void CheckGemv(const TestWeight& t, int64_t r_begin, int64_t n_rows, int64_t m, 
     for (int64_t r = n_rows; r < ldy; ++r) ASSERT_EQ(y[i * ldy + r], kSentinel) << "m=" << i << " pad " << r;
   }
   EXPECT_LE(worst, tol);
+}
+
+// The exact prefill GEMM: every block-edge case (rows not a multiple of the
+// register block, m across the activation block and the L2 chunk, K with a
+// scalar tail), row sub-views and padded strides, against the double
+// reference; fp8 and quantised weights (and the scalar level) are refused.
+TEST_P(GemvRowsTest, GemmRowsShapesAgainstReference) {
+  const bool simd = GetParam() != CpuIsa::kScalar;
+  uint32_t seed = 3000;
+  for (DType dt : {DType::kBF16, DType::kF16, DType::kF32}) {
+    for (const Shape& s : {Shape{1, 16}, Shape{3, 45}, Shape{37, 100}, Shape{64, 2048}, Shape{9, 33}}) {
+      const TestWeight t = MakeWeight(dt, s.rows, s.cols, seed++);
+      for (int64_t m : {9, 13, 97, 200}) {
+        SCOPED_TRACE(Name(dt, s.rows, s.cols) + " m=" + std::to_string(m));
+        if (!simd) {
+          std::vector<float> x(m * s.cols, 1.0f), y(m * s.rows, 0.0f);
+          EXPECT_FALSE(g_k->gemm_rows(x.data(), m, s.cols, t.View(), y.data(), s.rows));
+          continue;
+        }
+        CheckGemv(t, 0, s.rows, m, seed++, /*gemm=*/true);
+        if (s.rows > 4) CheckGemv(t, 2, s.rows - 3, m, seed++, /*gemm=*/true);
+      }
+    }
+  }
+  const TestWeight f8 = MakeWeight(DType::kF8E4M3, 8, 128, seed++);
+  std::vector<float> x(9 * 128, 1.0f), y(9 * 8, 0.0f);
+  EXPECT_FALSE(g_k->gemm_rows(x.data(), 9, 128, f8.View(), y.data(), 8));
 }
 
 TEST_P(GemvRowsTest, AllDTypesShapesAndM) {
