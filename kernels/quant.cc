@@ -26,6 +26,16 @@ void WidenRow(const WeightView& w, int64_t r, float* out) {
   }
 }
 
+// Round half to even of |v| < 2^22 (here |v| <= 127): adding and subtracting
+// 1.5 * 2^23 leaves v rounded to an integer by the FPU's round-to-nearest-even,
+// as std::nearbyint does, without its library call (the baseline x86-64 build
+// has no ROUNDSS) on every weight at load.
+inline float RoundHalfEven(float v) {
+  constexpr float kMagic = 0x1.8p23f;
+  return (v + kMagic) - kMagic;
+}
+inline float Clamp(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
 }  // namespace
 
 const char* WeightQuantName(WeightQuant q) {
@@ -62,16 +72,16 @@ void QuantizeRow(const float* x, int64_t cols, DType target, int64_t group, uint
     scales[g0 / group] = h;
     const float d = F16ToF32(h);
     for (int64_t c = 0; c < group; ++c) {
-      const float v = d == 0.0f ? 0.0f : std::nearbyint(xg[c] / d);
+      const float v = d == 0.0f ? 0.0f : RoundHalfEven(xg[c] / d);
       if (int4) {
-        const int qi = static_cast<int>(std::fmin(15.0f, std::fmax(0.0f, v + 8.0f)));
+        const int qi = static_cast<int>(Clamp(v + 8.0f, 0.0f, 15.0f));
         // Column c of a 32-column block: byte c % 16 of the block, low nibble
         // for the first 16 columns, high for the next 16.
         const int64_t col = g0 + c, block = col / 32, j = col % 32;
         uint8_t& byte = q[block * 16 + j % 16];
         byte = j < 16 ? static_cast<uint8_t>((byte & 0xf0) | qi) : static_cast<uint8_t>((byte & 0x0f) | (qi << 4));
       } else {
-        q[g0 + c] = static_cast<uint8_t>(static_cast<int8_t>(std::fmin(127.0f, std::fmax(-127.0f, v))));
+        q[g0 + c] = static_cast<uint8_t>(static_cast<int8_t>(Clamp(v, -127.0f, 127.0f)));
       }
     }
   }
