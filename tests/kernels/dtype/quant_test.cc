@@ -276,6 +276,31 @@ TEST(QuantizeRow, Int8Layout) {
   for (int c = 0; c < 32; ++c) EXPECT_EQ(static_cast<int8_t>(bytes[c]), static_cast<int>(x[c])) << c;
 }
 
+// Halfway values round to even, both signs, as torch.round in the reference
+// quantiser (tools/reference/make_fixtures.py): the rounding decides bytes.
+TEST(QuantizeRow, HalfwayValuesRoundToEven) {
+  std::vector<float> x(32, 0.0f);
+  const float ties[] = {0.5f, 1.5f, 2.5f, 3.5f, -0.5f, -1.5f, -2.5f, -3.5f, 126.5f, -126.5f, 4.4f, -4.6f};
+  for (int c = 0; c < 12; ++c) x[c] = ties[c];
+  x[31] = 127.0f;  // d = 1
+  uint8_t q8[32];
+  uint16_t s;
+  QuantizeRow(x.data(), 32, DType::kQ8, 32, q8, &s);
+  ASSERT_EQ(F16ToF32(s), 1.0f);
+  const int want8[] = {0, 2, 2, 4, 0, -2, -2, -4, 126, -126, 4, -5};
+  for (int c = 0; c < 12; ++c) EXPECT_EQ(static_cast<int8_t>(q8[c]), want8[c]) << "value " << x[c];
+  // int4, d = m / -8 = 1 with m = -8: q - 8 = round(x), clamped to [-8, 7].
+  std::vector<float> y(32, 0.0f);
+  const float ties4[] = {0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 6.5f, 7.5f, -7.5f, 3.4f};
+  for (int c = 0; c < 10; ++c) y[c] = ties4[c];
+  y[20] = -8.0f;
+  uint8_t q4[16];
+  QuantizeRow(y.data(), 32, DType::kQ4, 32, q4, &s);
+  ASSERT_EQ(F16ToF32(s), 1.0f);
+  const int want4[] = {0, 2, 2, 0, -2, -2, 6, 7, -8, 3};
+  for (int c = 0; c < 10; ++c) EXPECT_EQ((q4[c] & 15) - 8, want4[c]) << "value " << y[c];
+}
+
 // QuantizeRows must equal QuantizeRow over the row widened to f32 (with fp8's
 // block scales applied), for rows [r0, r1) of a sub-view.
 void CheckQuantizeRows(const WeightView& w, const std::vector<float>& widened, int64_t r0, int64_t r1) {
