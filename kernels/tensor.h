@@ -44,6 +44,8 @@ struct WeightView {
   }
   int64_t scale_cols() const { return (cols + block - 1) / block; }
   int64_t bytes() const { return rows * RowBytes(dtype, cols); }
+  // Bytes of a quantised view's scales (0 for other dtypes).
+  int64_t qscale_bytes() const { return qscale != nullptr ? rows * (cols / group) * 2 : 0; }
   bool empty() const { return data == nullptr; }
 };
 

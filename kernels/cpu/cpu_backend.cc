@@ -95,15 +95,9 @@ class CpuBackend final : public Backend {
 #endif
     const uint8_t* src = w.RowPtr(0);
     uint8_t* dst = static_cast<uint8_t*>(p);
-    const int64_t rows = w.rows;
-#pragma omp parallel
-    {
-      // The GEMV's partition (kGemvSlabRows).
-      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t g = cpu::kGemvSlabRows, units = (rows + g - 1) / g;
-      const int64_t r0 = std::min(rows, units * t / nt * g), r1 = std::min(rows, units * (t + 1) / nt * g);
-      if (r1 > r0) std::memcpy(dst + r0 * row_bytes, src + r0 * row_bytes, (r1 - r0) * row_bytes);
-    }
+    ForEachGemvSlab(w.rows, /*parallel=*/true, [&](int64_t r0, int64_t r1) {
+      std::memcpy(dst + r0 * row_bytes, src + r0 * row_bytes, (r1 - r0) * row_bytes);
+    });
     copies_.push_back({p, len});
     WeightView out = w;
     out.data = p;
@@ -134,14 +128,9 @@ class CpuBackend final : public Backend {
 #endif
     uint8_t* q = static_cast<uint8_t*>(p);
     uint16_t* scales = reinterpret_cast<uint16_t*>(q + data_bytes);
-    const int64_t rows = w.rows;
-#pragma omp parallel if (rows * w.cols >= (1 << 16))
-    {
-      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t g = cpu::kGemvSlabRows, units = (rows + g - 1) / g;
-      const int64_t r0 = std::min(rows, units * t / nt * g), r1 = std::min(rows, units * (t + 1) / nt * g);
-      if (r1 > r0) QuantizeRows(w, r0, r1, target, group, q + r0 * row_bytes, scales + r0 * groups);
-    }
+    ForEachGemvSlab(w.rows, /*parallel=*/w.rows * w.cols >= (1 << 16), [&](int64_t r0, int64_t r1) {
+      QuantizeRows(w, r0, r1, target, group, q + r0 * row_bytes, scales + r0 * groups);
+    });
     copies_.push_back({p, len});
     quantized_bytes_ += static_cast<size_t>(total);
     WeightView out;
@@ -406,6 +395,20 @@ class CpuBackend final : public Backend {
  private:
   void Fail(absl::Status s) {
     if (error_.ok()) error_ = std::move(s);
+  }
+
+  // f(r0, r1) on each thread's slab of `rows` weight rows: the GEMV's
+  // partition (kGemvSlabRows), so a copy made here is first touched by the
+  // thread that will stream it. On this thread alone unless `parallel`.
+  template <typename F>
+  static void ForEachGemvSlab(int64_t rows, bool parallel, F&& f) {
+#pragma omp parallel if (parallel)
+    {
+      const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t g = cpu::kGemvSlabRows, units = (rows + g - 1) / g;
+      const int64_t r0 = std::min(rows, units * t / nt * g), r1 = std::min(rows, units * (t + 1) / nt * g);
+      if (r1 > r0) f(r0, r1);
+    }
   }
 
   // "1.23 GB", or "45.6 MB" below 0.1 GB.

@@ -89,7 +89,7 @@ absl::Status DeepseekModel::UploadWeights() {
     }
     bytes_before += static_cast<double>(view.bytes());
     ASSIGN_OR_RETURN(view, be.UploadQuantized(view, target, rt_.quant_group));
-    bytes_after += static_cast<double>(view.bytes() + view.rows * (view.cols / view.group) * 2);
+    bytes_after += static_cast<double>(view.bytes() + view.qscale_bytes());
     ++n_quantized;
     return absl::OkStatus();
   };

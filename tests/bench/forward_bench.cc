@@ -106,9 +106,7 @@ double GemmGflops(int64_t m, int64_t n, int64_t k, dnnl::memory::data_type dt) {
 }
 
 // Bytes a product reads of a weight: its values, and a quantised weight's scales.
-uint64_t ReadBytes(const ds::WeightView& w) {
-  return w.bytes() + (w.qscale != nullptr ? w.rows * (w.cols / w.group) * 2 : 0);
-}
+uint64_t ReadBytes(const ds::WeightView& w) { return w.bytes() + w.qscale_bytes(); }
 
 uint64_t MlpBytes(const ds::MlpWeights& w) { return ReadBytes(w.gate_proj) + ReadBytes(w.up_proj) + ReadBytes(w.down_proj); }
 

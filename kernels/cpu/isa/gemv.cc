@@ -393,7 +393,7 @@ bool GemvRowsFast(const float* x, int64_t m, int64_t ldx, const WeightView& w, f
                   uint16_t* xb) {
 #if defined(__AVX512BF16__)
   if (m != 1 || w.dtype != DType::kBF16 || w.rows == 0) return false;
-  for (int64_t c = 0; c < w.cols; ++c) xb[c] = ToBf16(x[c]);
+  F32ToBf16Rows(x, 1, w.cols, w.cols, xb);
   ForEachSlab(w.rows, kGemvSlabRows, w.rows * w.cols < kParallelMinWork,
               [&](int64_t r0, int64_t r1) { Rows1xGBf16Dot(xb, x, w, y, r0, r1); });
   return true;
@@ -526,16 +526,7 @@ void GemvBatch(const GemvJob* jobs, int64_t n_jobs) {
       GemvRowsSerial(b.x, b.m, b.ldx, b.w, b.y, b.ldy, r0, r1);
     }
   };
-  if (work < kParallelMinWork || omp_get_max_threads() == 1) {
-    run(0, units);
-    return;
-  }
-#pragma omp parallel
-  {
-    int64_t u0, u1;
-    Part(units, omp_get_thread_num(), omp_get_num_threads(), 1, &u0, &u1);
-    if (u0 < u1) run(u0, u1);
-  }
+  ForEachSlab(units, 1, work < kParallelMinWork, run);
 }
 
 void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
