@@ -8,9 +8,12 @@
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "serve/control_plane.h"
 #include "serve/signals.h"
@@ -174,10 +177,17 @@ class StartupWatch {
         }
         std::snprintf(address, sizeof(address), "%s", host.c_str());
         std::snprintf(secret, sizeof(secret), "%s", s.c_str());
-        std::atomic<bool>* done = &w->done_;
+        StartupWatch* self = w.get();  // owns the server: outlives its handlers
         w->server_->set_on_frame([](int, serve::Frame) {});
-        w->server_->set_on_rank_lost([done, command](int rank, std::string why) {
-          if (*done) return;
+        w->server_->set_on_rank_lost([self, command](int rank, std::string why) {
+          // A worker that closed its connection (it exited or crashed) may be
+          // leaving a job that is failing anyway: every rank found the same
+          // error and rank 0 is about to print it and end the watch. Give this
+          // thread's main thread a moment to do so before blaming the worker;
+          // a worker that really died still ends the job within the grace.
+          // A heartbeat timeout (a stopped or hung rank) is acted on at once.
+          if (!absl::StartsWith(why, "heartbeat timeout")) self->WaitForEnd(kLostGrace);
+          if (self->done_) return;
           if (rank == 0) {  // this process was stopped or stalled, and a worker gave up on it
             serve::Log(command, absl::StrCat("error: during start-up ", why, ": exiting"));
             serve::ExitNow(1);
@@ -195,7 +205,13 @@ class StartupWatch {
     if (pc.rank != 0) {
       auto c = serve::ControlClient::Connect(address, port, secret, pc.rank, /*connect_timeout_s=*/30);
       std::memset(secret, 0, sizeof(secret));
-      if (!c.ok()) return w;  // rank 0 sees this rank missing and waits no longer than WaitForWorkers
+      if (!c.ok()) {
+        // Rank 0 sees this rank missing and waits no longer than WaitForWorkers;
+        // start-up goes on under the start-up deadline instead of heartbeats.
+        serve::Log(command, absl::StrCat("rank ", pc.rank, ": start-up goes on without heartbeats: ",
+                                         c.status().message()));
+        return w;
+      }
       w->client_ = *std::move(c);
       w->watched_ = true;
       serve::ControlClient* client = w->client_.get();
@@ -228,7 +244,11 @@ class StartupWatch {
   // Rank 0 tells the workers and closes its side quietly (a kShutdown first:
   // their clients then take the close as planned).
   void End() {
-    if (done_.exchange(true)) return;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (done_.exchange(true)) return;
+    }
+    cv_.notify_all();
     if (server_ != nullptr) {
       server_->Broadcast(serve::FrameType::kShutdown, "");
       server_->Stop(/*flush_timeout_s=*/1.0);
@@ -240,7 +260,15 @@ class StartupWatch {
   }
 
  private:
+  static constexpr std::chrono::milliseconds kLostGrace{1500};
+  void WaitForEnd(std::chrono::milliseconds grace) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, grace, [this] { return done_.load(); });
+  }
+
   std::string command_;
+  std::mutex mu_;
+  std::condition_variable cv_;
   std::atomic<bool> done_{false};
   bool watched_ = false;
   std::unique_ptr<serve::ControlServer> server_;
