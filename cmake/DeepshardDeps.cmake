@@ -7,6 +7,9 @@ find_package(benchmark REQUIRED)
 find_package(dnnl REQUIRED)
 find_package(OpenMP REQUIRED COMPONENTS CXX)
 find_package(Threads REQUIRED)
+# hwloc: the CPU backend's cores and NUMA nodes (kernels/cpu/numa.h).
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(HWLOC REQUIRED IMPORTED_TARGET GLOBAL hwloc)
 
 # CUDA and NCCL are optional: used when /usr/local/cuda (or CUDAToolkit_ROOT) has them.
 include(CheckLanguage)

@@ -269,8 +269,30 @@ enum class CpuIsa;
 }
 std::unique_ptr<Backend> MakeCpuBackend(MathMode mode, int threads, cpu::CpuIsa isa);
 
+// Where a host backend's threads run (--numa, kernels/cpu/numa.h).
+enum class NumaMode {
+  kAuto,        // pin one thread per core, node by node, when this rank spans several NUMA nodes
+  kDistribute,  // always pin one thread per core
+  kOff,         // never pin (the OS schedules the threads)
+};
+// "auto", "distribute", "off"; InvalidArgument naming --numa and the choices.
+absl::StatusOr<NumaMode> ParseNumaMode(std::string_view name);
+std::string_view NumaModeName(NumaMode mode);
+
+// The CPU backend's threads: how many, where, and this process's place among
+// the ranks on its node (whose cores an unbound rank shares with them).
+struct HostThreads {
+  int threads = 0;  // 0: one per core of this rank's share (OMP_NUM_THREADS, when set)
+  NumaMode numa = NumaMode::kAuto;
+  int local_rank = 0, local_size = 1;
+};
+
 // The devices this build can run on: "cpu" (and "cuda" when built with it).
 // Unknown names are InvalidArgument naming the device and the choices.
+// `threads` alone: that many threads (0: OpenMP's default), never pinned.
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device, MathMode mode, int threads = 0);
+// With a placement: the CPU backend plans and pins its threads (numa.h).
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device, MathMode mode,
+                                                     const HostThreads& host);
 
 }  // namespace deepshard

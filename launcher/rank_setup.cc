@@ -29,7 +29,7 @@ const std::set<std::string>& ModelRunFlags() {
       "device",         "math",          "mla",          "threads",        "max-context",
       "kv-cache-dtype", "pp",            "ep",           "layer-split",    "expert-map",
       "kv-cache-memory", "block-size",   "max-num-seqs", "max-num-batched-tokens",
-      "prefill-chunk",  "micro-batches", "startup-timeout", "weights", "weights-group"};
+      "prefill-chunk",  "micro-batches", "startup-timeout", "weights", "weights-group", "numa"};
   return flags;
 }
 
@@ -50,6 +50,8 @@ std::set<std::string> WithModelRunBoolFlags(std::set<std::string> command_bool_f
 
 const char kModelRunUsage[] =
     "         [--device cpu] [--math exact|fast] [--mla auto|naive|absorbed] [--threads N] [--max-context N]\n"
+    "         [--numa auto|distribute|off]   pin one thread per core, node by node (auto: when the\n"
+    "                                        rank spans several NUMA nodes)\n"
     "         [--weights stored|int8|int4 [--weights-group 32] [--quantize-fp8]]\n"
     "         [--kv-cache-memory 1GiB] [--kv-cache-dtype f32|bf16] [--block-size 64] [--max-num-seqs 64]\n"
     "         [--max-num-batched-tokens 512] [--prefill-chunk 512] [--micro-batches N] [--no-prefix-cache]\n"
@@ -137,6 +139,7 @@ absl::Status ParseModelRunFlags(const Flags& flags, RuntimeConfig* rt, Placement
     return absl::InvalidArgumentError("--mla must be auto, naive or absorbed, got \"" + mla + "\"");
   }
   if (threads < 0) return absl::InvalidArgumentError("--threads must be >= 0");
+  ASSIGN_OR_RETURN(rt->numa, ParseNumaMode(flags.String("numa", "auto")));
   if (rt->max_context < 0) return absl::InvalidArgumentError("--max-context must be >= 0");
   if (pp < 1 || pp > 4096) return absl::InvalidArgumentError(absl::StrCat("--pp must be in [1, 4096], got ", pp));
   if (ep < 1 || ep > 4096) return absl::InvalidArgumentError(absl::StrCat("--ep must be in [1, 4096], got ", ep));
@@ -339,13 +342,11 @@ std::optional<RankShare> SetUpRankShare(const std::string& command, const std::s
   auto placement = MakePlacementPlan(share.config, place);
   if (!placement.ok()) return fail(2, std::string(placement.status().message()));
   share.placement = *std::move(placement);
-  if (rt.threads == 0 && std::getenv("OMP_NUM_THREADS") == nullptr) {
-    // Share the node's cores among its ranks: oversubscribed OpenMP threads
-    // spin against each other and against MPI's progress polling.
-    const int cores = static_cast<int>(std::thread::hardware_concurrency());
-    rt.threads = std::max(1, cores / std::max(1, share.pc.local_size));
-  }
-  auto backend = MakeBackend(rt.device, rt.math, rt.threads);
+  // Ranks the launcher left unbound share the node's cores out (one part
+  // each): oversubscribed OpenMP threads spin against each other and against
+  // MPI's progress polling (kernels/cpu/numa.h).
+  auto backend = MakeBackend(rt.device, rt.math,
+                             HostThreads{rt.threads, rt.numa, share.pc.local_rank, share.pc.local_size});
   auto model = backend.ok() ? DeepseekModel::Load(model_dir, rt, share.placement.ranks[rank].load, *std::move(backend))
                             : absl::StatusOr<std::unique_ptr<DeepseekModel>>(backend.status());
   if (!AgreeNoErrors(command, model.ok() ? "" : std::string(model.status().message()))) return fail(1, "");
@@ -360,7 +361,7 @@ std::optional<RankShare> SetUpRankShare(const std::string& command, const std::s
 absl::StatusOr<RankShare> SetUpSingleRank(const std::string& model_dir, const RuntimeConfig& rt) {
   RankShare share;
   share.pc = ParallelConfig::Single();
-  ASSIGN_OR_RETURN(auto backend, MakeBackend(rt.device, rt.math, rt.threads));
+  ASSIGN_OR_RETURN(auto backend, MakeBackend(rt.device, rt.math, HostThreads{rt.threads, rt.numa}));
   ASSIGN_OR_RETURN(share.model, DeepseekModel::Load(model_dir, rt, LoadSpec{}, std::move(backend)));
   share.config = share.model->config();
   return share;

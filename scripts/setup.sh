@@ -13,6 +13,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libdnnl-dev ocl-icd-opencl-dev opencl-c-headers
   libpcre2-dev
+  libhwloc-dev    # CPU backend: cores and NUMA nodes for thread placement (--numa)
   libicu-dev      # tokenizer: Unicode normalization (NFC/NFKC) and character properties
   python3 python3-venv curl bc procps hostname   # python3-venv, curl: the serve e2e test (openai package, curl)
   slurmctld slurmd slurm-client munge   # tests/cluster: a one-machine Slurm (cluster/local_slurm.sh)

@@ -21,6 +21,7 @@
 #include "base/status_macros.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/numa.h"
 #include "kernels/cpu/onednn_matmul.h"
 #include "kernels/cpu/router.h"
 #include "kernels/quant.h"
@@ -46,8 +47,18 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend(MathMode mode, int threads, cpu::CpuIsa isa) : mode_(mode), k_(*cpu::CpuKernelsFor(isa)) {
     if (threads > 0) omp_set_num_threads(threads);
-    const char* placement = std::getenv("DEEPSHARD_CPU_WEIGHTS");
-    copy_weights_ = placement == nullptr || std::string_view(placement) != "map";
+    Init();
+  }
+  // Threads planned and pinned (kernels/cpu/numa.h) before any weight is
+  // uploaded: Upload's first touch then lands each slab on its reader's node.
+  CpuBackend(MathMode mode, const HostThreads& host, cpu::CpuIsa isa)
+      : mode_(mode), k_(*cpu::CpuKernelsFor(isa)) {
+    placement_ = cpu::PlaceCpuThreads(host).summary;
+    Init();
+  }
+  void Init() {
+    const char* weights = std::getenv("DEEPSHARD_CPU_WEIGHTS");
+    copy_weights_ = weights == nullptr || std::string_view(weights) != "map";
   }
   ~CpuBackend() override {
     for (const auto& [p, len] : copies_) munmap(p, len);
@@ -57,7 +68,8 @@ class CpuBackend final : public Backend {
   std::string Describe() const override {
     size_t copied = 0;
     for (const auto& c : copies_) copied += c.second;
-    return absl::StrCat("cpu: ", cpu::DescribeCpuKernels(k_.isa), ", ", omp_get_max_threads(), " threads, ",
+    return absl::StrCat("cpu: ", cpu::DescribeCpuKernels(k_.isa), ", ",
+                        placement_.empty() ? absl::StrCat(omp_get_max_threads(), " threads") : placement_, ", ",
                         mode_ == MathMode::kFast ? "fast" : "exact", " math, ",
                         copy_weights_ ? absl::StrCat(GbText(copied), " of weights on huge pages")
                                       : std::string("weights read from the mapping"),
@@ -483,6 +495,7 @@ class CpuBackend final : public Backend {
   size_t quantized_bytes_ = 0;                      // of which quantised (values and scales)
   absl::Status error_;
   cpu::OneDnnMatmul mm_;
+  std::string placement_;  // the thread plan's summary (empty: made with a bare thread count)
   std::vector<uint16_t> xbf16_, tile_bf16_;
   std::vector<float> tile_f32_, tile_t_, gamma_, attn_scratch_, ydense_, mlp_gate_, mlp_up_, route_scratch_;
   std::vector<int32_t> group_count_;
@@ -505,6 +518,16 @@ absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device, Ma
   if (device == "cpu") {
     ASSIGN_OR_RETURN(cpu::CpuIsa isa, cpu::SelectCpuIsa());
     return MakeCpuBackend(mode, threads, isa);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--device ", std::string(device), " is not available in this build (devices: cpu)"));
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view device, MathMode mode,
+                                                     const HostThreads& host) {
+  if (device == "cpu") {
+    ASSIGN_OR_RETURN(cpu::CpuIsa isa, cpu::SelectCpuIsa());
+    return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(mode, host, isa));
   }
   return absl::InvalidArgumentError(
       absl::StrCat("--device ", std::string(device), " is not available in this build (devices: cpu)"));

@@ -46,9 +46,10 @@ struct CpuKernels {
                          uint16_t* xb);
   // Several independent products in one parallel region (an MoE layer's
   // experts in decode: one region for every gate and up, one for every down,
-  // instead of one per product), the threads splitting the jobs' rows between
-  // them in slabs of kGemvSlabRows. Each row's result is what gemv_rows (or
-  // gemv_rows_fast, with xb) gives, bit for bit.
+  // instead of one per product), each thread taking the slab of every job
+  // that gemv_rows gives it (the rows Upload placed on its NUMA node). Each
+  // row's result is what gemv_rows (or gemv_rows_fast, with xb) gives, bit
+  // for bit.
   void (*gemv_batch)(const GemvJob* jobs, int64_t n_jobs);
   // Exact math, any m (prefill): y[m, w.rows] = x · wᵀ in f32 from the stored
   // bf16/f16/f32 weight, widened in registers; false (nothing computed) for

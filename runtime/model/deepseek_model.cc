@@ -18,7 +18,7 @@ namespace deepshard {
 
 absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::string& dir, const RuntimeConfig& rt,
                                                                    LoadSpec spec) {
-  ASSIGN_OR_RETURN(auto backend, MakeBackend(rt.device, rt.math, rt.threads));
+  ASSIGN_OR_RETURN(auto backend, MakeBackend(rt.device, rt.math, HostThreads{rt.threads, rt.numa}));
   return Load(dir, rt, std::move(spec), std::move(backend));
 }
 

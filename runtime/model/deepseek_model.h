@@ -29,7 +29,8 @@ struct RuntimeConfig {
   std::string device = "cpu";        // the backend (--device)
   MathMode math = MathMode::kExact;  // kFast: bf16 activations for bf16/fp8 weights on AMX
   MlaMode mla_mode = MlaMode::kAuto;
-  int threads = 0;                   // OpenMP threads; 0 = default
+  int threads = 0;                   // OpenMP threads; 0 = one per core of this rank's share
+  NumaMode numa = NumaMode::kAuto;   // thread pinning (--numa, kernels/cpu/numa.h)
   int64_t max_context = 0;           // longest sequence; 0 = min(max_position_embeddings, 16384)
   bool prefault = true;              // touch every weight page at load (not during the first steps)
   DType kv_dtype = DType::kF32;      // latent KV cache values: f32 or bf16 (--kv-cache-dtype)

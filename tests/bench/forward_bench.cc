@@ -205,7 +205,8 @@ constexpr char kUsage[] =
     "  --layers N          layers of the default model (default 2)\n"
     "  --prompt N          prefill length in tokens (default 512)\n"
     "  --decode-steps N    batch-1 decode steps after the prompt; the median is reported (default 32)\n"
-    "  --threads N         OpenMP threads (default: OpenMP's default)\n"
+    "  --threads N         OpenMP threads (default: one per core)\n"
+    "  --numa auto|distribute|off  thread pinning, as deepshard --numa (default auto)\n"
     "  --math exact|fast   how GEMMs treat bf16/fp8 weights (default fast)\n"
     "  --weights stored|int8|int4  quantise the projections at load (deepshard --weights; default stored)\n"
     "  --weights-group N   columns per quantisation scale (default 32)\n"
@@ -228,6 +229,7 @@ bool ParsePositive(const std::string& flag, const std::string& v, int64_t* out) 
 
 int main(int argc, char** argv) {
   std::string model_dir, math = "fast", weights = "stored";
+  ds::NumaMode numa = ds::NumaMode::kAuto;
   int64_t decode_steps = 32, prompt_len = 512, threads = 0, layers = 2, group = ds::kDefaultQuantGroup;
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
@@ -249,6 +251,13 @@ int main(int argc, char** argv) {
       ok = ParsePositive(f, v, &prompt_len);
     } else if (f == "--threads") {
       ok = ParsePositive(f, v, &threads);
+    } else if (f == "--numa") {
+      auto mode = ds::ParseNumaMode(v);
+      if (!mode.ok()) {
+        std::fprintf(stderr, "deepshard_bench_forward: %s\n", std::string(mode.status().message()).c_str());
+        return 2;
+      }
+      numa = *mode;
     } else if (f == "--layers") {
       ok = ParsePositive(f, v, &layers);
     } else if (f == "--math") {
@@ -275,7 +284,6 @@ int main(int argc, char** argv) {
     }
     if (!ok) return 2;
   }
-  if (threads > 0) omp_set_num_threads(static_cast<int>(threads));
   if (model_dir.empty()) {
     model_dir = (std::filesystem::temp_directory_path() /
                  ("deepshard_bench_v2_lite_" + std::to_string(layers) + "l_bf16")).string();
@@ -296,6 +304,8 @@ int main(int argc, char** argv) {
   rt.max_context = prompt_len + decode_steps + 8;
   rt.weights = weights == "int8" ? ds::WeightQuant::kInt8 : weights == "int4" ? ds::WeightQuant::kInt4 : ds::WeightQuant::kStored;
   rt.quant_group = group;
+  rt.threads = static_cast<int>(threads);
+  rt.numa = numa;
   const auto load0 = Clock::now();
   auto loaded = ds::DeepseekModel::Load(model_dir, rt);
   if (!loaded.ok()) {

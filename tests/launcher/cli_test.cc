@@ -175,6 +175,8 @@ TEST(Cli, BadInputIsAClearError) {
       {"generate" + m + " --prompt-ids 1 --weights int3", 2, "--weights must be stored, int8 or int4, got \"int3\""},
       {"generate" + m + " --prompt-ids 1 --weights int8 --weights-group 48", 2, "--weights-group must be a multiple of 32"},
       {"generate" + m + " --prompt-ids 1 --weights-group 64", 2, "--weights-group and --quantize-fp8 need --weights"},
+      {"generate" + m + " --prompt-ids 1 --numa isolate", 2, "--numa must be auto, distribute or off, got \"isolate\""},
+      {"serve" + m + " --numa", 2, "--numa"},
       {"serve" + m + " --quantize-fp8", 2, "--weights-group and --quantize-fp8 need --weights"},
       {"plan" + m + " --weights int2", 2, "--weights must be stored, int8 or int4"},
       {"generate" + m + " --prompt-ids 1 --kv-cache-memory 1KiB", 2, "--kv-cache-memory"},

@@ -500,23 +500,18 @@ bool GemmRows(const float* x, int64_t m, int64_t ldx, const WeightView& w, float
 }
 
 void GemvBatch(const GemvJob* jobs, int64_t n_jobs) {
-  constexpr int64_t g = kGemvSlabRows;
-  int64_t units = 0, work = 0;
-  for (int64_t j = 0; j < n_jobs; ++j) {
-    units += (jobs[j].w.rows + g - 1) / g;
-    work += jobs[j].w.rows * jobs[j].w.cols * jobs[j].m;
-  }
-  // Units [u0, u1) of the jobs' rows laid end to end, job by job; a slab
-  // boundary always falls on a multiple of g rows of its job, as in GemvRows,
-  // so the row groups (and the results) are the same.
-  auto run = [&](int64_t u0, int64_t u1) {
-    int64_t base = 0;
-    for (int64_t j = 0; j < n_jobs && base < u1; ++j) {
+  int64_t work = 0;
+  for (int64_t j = 0; j < n_jobs; ++j) work += jobs[j].w.rows * jobs[j].w.cols * jobs[j].m;
+  // Each thread takes its slab of every job: the rows GemvRows would give it,
+  // so the row groups (and the results) are the same, and the rows a thread
+  // reads are those Upload placed on its NUMA node (kernels/cpu/numa.h).
+  // Rather than one region per product, one region for them all.
+  auto run = [&](int t, int nt) {
+    for (int64_t j = 0; j < n_jobs; ++j) {
       const GemvJob& b = jobs[j];
-      const int64_t n = (b.w.rows + g - 1) / g, lo = Max(u0, base), hi = Min(u1, base + n);
-      base += n;
-      if (lo >= hi) continue;
-      const int64_t r0 = (lo - (base - n)) * g, r1 = Min(b.w.rows, (hi - (base - n)) * g);
+      int64_t r0, r1;
+      Part(b.w.rows, t, nt, kGemvSlabRows, &r0, &r1);
+      if (r0 >= r1) continue;
 #if defined(__AVX512BF16__)
       if (b.xb != nullptr && b.m == 1 && b.w.dtype == DType::kBF16) {
         Rows1xGBf16Dot(b.xb, b.x, b.w, b.y, r0, r1);
@@ -526,7 +521,9 @@ void GemvBatch(const GemvJob* jobs, int64_t n_jobs) {
       GemvRowsSerial(b.x, b.m, b.ldx, b.w, b.y, b.ldy, r0, r1);
     }
   };
-  ForEachSlab(units, 1, work < kParallelMinWork, run);
+  if (work < kParallelMinWork || omp_get_max_threads() == 1) return run(0, 1);
+#pragma omp parallel
+  run(omp_get_thread_num(), omp_get_num_threads());
 }
 
 void GemvCols(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y, int64_t ldy) {
