@@ -37,6 +37,8 @@ inline int64_t DTypeSize(DType t) {
 // Bytes of one row of `cols` elements (the quantised formats' scales are
 // stored apart, kernels/quant.h).
 inline int64_t RowBytes(DType t, int64_t cols) { return t == DType::kQ4 ? cols / 2 : cols * DTypeSize(t); }
+// The group-quantised weight formats (kernels/quant.h).
+inline bool IsQuantized(DType t) { return t == DType::kQ8 || t == DType::kQ4; }
 
 // The safetensors spelling ("F32", "BF16", "F8_E4M3", ...).
 const char* DTypeName(DType t);

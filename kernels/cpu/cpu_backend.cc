@@ -244,8 +244,17 @@ class CpuBackend final : public Backend {
     float* gate = Scratch(mlp_gate_, rows * I);  // [rows, inter], row r - first
     float* up = Scratch(mlp_up_, rows * I);
     const bool fast = mode_ == MathMode::kFast;
+    // Fast math: activations rounded to bf16 for bf16 experts' bf16 dot
+    // products, or quantised to int8 for quantised experts' integer ones
+    // (one product per expert row; GemvJob).
+    const bool qdot = fast && IsQuantized(p.experts[0].gate_proj.dtype) && H % 32 == 0 && I % 32 == 0;
     uint16_t* xb = nullptr;
-    if (fast) {
+    uint8_t* xq = nullptr;
+    const int64_t qh = cpu::QActBytes(H), qi = cpu::QActBytes(I);
+    if (qdot) {
+      xq = Scratch(xq_, rows * std::max(qh, qi));
+      for (int64_t r = 0; r < rows; ++r) k_.quantize_act(p.x + (first + r) * p.ldx, H, xq + r * qh);
+    } else if (fast) {
       xb = Scratch(xbf16_, rows * std::max(H, I));
       k_.f32_to_bf16_rows(p.x + first * p.ldx, rows, H, p.ldx, xb);
     }
@@ -256,19 +265,25 @@ class CpuBackend final : public Backend {
       if (n <= 0) continue;
       const MlpWeights& w = p.experts[e];
       const float* x = p.x + (first + r0) * p.ldx;
-      const uint16_t* xe = fast && n == 1 ? xb + r0 * H : nullptr;
-      jobs.push_back({x, n, p.ldx, w.gate_proj, gate + r0 * I, I, xe});
-      jobs.push_back({x, n, p.ldx, w.up_proj, up + r0 * I, I, xe});
+      const uint16_t* xe = xb != nullptr && n == 1 ? xb + r0 * H : nullptr;
+      const uint8_t* qe = xq != nullptr && n == 1 ? xq + r0 * qh : nullptr;
+      jobs.push_back({x, n, p.ldx, w.gate_proj, gate + r0 * I, I, xe, qe});
+      jobs.push_back({x, n, p.ldx, w.up_proj, up + r0 * I, I, xe, qe});
     }
     k_.gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
     k_.silu_mul(gate, up, rows, I, I, gate, I);
-    if (fast) k_.f32_to_bf16_rows(gate, rows, I, I, xb);
+    if (qdot) {
+      for (int64_t r = 0; r < rows; ++r) k_.quantize_act(gate + r * I, I, xq + r * qi);
+    } else if (fast) {
+      k_.f32_to_bf16_rows(gate, rows, I, I, xb);
+    }
     jobs.clear();
     for (int64_t e = 0; e < n_e; ++e) {
       const int64_t r0 = p.offsets[e] - first, n = p.offsets[e + 1] - p.offsets[e];
       if (n <= 0) continue;
       jobs.push_back({gate + r0 * I, n, I, p.experts[e].down_proj, p.out + (first + r0) * p.ldo, p.ldo,
-                      fast && n == 1 ? xb + r0 * I : nullptr});
+                      xb != nullptr && n == 1 ? xb + r0 * I : nullptr,
+                      xq != nullptr && n == 1 ? xq + r0 * qi : nullptr});
     }
     k_.gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
   }
@@ -445,6 +460,12 @@ class CpuBackend final : public Backend {
     if (m == 0 || w.rows == 0) return;
     const int64_t K = w.cols;
     if (m <= cpu::kGemvMaxM) {
+      if (mode == MathMode::kFast && m == 1 && IsQuantized(w.dtype)) {
+        // Integer dot products on the activation quantised to int8 (cpu_kernels.h).
+        uint8_t* xq = Scratch(xq_, cpu::QActBytes(K));
+        k_.quantize_act(x, K, xq);
+        if (k_.gemv_rows_qdot(xq, w, y)) return;
+      }
       if (mode == MathMode::kFast && k_.gemv_rows_fast(x, m, ldx, w, y, ldy, Scratch(xbf16_, K))) return;
       k_.gemv_rows(x, m, ldx, w, y, ldy);
       return;
@@ -497,6 +518,7 @@ class CpuBackend final : public Backend {
   cpu::OneDnnMatmul mm_;
   std::string placement_;  // the thread plan's summary (empty: made with a bare thread count)
   std::vector<uint16_t> xbf16_, tile_bf16_;
+  std::vector<uint8_t> xq_;  // quantised activations (cpu::QActBytes per row)
   std::vector<float> tile_f32_, tile_t_, gamma_, attn_scratch_, ydense_, mlp_gate_, mlp_up_, route_scratch_;
   std::vector<int32_t> group_count_;
   std::vector<cpu::GemvJob> gemv_jobs_;

@@ -23,6 +23,8 @@ inline constexpr int64_t kGemvSlabRows = 8;
 // One product of a gemv_batch: y[m, w.rows] = x[m, w.cols] · wᵀ, m <= kGemvMaxM.
 // xb, when set, holds x rounded to bf16 (w.cols values, dense): an M = 1
 // product of bf16 weights then takes the bf16 dot product of gemv_rows_fast.
+// xq, when set, holds x quantised by quantize_act: an M = 1 product of
+// kQ8/kQ4 weights then takes the integer dot products of gemv_rows_qdot.
 struct GemvJob {
   const float* x = nullptr;
   int64_t m = 0, ldx = 0;
@@ -30,7 +32,19 @@ struct GemvJob {
   float* y = nullptr;
   int64_t ldy = 0;
   const uint16_t* xb = nullptr;
+  const uint8_t* xq = nullptr;
 };
+
+// An activation row quantised for the integer dot products of --math fast
+// with kQ8/kQ4 weights (kernels/cpu/isa/qdot.cc; llama.cpp quantises its
+// activations the same way, as Q8_0): per 32 columns an f32 scale
+// d = amax / 127 and int8 values q = round-half-even(x * (1 / d)) (all zero when
+// amax is 0; a NaN scale when the block holds a NaN or infinity), and per 4
+// columns -8 times their sum (an int4 weight is stored as u = q + 8, so its
+// products need sum (u - 8) q_x = sum u q_x - 8 sum q_x). For k columns, k a
+// multiple of 32, QActBytes(k) bytes: q[k] int8, then neg8sum[k / 4] int32,
+// then d[k / 32] f32.
+inline constexpr int64_t QActBytes(int64_t k) { return 2 * k + k / 8; }
 
 struct CpuKernels {
   CpuIsa isa;
@@ -51,6 +65,13 @@ struct CpuKernels {
   // row's result is what gemv_rows (or gemv_rows_fast, with xb) gives, bit
   // for bit.
   void (*gemv_batch)(const GemvJob* jobs, int64_t n_jobs);
+  // --math fast with kQ8/kQ4 weights: x[k] (k a multiple of 32) into the
+  // QActBytes(k) bytes at out (layout above). Every level gives the same bytes.
+  void (*quantize_act)(const float* x, int64_t k, uint8_t* out);
+  // y[w.rows] = the integer dot products of xq (quantize_act of one activation
+  // row) with a kQ8/kQ4 weight, parallel over rows; false (nothing computed)
+  // for other dtypes or columns not a multiple of 32.
+  bool (*gemv_rows_qdot)(const uint8_t* xq, const WeightView& w, float* y);
   // Exact math, any m (prefill): y[m, w.rows] = x · wᵀ in f32 from the stored
   // bf16/f16/f32 weight, widened in registers; false (nothing computed) for
   // other dtypes or a level without SIMD, where oneDNN takes the product.

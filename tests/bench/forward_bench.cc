@@ -442,6 +442,23 @@ int main(int argc, char** argv) {
     if (ref.ok()) std::snprintf(mapped_text, sizeof mapped_text, "%.1f GB/s", mapped);
     std::printf("# GEMV alone, lm_head [%ld x %ld] %s: %s as mapped, %.1f GB/s on anonymous huge pages\n", w.rows,
                 w.cols, ds::DTypeName(w.dtype), mapped_text, anon);
+    if (ds::IsQuantized(held.dtype)) {
+      // The quantised copy the model holds, read both ways: f32 activations
+      // (exact math) and the integer dot products of fast math.
+      std::vector<uint8_t> xq(ds::cpu::QActBytes(held.cols));
+      k.quantize_act(x.data(), held.cols, xq.data());
+      std::vector<double> exact, qdot;
+      for (int r = 0; r < 7; ++r) {
+        auto t0 = Clock::now();
+        k.gemv_rows(x.data(), 1, held.cols, held, y.data(), held.rows);
+        exact.push_back(held.bytes() / Seconds(t0, Clock::now()) / 1e9);
+        t0 = Clock::now();
+        k.gemv_rows_qdot(xq.data(), held, y.data());
+        qdot.push_back(held.bytes() / Seconds(t0, Clock::now()) / 1e9);
+      }
+      std::printf("# GEMV alone, lm_head %s as held: %.1f GB/s with f32 activations (exact), %.1f GB/s with int8 "
+                  "activations (fast)\n", ds::DTypeName(held.dtype), Median(exact), Median(qdot));
+    }
   }
   std::printf("# %s\n", wrong == 0 ? "OK" : "FAILED");
   return wrong == 0 ? 0 : 1;

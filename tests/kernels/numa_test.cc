@@ -102,7 +102,9 @@ TEST(NumaPlanTest, FewerThreadsThanCoresSpreadOverEveryNodeInOrder) {
     nodes.insert(p.node[t]);
     // Contiguous thread blocks per node: a GEMV slab (contiguous threads'
     // rows) then belongs to one node.
-    if (t > 0) EXPECT_GE(p.node[t], p.node[t - 1]);
+    if (t > 0) {
+      EXPECT_GE(p.node[t], p.node[t - 1]);
+    }
   }
   EXPECT_EQ(cores.size(), 6u);
   EXPECT_EQ(nodes.size(), 4u);

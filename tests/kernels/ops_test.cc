@@ -4,6 +4,7 @@
 // copies, so a device backend runs the same suite. Each reports a normalised
 // error: max |ours - ref| / max |ref|.
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/quant.h"
 #include "tests/kernels/backend_factories.h"
 
 namespace deepshard {
@@ -273,6 +275,122 @@ TEST_P(OpsTest, GroupedMlpMatchesPerExpertReference) {
     }
   }
   EXPECT_LT(NormErr(dy.Read(), ref), 1e-5);
+}
+
+// --math fast with int8/int4 weights: a decode product (one activation row)
+// quantises the activation to int8 per 32 columns (cpu_kernels.h, QActBytes)
+// and takes integer dot products, as llama.cpp does. The reference multiplies
+// the dequantised weight by the dequantised activation in double, so only the
+// order of the f32 sums differs; a backend that kept f32 activations would be
+// ~1e-2 away. Products of several rows keep f32 activations.
+std::vector<double> QuantDequantAct(const float* x, int64_t k) {
+  std::vector<double> out(k);
+  for (int64_t b = 0; b < k / 32; ++b) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
+    const float d = amax / 127.0f, inv = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int j = 0; j < 32; ++j) {
+      const float q = std::clamp(std::nearbyint(x[b * 32 + j] * inv), -127.0f, 127.0f);
+      out[b * 32 + j] = static_cast<double>(q) * d;
+    }
+  }
+  return out;
+}
+
+// The weight as UploadQuantized stores it, dequantised on the host.
+std::vector<float> Dequantised(const TestWeight& w, DType dt, int64_t group) {
+  const int64_t rows = w.view.rows, cols = w.view.cols, rb = RowBytes(dt, cols);
+  std::vector<uint8_t> q(rows * rb);
+  std::vector<uint16_t> s(rows * cols / group);
+  for (int64_t r = 0; r < rows; ++r) {
+    QuantizeRow(&w.values[r * cols], cols, dt, group, &q[r * rb], &s[r * cols / group]);
+  }
+  WeightView v;
+  v.dtype = dt, v.data = q.data(), v.rows = rows, v.cols = cols, v.qscale = s.data(), v.group = group;
+  std::vector<float> out(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) DequantizeRow(v, r, &out[r * cols]);
+  return out;
+}
+
+TEST_P(OpsTest, FastQuantisedDecodeTakesInt8Activations) {
+  auto fast = GetParam().make(MathMode::kFast);
+  const int64_t n = 300, k = 256;
+  const TestWeight w = MakeWeight(DType::kBF16, n, k, 21);
+  for (DType dt : {DType::kQ8, DType::kQ4}) {
+    const WeightView wq = fast->UploadQuantized(w.view, dt, 32).value();
+    const std::vector<float> wd = Dequantised(w, dt, 32);
+    for (int64_t m : {1, 2}) {
+      std::vector<float> x = Random(m * k, 22);
+      x[5] = 9.0f;  // an outlier in the first block
+      DeviceVec<float> dx(*fast, x), dy(*fast, m * n, -1.0f);
+      fast->Linear(dx.get(), m, k, wq, dy.get(), n);
+      std::vector<double> ref(m * n);
+      for (int64_t i = 0; i < m; ++i) {
+        const std::vector<double> xa = m == 1 ? QuantDequantAct(&x[i * k], k)
+                                              : std::vector<double>(x.begin() + i * k, x.begin() + (i + 1) * k);
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0;
+          for (int64_t c = 0; c < k; ++c) s += xa[c] * wd[j * k + c];
+          ref[i * n + j] = s;
+        }
+      }
+      EXPECT_LT(NormErr(dy.Read(), ref), 1e-5) << DTypeName(dt) << " m=" << m;
+    }
+  }
+}
+
+TEST_P(OpsTest, FastQuantisedGroupedMlpDecode) {
+  // One row per expert takes the integer dot products (gate and up on the
+  // quantised input, down on the quantised SiLU product); an expert with two
+  // rows keeps f32 activations. The reference emulates the quantisation in
+  // double, so a quantisation step flipped by f32 rounding may move a value by
+  // one step (~1e-3 here).
+  auto fast = GetParam().make(MathMode::kFast);
+  const int64_t H = 64, I = 96;
+  std::vector<TestWeight> owned;
+  std::vector<std::vector<float>> deq;
+  std::vector<MlpWeights> experts;
+  for (int e = 0; e < 3; ++e) {
+    for (int t = 0; t < 3; ++t) owned.push_back(MakeWeight(DType::kBF16, t == 2 ? H : I, t == 2 ? I : H, 200 + 3 * e + t));
+  }
+  const DType dts[3] = {DType::kQ4, DType::kQ4, DType::kQ8};
+  for (int e = 0; e < 3; ++e) {
+    MlpWeights mw;
+    WeightView* views[3] = {&mw.gate_proj, &mw.up_proj, &mw.down_proj};
+    for (int t = 0; t < 3; ++t) {
+      *views[t] = fast->UploadQuantized(owned[3 * e + t].view, dts[t], 32).value();
+      deq.push_back(Dequantised(owned[3 * e + t], dts[t], 32));
+    }
+    experts.push_back(mw);
+  }
+  const std::vector<int64_t> offsets = {0, 1, 3, 4};  // experts 0 and 2: one row; expert 1: two
+  std::vector<float> x = Random(4 * H, 23, 2.0f);
+  DeviceVec<float> dx(*fast, x), dy(*fast, 4 * H, 7.0f);
+  GroupedMlpParams p;
+  p.x = dx.get(), p.ldx = H, p.experts = experts, p.offsets = offsets, p.hidden = H, p.inter = I;
+  p.out = dy.get(), p.ldo = H;
+  fast->GroupedMlp(p);
+  std::vector<double> ref(4 * H);
+  for (int e = 0; e < 3; ++e) {
+    const bool q = offsets[e + 1] - offsets[e] == 1;
+    for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r) {
+      const std::vector<double> xa = q ? QuantDequantAct(&x[r * H], H)
+                                       : std::vector<double>(x.begin() + r * H, x.begin() + (r + 1) * H);
+      std::vector<float> act(I);
+      for (int64_t j = 0; j < I; ++j) {
+        double g = 0, u = 0;
+        for (int64_t c = 0; c < H; ++c) g += xa[c] * deq[3 * e][j * H + c], u += xa[c] * deq[3 * e + 1][j * H + c];
+        act[j] = static_cast<float>(g / (1.0 + std::exp(-g)) * u);
+      }
+      const std::vector<double> aa = q ? QuantDequantAct(act.data(), I) : std::vector<double>(act.begin(), act.end());
+      for (int64_t c = 0; c < H; ++c) {
+        double s = 0;
+        for (int64_t j = 0; j < I; ++j) s += aa[j] * deq[3 * e + 2][c * I + j];
+        ref[r * H + c] = s;
+      }
+    }
+  }
+  EXPECT_LT(NormErr(dy.Read(), ref), 5e-3);
 }
 
 TEST_P(OpsTest, RmsNormAndFusedResidual) {

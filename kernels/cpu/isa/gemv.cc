@@ -10,8 +10,9 @@
 // float32 reference up to summation order. Group-quantised weights (kQ8, kQ4,
 // kernels/quant.h) are read the same way: their integers widen exactly to f32
 // and each group's sum takes its scale once, so a product still matches the
-// float32 reference of the dequantised weight up to summation order (the
-// activations are never quantised).
+// float32 reference of the dequantised weight up to summation order (here the
+// activations are never quantised; --math fast's integer dot products, which
+// quantise them, are in qdot.cc).
 #include <omp.h>
 
 #include <type_traits>
@@ -518,6 +519,10 @@ void GemvBatch(const GemvJob* jobs, int64_t n_jobs) {
         continue;
       }
 #endif
+      if (b.xq != nullptr && b.m == 1 && IsQuant(b.w.dtype) && b.w.cols % 32 == 0) {
+        QDotRowsSerial(b.xq, b.w, b.y, r0, r1);
+        continue;
+      }
       GemvRowsSerial(b.x, b.m, b.ldx, b.w, b.y, b.ldy, r0, r1);
     }
   };

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -671,6 +672,203 @@ TEST_P(GemvRowsTest, BatchMatchesOneProductAtATimeBitForBit) {
         ASSERT_EQ(std::memcmp(&got[j][i], &want[j][i], 4), 0) << threads << " threads, job " << j << " element " << i
                                                              << ": " << got[j][i] << " vs " << want[j][i];
       }
+    }
+  }
+  omp_set_num_threads(saved);
+}
+
+}  // namespace
+}  // namespace deepshard::cpu
+
+namespace deepshard::cpu {
+namespace {
+
+// ---- --math fast with quantised weights: int8 activations, integer dot products ----
+
+// The activation quantiser as documented in cpu_kernels.h (QActBytes), written
+// out independently: per 32 columns d = amax / 127, q = round-half-even(x * (1 / d))
+// clamped to +-127, neg8sum = -8 * the sum of each 4 values.
+std::vector<uint8_t> ReferenceQAct(const std::vector<float>& x) {
+  const int64_t k = static_cast<int64_t>(x.size());
+  std::vector<uint8_t> out(QActBytes(k));
+  for (int64_t b = 0; b < k / 32; ++b) {
+    float amax = 0.0f;
+    bool finite = true;
+    for (int j = 0; j < 32; ++j) {
+      amax = std::max(amax, std::fabs(x[b * 32 + j]));
+      finite = finite && std::isfinite(x[b * 32 + j]);
+    }
+    const float d = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
+    const float inv = finite && d != 0.0f ? 1.0f / d : 0.0f;
+    std::memcpy(&out[2 * k + 4 * b], &d, 4);
+    int8_t q[32];
+    for (int j = 0; j < 32; ++j) {
+      const float v = std::nearbyint(x[b * 32 + j] * inv);
+      q[j] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+      out[b * 32 + j] = static_cast<uint8_t>(q[j]);
+    }
+    for (int l = 0; l < 8; ++l) {
+      const int32_t s = -8 * (q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
+      std::memcpy(&out[k + 4 * (b * 8 + l)], &s, 4);
+    }
+  }
+  return out;
+}
+
+std::vector<float> ActivationRow(int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> x(k);
+  for (int64_t c = 0; c < k; ++c) x[c] = n(rng) * (c % 97 == 5 ? 40.0f : 1.0f);  // outlier channels
+  if (k >= 64) {
+    for (int j = 32; j < 64; ++j) x[j] = 0.0f;  // an all-zero block: d = 0
+  }
+  x[0] = 127.5f * (x[1] > 0 ? 1.0f : -1.0f);  // a value at the block maximum
+  return x;
+}
+
+// y[r] of the integer dot products, in double, from the bytes (quant.h's
+// packing) and the reference activation: sum_b d_w * d_x * sum_j q_w q_x, and
+// the sum of the terms' magnitudes (the tolerance's scale).
+void ReferenceQDot(const TestWeight& t, int64_t r, const std::vector<uint8_t>& xq, double* y, double* mag) {
+  const int64_t k = t.cols, row_bytes = RowBytes(t.dtype, k), groups = k / t.group;
+  const int8_t* q = reinterpret_cast<const int8_t*>(xq.data());
+  const uint8_t* w = &t.bytes[r * row_bytes];
+  *y = 0.0;
+  *mag = 0.0;
+  for (int64_t b = 0; b < k / 32; ++b) {
+    int64_t s = 0;
+    for (int j = 0; j < 32; ++j) {
+      const int64_t c = b * 32 + j;
+      const int qw = t.dtype == DType::kQ8 ? static_cast<int8_t>(w[c])
+                                           : (j < 16 ? (w[b * 16 + j] & 15) : (w[b * 16 + j - 16] >> 4)) - 8;
+      s += static_cast<int64_t>(qw) * q[c];
+    }
+    float dx;
+    std::memcpy(&dx, &xq[2 * k + 4 * b], 4);
+    const double term = static_cast<double>(F16ToF32(t.qscale[r * groups + b * 32 / t.group])) * dx * s;
+    *y += term;
+    *mag += std::fabs(term);
+  }
+}
+
+TEST_P(GemvRowsTest, QuantizeActMatchesTheDocumentedFormat) {
+  for (int64_t k : {32, 96, 2048, 1408}) {
+    std::vector<float> x = ActivationRow(k, static_cast<uint32_t>(k));
+    std::vector<uint8_t> got(QActBytes(k), 0xAB);
+    g_k->quantize_act(x.data(), k, got.data());
+    EXPECT_EQ(got, ReferenceQAct(x)) << "k = " << k;
+  }
+  // A NaN or infinity makes its block's scale NaN (and only that block's).
+  std::vector<float> x = ActivationRow(96, 5);
+  x[40] = std::numeric_limits<float>::infinity();
+  std::vector<uint8_t> got(QActBytes(96));
+  g_k->quantize_act(x.data(), 96, got.data());
+  float d[3];
+  std::memcpy(d, &got[2 * 96], sizeof d);
+  EXPECT_FALSE(std::isnan(d[0]));
+  EXPECT_TRUE(std::isnan(d[1]));
+  EXPECT_FALSE(std::isnan(d[2]));
+}
+
+TEST_P(GemvRowsTest, QDotMatchesTheIntegerReference) {
+  uint32_t seed = 7000;
+  std::vector<QShape> shapes(std::begin(kQShapes), std::end(kQShapes));
+  shapes.push_back({611, 512, 32});  // over the parallel threshold
+  shapes.push_back({64, 1408, 32});  // V2-Lite's expert width
+  for (DType dt : kQDTypes) {
+    for (const QShape& s : shapes) {
+      SCOPED_TRACE(Name(dt, s.rows, s.cols) + " " + QName(s));
+      const TestWeight t = MakeQWeight(dt, s.rows, s.cols, s.group, seed++);
+      const std::vector<float> x = ActivationRow(s.cols, seed++);
+      const std::vector<uint8_t> xq = ReferenceQAct(x);
+      std::vector<float> y(s.rows, -1.0f);
+      ASSERT_TRUE(g_k->gemv_rows_qdot(xq.data(), t.View(), y.data()));
+      for (int64_t r = 0; r < s.rows; ++r) {
+        double want, mag;
+        ReferenceQDot(t, r, xq, &want, &mag);
+        // Only the order of the f32 block terms differs from the reference.
+        ASSERT_NEAR(y[r], want, 2e-6 * mag + 1e-30) << "row " << r;
+      }
+    }
+  }
+}
+
+TEST_P(GemvRowsTest, QDotRowSubViewsAndRefusals) {
+  for (DType dt : kQDTypes) {
+    const TestWeight t = MakeQWeight(dt, 300, 256, 64, 77);
+    const std::vector<float> x = ActivationRow(256, 78);
+    const std::vector<uint8_t> xq = ReferenceQAct(x);
+    for (auto [r0, n] : {std::pair<int64_t, int64_t>{37, 100}, {129, 171}, {299, 1}, {3, 37}}) {
+      WeightView w = t.View();
+      w.row0 = r0;
+      w.rows = n;
+      std::vector<float> y(n);
+      ASSERT_TRUE(g_k->gemv_rows_qdot(xq.data(), w, y.data()));
+      for (int64_t i = 0; i < n; ++i) {
+        double want, mag;
+        ReferenceQDot(t, r0 + i, xq, &want, &mag);
+        ASSERT_NEAR(y[i], want, 2e-6 * mag + 1e-30) << DTypeName(dt) << " rows " << r0 << "+" << n << ", row " << i;
+      }
+    }
+  }
+  // Not a quantised weight: false, y untouched.
+  const TestWeight b = MakeWeight(DType::kBF16, 8, 64, 3);
+  std::vector<uint8_t> xq(QActBytes(64));
+  std::vector<float> y(8, 7.0f);
+  EXPECT_FALSE(g_k->gemv_rows_qdot(xq.data(), b.View(), y.data()));
+  for (float v : y) EXPECT_EQ(v, 7.0f);
+}
+
+TEST_P(GemvRowsTest, QDotPropagatesANaNActivation) {
+  const TestWeight t = MakeQWeight(DType::kQ4, 16, 128, 32, 11);
+  std::vector<float> x = ActivationRow(128, 12);
+  x[70] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<uint8_t> xq(QActBytes(128));
+  g_k->quantize_act(x.data(), 128, xq.data());
+  std::vector<float> y(16);
+  ASSERT_TRUE(g_k->gemv_rows_qdot(xq.data(), t.View(), y.data()));
+  for (float v : y) EXPECT_TRUE(std::isnan(v));
+}
+
+// gemv_batch with quantised activations gives each row what gemv_rows_qdot
+// gives, bit for bit, at any thread count, next to bf16 and exact jobs.
+TEST_P(GemvRowsTest, BatchWithQuantisedActivationsMatchesQDotBitForBit) {
+  struct Spec {
+    DType dt;
+    int64_t rows, cols, group;
+  };
+  const Spec specs[] = {{DType::kQ8, 37, 96, 32}, {DType::kQ4, 64, 256, 64}, {DType::kQ4, 611, 512, 32},
+                        {DType::kQ8, 9, 2048, 128}, {DType::kBF16, 40, 64, 0}};
+  std::vector<TestWeight> ws;
+  std::vector<std::vector<float>> xs, want, got;
+  std::vector<std::vector<uint8_t>> xqs;
+  uint32_t seed = 950;
+  for (const Spec& s : specs) {
+    ws.push_back(s.dt == DType::kBF16 ? MakeWeight(s.dt, s.rows, s.cols, seed++)
+                                      : MakeQWeight(s.dt, s.rows, s.cols, s.group, seed++));
+    xs.push_back(ActivationRow(s.cols, seed++));
+    xqs.push_back(ReferenceQAct(xs.back()));
+    want.emplace_back(s.rows);
+    if (s.dt == DType::kBF16) {
+      GemvRows(xs.back().data(), 1, s.cols, ws.back().View(), want.back().data(), s.rows);
+    } else {
+      ASSERT_TRUE(g_k->gemv_rows_qdot(xqs.back().data(), ws.back().View(), want.back().data()));
+    }
+    got.emplace_back(s.rows);
+  }
+  std::vector<GemvJob> jobs;
+  for (size_t j = 0; j < ws.size(); ++j) {
+    jobs.push_back({xs[j].data(), 1, specs[j].cols, ws[j].View(), got[j].data(), specs[j].rows, nullptr,
+                    specs[j].dt == DType::kBF16 ? nullptr : xqs[j].data()});
+  }
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2, 3, 5}) {
+    omp_set_num_threads(threads);
+    for (auto& g : got) std::fill(g.begin(), g.end(), -1.0f);
+    g_k->gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
+    for (size_t j = 0; j < ws.size(); ++j) {
+      ASSERT_EQ(std::memcmp(got[j].data(), want[j].data(), want[j].size() * 4), 0) << threads << " threads, job " << j;
     }
   }
   omp_set_num_threads(saved);
