@@ -16,8 +16,8 @@ usage() {
 usage: $PROG [options]
 
 Runs, interleaved, --runs times each:
-  deepshard     deepshard_bench_forward --math exact, --math fast (bf16 weights), and
-                --weights int8 / int4 when the build has that flag
+  deepshard     deepshard_bench_forward --math exact and --math fast, on bf16 weights and,
+                when the build has the flag, --weights int8 / int4
   llama.cpp     llama-bench on GGUF BF16, Q8_0 and Q4_0 converted from the same model
                 (prefill: -p PROMPT -n 0; decode: -p 0 -n STEPS -d PROMPT, i.e. after a
                 PROMPT-token context, like the others)
@@ -421,7 +421,10 @@ for r in $(seq 1 "$RUNS"); do
   if [ $RUN_DS = 1 ]; then
     run_deepshard "$r" bf16 exact
     run_deepshard "$r" bf16 fast
-    for w in "${DS_WEIGHTS[@]:1}"; do run_deepshard "$r" "$w" default; done
+    # Quantised weights in both maths: exact multiplies f32 activations by the
+    # dequantised weights; fast quantises decode activations to int8 (integer dot
+    # products, as llama.cpp's Q8_0/Q4_0 do).
+    for w in "${DS_WEIGHTS[@]:1}"; do run_deepshard "$r" "$w" exact; run_deepshard "$r" "$w" fast; done
   fi
   if [ $RUN_LLAMA = 1 ] && [ -z "$LLAMA_SKIP" ]; then
     for q in BF16 Q8_0 Q4_0; do run_llama "$r" "$q"; done
@@ -504,8 +507,9 @@ def ratio(a, b, key):
 pairs = []
 for m in ("exact", "fast"):
     pairs.append((f"deepshard bf16 ({m}) / llama.cpp BF16", ("deepshard", "bf16", m), ("llama.cpp", "BF16", "-")))
-pairs.append(("deepshard int8 / llama.cpp Q8_0", ("deepshard", "int8", "default"), ("llama.cpp", "Q8_0", "-")))
-pairs.append(("deepshard int4 / llama.cpp Q4_0", ("deepshard", "int4", "default"), ("llama.cpp", "Q4_0", "-")))
+for w, q in (("int8", "Q8_0"), ("int4", "Q4_0")):
+    for m in ("exact", "fast"):
+        pairs.append((f"deepshard {w} ({m}) / llama.cpp {q}", ("deepshard", w, m), ("llama.cpp", q, "-")))
 for m in ("exact", "fast"):
     pairs.append((f"deepshard bf16 ({m}) / transformers bf16", ("deepshard", "bf16", m), ("transformers", "bf16", "-")))
 ratios = []
