@@ -245,8 +245,8 @@ class CpuBackend final : public Backend {
     float* up = Scratch(mlp_up_, rows * I);
     const bool fast = mode_ == MathMode::kFast;
     // Fast math: activations rounded to bf16 for bf16 experts' bf16 dot
-    // products, or quantised to int8 for quantised experts' integer ones
-    // (one product per expert row; GemvJob).
+    // products (single-row experts), or quantised to int8 for quantised
+    // experts' integer ones (GemvJob).
     const bool qdot = fast && IsQuantized(p.experts[0].gate_proj.dtype) && H % 32 == 0 && I % 32 == 0;
     uint16_t* xb = nullptr;
     uint8_t* xq = nullptr;
@@ -266,7 +266,7 @@ class CpuBackend final : public Backend {
       const MlpWeights& w = p.experts[e];
       const float* x = p.x + (first + r0) * p.ldx;
       const uint16_t* xe = xb != nullptr && n == 1 ? xb + r0 * H : nullptr;
-      const uint8_t* qe = xq != nullptr && n == 1 ? xq + r0 * qh : nullptr;
+      const uint8_t* qe = xq != nullptr ? xq + r0 * qh : nullptr;
       jobs.push_back({x, n, p.ldx, w.gate_proj, gate + r0 * I, I, xe, qe});
       jobs.push_back({x, n, p.ldx, w.up_proj, up + r0 * I, I, xe, qe});
     }
@@ -283,7 +283,7 @@ class CpuBackend final : public Backend {
       if (n <= 0) continue;
       jobs.push_back({gate + r0 * I, n, I, p.experts[e].down_proj, p.out + (first + r0) * p.ldo, p.ldo,
                       xb != nullptr && n == 1 ? xb + r0 * I : nullptr,
-                      xq != nullptr && n == 1 ? xq + r0 * qi : nullptr});
+                      xq != nullptr ? xq + r0 * qi : nullptr});
     }
     k_.gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
   }
@@ -460,11 +460,12 @@ class CpuBackend final : public Backend {
     if (m == 0 || w.rows == 0) return;
     const int64_t K = w.cols;
     if (m <= cpu::kGemvMaxM) {
-      if (mode == MathMode::kFast && m == 1 && IsQuantized(w.dtype)) {
-        // Integer dot products on the activation quantised to int8 (cpu_kernels.h).
-        uint8_t* xq = Scratch(xq_, cpu::QActBytes(K));
-        k_.quantize_act(x, K, xq);
-        if (k_.gemv_rows_qdot(xq, w, y)) return;
+      if (mode == MathMode::kFast && IsQuantized(w.dtype) && K % 32 == 0) {
+        // Integer dot products on the activations quantised to int8 (cpu_kernels.h).
+        const int64_t qk = cpu::QActBytes(K);
+        uint8_t* xq = Scratch(xq_, m * qk);
+        for (int64_t i = 0; i < m; ++i) k_.quantize_act(x + i * ldx, K, xq + i * qk);
+        if (k_.gemv_rows_qdot(xq, m, w, y, ldy)) return;
       }
       if (mode == MathMode::kFast && k_.gemv_rows_fast(x, m, ldx, w, y, ldy, Scratch(xbf16_, K))) return;
       k_.gemv_rows(x, m, ldx, w, y, ldy);

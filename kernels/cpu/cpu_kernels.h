@@ -23,8 +23,9 @@ inline constexpr int64_t kGemvSlabRows = 8;
 // One product of a gemv_batch: y[m, w.rows] = x[m, w.cols] · wᵀ, m <= kGemvMaxM.
 // xb, when set, holds x rounded to bf16 (w.cols values, dense): an M = 1
 // product of bf16 weights then takes the bf16 dot product of gemv_rows_fast.
-// xq, when set, holds x quantised by quantize_act: an M = 1 product of
-// kQ8/kQ4 weights then takes the integer dot products of gemv_rows_qdot.
+// xq, when set, holds x's m rows quantised by quantize_act (QActBytes(w.cols)
+// apart): a product of kQ8/kQ4 weights then takes the integer dot products of
+// gemv_rows_qdot.
 struct GemvJob {
   const float* x = nullptr;
   int64_t m = 0, ldx = 0;
@@ -68,10 +69,11 @@ struct CpuKernels {
   // --math fast with kQ8/kQ4 weights: x[k] (k a multiple of 32) into the
   // QActBytes(k) bytes at out (layout above). Every level gives the same bytes.
   void (*quantize_act)(const float* x, int64_t k, uint8_t* out);
-  // y[w.rows] = the integer dot products of xq (quantize_act of one activation
-  // row) with a kQ8/kQ4 weight, parallel over rows; false (nothing computed)
-  // for other dtypes or columns not a multiple of 32.
-  bool (*gemv_rows_qdot)(const uint8_t* xq, const WeightView& w, float* y);
+  // y[m, w.rows] = the integer dot products of xq (m <= kGemvMaxM activation
+  // rows, each quantize_act'ed, QActBytes(w.cols) apart) with a kQ8/kQ4 weight,
+  // parallel over rows of w, each weight block unpacked once for the m rows;
+  // false (nothing computed) for other dtypes or columns not a multiple of 32.
+  bool (*gemv_rows_qdot)(const uint8_t* xq, int64_t m, const WeightView& w, float* y, int64_t ldy);
   // Exact math, any m (prefill): y[m, w.rows] = x · wᵀ in f32 from the stored
   // bf16/f16/f32 weight, widened in registers; false (nothing computed) for
   // other dtypes or a level without SIMD, where oneDNN takes the product.

@@ -453,7 +453,7 @@ int main(int argc, char** argv) {
         k.gemv_rows(x.data(), 1, held.cols, held, y.data(), held.rows);
         exact.push_back(held.bytes() / Seconds(t0, Clock::now()) / 1e9);
         t0 = Clock::now();
-        k.gemv_rows_qdot(xq.data(), held, y.data());
+        k.gemv_rows_qdot(xq.data(), 1, held, y.data(), held.rows);
         qdot.push_back(held.bytes() / Seconds(t0, Clock::now()) / 1e9);
       }
       std::printf("# GEMV alone, lm_head %s as held: %.1f GB/s with f32 activations (exact), %.1f GB/s with int8 "

@@ -277,12 +277,12 @@ TEST_P(OpsTest, GroupedMlpMatchesPerExpertReference) {
   EXPECT_LT(NormErr(dy.Read(), ref), 1e-5);
 }
 
-// --math fast with int8/int4 weights: a decode product (one activation row)
-// quantises the activation to int8 per 32 columns (cpu_kernels.h, QActBytes)
-// and takes integer dot products, as llama.cpp does. The reference multiplies
-// the dequantised weight by the dequantised activation in double, so only the
-// order of the f32 sums differs; a backend that kept f32 activations would be
-// ~1e-2 away. Products of several rows keep f32 activations.
+// --math fast with int8/int4 weights: a decode-sized product (up to
+// kGemvMaxM activation rows) quantises each activation row to int8 per 32
+// columns (cpu_kernels.h, QActBytes) and takes integer dot products, as
+// llama.cpp does. The reference multiplies the dequantised weight by the
+// dequantised activations in double, so only the order of the f32 sums
+// differs; a backend that kept f32 activations would be ~1e-2 away.
 std::vector<double> QuantDequantAct(const float* x, int64_t k) {
   std::vector<double> out(k);
   for (int64_t b = 0; b < k / 32; ++b) {
@@ -319,15 +319,14 @@ TEST_P(OpsTest, FastQuantisedDecodeTakesInt8Activations) {
   for (DType dt : {DType::kQ8, DType::kQ4}) {
     const WeightView wq = fast->UploadQuantized(w.view, dt, 32).value();
     const std::vector<float> wd = Dequantised(w, dt, 32);
-    for (int64_t m : {1, 2}) {
+    for (int64_t m : {1, 2, 8}) {
       std::vector<float> x = Random(m * k, 22);
       x[5] = 9.0f;  // an outlier in the first block
       DeviceVec<float> dx(*fast, x), dy(*fast, m * n, -1.0f);
       fast->Linear(dx.get(), m, k, wq, dy.get(), n);
       std::vector<double> ref(m * n);
       for (int64_t i = 0; i < m; ++i) {
-        const std::vector<double> xa = m == 1 ? QuantDequantAct(&x[i * k], k)
-                                              : std::vector<double>(x.begin() + i * k, x.begin() + (i + 1) * k);
+        const std::vector<double> xa = QuantDequantAct(&x[i * k], k);
         for (int64_t j = 0; j < n; ++j) {
           double s = 0;
           for (int64_t c = 0; c < k; ++c) s += xa[c] * wd[j * k + c];
@@ -340,11 +339,10 @@ TEST_P(OpsTest, FastQuantisedDecodeTakesInt8Activations) {
 }
 
 TEST_P(OpsTest, FastQuantisedGroupedMlpDecode) {
-  // One row per expert takes the integer dot products (gate and up on the
-  // quantised input, down on the quantised SiLU product); an expert with two
-  // rows keeps f32 activations. The reference emulates the quantisation in
-  // double, so a quantisation step flipped by f32 rounding may move a value by
-  // one step (~1e-3 here).
+  // Every expert's rows take the integer dot products (gate and up on the
+  // quantised input, down on the quantised SiLU product). The reference
+  // emulates the quantisation in double, so a quantisation step flipped by f32
+  // rounding may move a value by one step (~1e-3 here).
   auto fast = GetParam().make(MathMode::kFast);
   const int64_t H = 64, I = 96;
   std::vector<TestWeight> owned;
@@ -372,17 +370,15 @@ TEST_P(OpsTest, FastQuantisedGroupedMlpDecode) {
   fast->GroupedMlp(p);
   std::vector<double> ref(4 * H);
   for (int e = 0; e < 3; ++e) {
-    const bool q = offsets[e + 1] - offsets[e] == 1;
     for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r) {
-      const std::vector<double> xa = q ? QuantDequantAct(&x[r * H], H)
-                                       : std::vector<double>(x.begin() + r * H, x.begin() + (r + 1) * H);
+      const std::vector<double> xa = QuantDequantAct(&x[r * H], H);
       std::vector<float> act(I);
       for (int64_t j = 0; j < I; ++j) {
         double g = 0, u = 0;
         for (int64_t c = 0; c < H; ++c) g += xa[c] * deq[3 * e][j * H + c], u += xa[c] * deq[3 * e + 1][j * H + c];
         act[j] = static_cast<float>(g / (1.0 + std::exp(-g)) * u);
       }
-      const std::vector<double> aa = q ? QuantDequantAct(act.data(), I) : std::vector<double>(act.begin(), act.end());
+      const std::vector<double> aa = QuantDequantAct(act.data(), I);
       for (int64_t c = 0; c < H; ++c) {
         double s = 0;
         for (int64_t j = 0; j < I; ++j) s += aa[j] * deq[3 * e + 2][c * I + j];

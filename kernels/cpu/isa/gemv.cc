@@ -519,8 +519,8 @@ void GemvBatch(const GemvJob* jobs, int64_t n_jobs) {
         continue;
       }
 #endif
-      if (b.xq != nullptr && b.m == 1 && IsQuant(b.w.dtype) && b.w.cols % 32 == 0) {
-        QDotRowsSerial(b.xq, b.w, b.y, r0, r1);
+      if (b.xq != nullptr && IsQuant(b.w.dtype) && b.w.cols % 32 == 0) {
+        QDotRowsSerial(b.xq, b.m, b.w, b.y, b.ldy, r0, r1);
         continue;
       }
       GemvRowsSerial(b.x, b.m, b.ldx, b.w, b.y, b.ldy, r0, r1);

@@ -57,8 +57,9 @@ float ReadSum(const void* p, int64_t bytes, int streams, int prefetch);
 
 // qdot.cc
 void QuantizeAct(const float* x, int64_t k, uint8_t* out);
-void QDotRowsSerial(const uint8_t* xq, const WeightView& w, float* y, int64_t r0, int64_t r1);
-bool GemvRowsQDot(const uint8_t* xq, const WeightView& w, float* y);
+void QDotRowsSerial(const uint8_t* xq, int64_t m, const WeightView& w, float* y, int64_t ldy, int64_t r0,
+                    int64_t r1);
+bool GemvRowsQDot(const uint8_t* xq, int64_t m, const WeightView& w, float* y, int64_t ldy);
 
 // ops.cc
 void RmsNorm(const float* x, int64_t m, int64_t d, int64_t ldx, const float* gamma, float eps, float* y,

@@ -18,8 +18,10 @@
 // Two blocks (64 columns) per instruction, lanes 0-7 block b, 8-15 block b+1.
 // AVX2 (and AVX-512 without VNNI): VPMADDUBSW then VPMADDWD, one block per
 // vector; no sum overflows int16 (|q_w| <= 127 and nibbles <= 15).
-// The scalar level computes the same sums one value at a time. The levels
-// differ only in the order of the f32 additions of the block terms.
+// The scalar level computes the same sums one value at a time. All levels
+// have the same integers; they differ in the f32 arithmetic after them: the
+// scalar level scales each block's exact sum, the SIMD levels each lane's (4
+// columns), as llama.cpp does, so their rounding is that of the lane terms.
 #include <omp.h>
 
 #include <cmath>
@@ -148,6 +150,69 @@ void Rows(const QAct& a, const WeightView& w, float* y, int64_t r0, int64_t r1) 
   }
   for (; r < r1; ++r) y[r] = RowBlocks<T>(RowPtr(w, r), QScaleRow(w, r), group, a, 0, nb);
 }
+// M = 2..8 activation rows (a decode batch, or an expert's tokens): two weight
+// rows at a time, each block unpacked once and multiplied into all M rows.
+template <DType T, int M>
+void RowsMulti(const QAct* a, const WeightView& w, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  constexpr bool q4 = T == DType::kQ4;
+  constexpr int R = 2;
+  const int64_t K = w.cols, nb = K / 32, pairs = nb / 2, group = w.group;
+  const int64_t rs = RowBytesOf(w.dtype, K), ahead = 8 * rs;
+  const __m512i zero = _mm512_setzero_si512(), nib = _mm512_set1_epi8(15);
+  constexpr long long kFour = 0x0004000400040004LL;
+  const __m512i shifts = _mm512_setr_epi64(0, 0, kFour, kFour, 0, 0, kFour, kFour);
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) {
+    const uint8_t* p0 = RowPtr(w, r);
+    const uint16_t* s[R] = {QScaleRow(w, r), QScaleRow(w, r + 1)};
+    __m512 acc[R][M];
+    for (int i = 0; i < R; ++i)
+      for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
+    for (int64_t c0 = 0; c0 < pairs; c0 += kChunk) {
+      const int64_t c1 = Min(pairs, c0 + kChunk);
+      alignas(64) float d[R][2 * kChunk];
+      for (int i = 0; i < R; ++i) BlockScales(s[i], group, 2 * c0, 2 * (c1 - c0), d[i]);
+      for (int64_t pr = c0; pr < c1; ++pr) {
+        const int64_t b = 2 * pr, ga = b - 2 * c0;
+        __m512i u[R];
+        __mmask64 neg[R];
+        __m512 dw[R];
+        for (int i = 0; i < R; ++i) {
+          const uint8_t* pi = p0 + i * rs;
+          if constexpr (q4) {
+            const uint8_t* pw = pi + b * 16;
+            if ((pr & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(pw) + ahead, _MM_HINT_T0);
+            const __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pw)));
+            u[i] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(1, 1, 0, 0)), shifts), nib);
+          } else {
+            const uint8_t* pw = pi + b * 32;
+            _mm_prefetch(reinterpret_cast<const char*>(pw) + ahead, _MM_HINT_T0);
+            const __m512i wv = _mm512_loadu_si512(pw);
+            neg[i] = _mm512_movepi8_mask(wv);
+            u[i] = _mm512_abs_epi8(wv);
+          }
+          dw[i] = _mm512_shuffle_f32x4(_mm512_set1_ps(d[i][ga]), _mm512_set1_ps(d[i][ga + 1]), 0);
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const __m512i qx = _mm512_loadu_si512(a[m].q + b * 32);
+          const __m512 dx = _mm512_shuffle_f32x4(_mm512_set1_ps(a[m].d[b]), _mm512_set1_ps(a[m].d[b + 1]), 0);
+          const __m512i start = q4 ? _mm512_loadu_si512(a[m].neg8sum + b * 8) : zero;
+          for (int i = 0; i < R; ++i) {
+            const __m512i sx = q4 ? qx : _mm512_mask_sub_epi8(qx, neg[i], zero, qx);
+            const __m512i sum = _mm512_dpbusd_epi32(start, u[i], sx);
+            acc[i][m] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sum), dx), dw[i], acc[i][m]);
+          }
+        }
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int m = 0; m < M; ++m)
+        y[m * ldy + r + i] = _mm512_reduce_add_ps(acc[i][m]) + RowBlocks<T>(p0 + i * rs, s[i], group, a[m], 2 * pairs, nb);
+  }
+  for (; r < r1; ++r)
+    for (int m = 0; m < M; ++m) y[m * ldy + r] = RowBlocks<T>(RowPtr(w, r), QScaleRow(w, r), group, a[m], 0, nb);
+}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 constexpr int kRows = 4;          // AVX2 has 16 registers
 constexpr int64_t kChunk = 64;    // blocks whose weight scales are widened at once
@@ -202,12 +267,85 @@ void Rows(const QAct& a, const WeightView& w, float* y, int64_t r0, int64_t r1) 
   }
   for (; r < r1; ++r) y[r] = RowBlocks<T>(RowPtr(w, r), QScaleRow(w, r), group, a, 0, nb);
 }
+// M = 2..8 activation rows: one weight row at a time, each block unpacked
+// once and multiplied into all M rows.
+template <DType T, int M>
+void RowsMulti(const QAct* a, const WeightView& w, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  constexpr bool q4 = T == DType::kQ4;
+  const int64_t K = w.cols, nb = K / 32, group = w.group;
+  const int64_t rs = RowBytesOf(w.dtype, K), ahead = 4 * rs;
+  const __m256i ones = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(15);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* pr = RowPtr(w, r);
+    const uint16_t* s = QScaleRow(w, r);
+    __m256 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t c0 = 0; c0 < nb; c0 += kChunk) {
+      const int64_t c1 = Min(nb, c0 + kChunk);
+      alignas(32) float d[kChunk];
+      BlockScales(s, group, c0, c1 - c0, d);
+      for (int64_t b = c0; b < c1; ++b) {
+        __m256i u, wv;
+        if constexpr (q4) {
+          const uint8_t* pw = pr + b * 16;
+          if ((b & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(pw) + ahead, _MM_HINT_T0);
+          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pw));
+          u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), nib);
+          wv = u;
+        } else {
+          const uint8_t* pw = pr + b * 32;
+          if ((b & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(pw) + ahead, _MM_HINT_T0);
+          wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pw));
+          u = _mm256_sign_epi8(wv, wv);
+        }
+        const __m256 dw = _mm256_set1_ps(d[b - c0]);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const __m256i qx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[m].q + b * 32));
+          __m256i sum = _mm256_madd_epi16(_mm256_maddubs_epi16(u, q4 ? qx : _mm256_sign_epi8(qx, wv)), ones);
+          if constexpr (q4) {
+            sum = _mm256_add_epi32(sum, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[m].neg8sum + b * 8)));
+          }
+          acc[m] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(a[m].d[b])), dw, acc[m]);
+        }
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      __m128 t = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
+      t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+      y[m * ldy + r] = _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+    }
+  }
+}
 #else
 template <DType T>
 void Rows(const QAct& a, const WeightView& w, float* y, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) y[r] = RowBlocks<T>(RowPtr(w, r), QScaleRow(w, r), w.group, a, 0, w.cols / 32);
 }
+template <DType T, int M>
+void RowsMulti(const QAct* a, const WeightView& w, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int m = 0; m < M; ++m) y[m * ldy + r] = RowBlocks<T>(RowPtr(w, r), QScaleRow(w, r), w.group, a[m], 0, w.cols / 32);
+}
 #endif
+
+template <DType T>
+void RowsAnyM(const uint8_t* xq, int64_t m, const WeightView& w, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t bytes = QActBytes(w.cols);
+  if (m == 1) return Rows<T>(QAct(xq, w.cols), w, y, r0, r1);
+  const QAct a[kGemvMaxM] = {QAct(xq, w.cols),             QAct(xq + bytes, w.cols),     QAct(xq + 2 * bytes, w.cols),
+                             QAct(xq + 3 * bytes, w.cols), QAct(xq + 4 * bytes, w.cols), QAct(xq + 5 * bytes, w.cols),
+                             QAct(xq + 6 * bytes, w.cols), QAct(xq + 7 * bytes, w.cols)};
+  switch (m) {
+    case 2: return RowsMulti<T, 2>(a, w, y, ldy, r0, r1);
+    case 3: return RowsMulti<T, 3>(a, w, y, ldy, r0, r1);
+    case 4: return RowsMulti<T, 4>(a, w, y, ldy, r0, r1);
+    case 5: return RowsMulti<T, 5>(a, w, y, ldy, r0, r1);
+    case 6: return RowsMulti<T, 6>(a, w, y, ldy, r0, r1);
+    case 7: return RowsMulti<T, 7>(a, w, y, ldy, r0, r1);
+    default: return RowsMulti<T, 8>(a, w, y, ldy, r0, r1);
+  }
+}
 
 }  // namespace
 
@@ -239,17 +377,17 @@ void QuantizeAct(const float* x, int64_t k, uint8_t* out) {
   }
 }
 
-void QDotRowsSerial(const uint8_t* xq, const WeightView& w, float* y, int64_t r0, int64_t r1) {
-  const QAct a(xq, w.cols);
-  if (w.dtype == DType::kQ8) return Rows<DType::kQ8>(a, w, y, r0, r1);
-  if (w.dtype == DType::kQ4) return Rows<DType::kQ4>(a, w, y, r0, r1);
+void QDotRowsSerial(const uint8_t* xq, int64_t m, const WeightView& w, float* y, int64_t ldy, int64_t r0,
+                    int64_t r1) {
+  if (w.dtype == DType::kQ8) return RowsAnyM<DType::kQ8>(xq, m, w, y, ldy, r0, r1);
+  if (w.dtype == DType::kQ4) return RowsAnyM<DType::kQ4>(xq, m, w, y, ldy, r0, r1);
 }
 
-bool GemvRowsQDot(const uint8_t* xq, const WeightView& w, float* y) {
-  if (!IsQuant(w.dtype) || w.cols % 32 != 0) return false;
+bool GemvRowsQDot(const uint8_t* xq, int64_t m, const WeightView& w, float* y, int64_t ldy) {
+  if (!IsQuant(w.dtype) || w.cols % 32 != 0 || m < 1 || m > kGemvMaxM) return false;
   if (w.rows == 0) return true;
-  ForEachSlab(w.rows, kGemvSlabRows, w.rows * w.cols < kParallelMinWork,
-              [&](int64_t r0, int64_t r1) { QDotRowsSerial(xq, w, y, r0, r1); });
+  ForEachSlab(w.rows, kGemvSlabRows, w.rows * w.cols * m < kParallelMinWork,
+              [&](int64_t r0, int64_t r1) { QDotRowsSerial(xq, m, w, y, ldy, r0, r1); });
   return true;
 }
 

@@ -729,7 +729,10 @@ std::vector<float> ActivationRow(int64_t k, uint32_t seed) {
 
 // y[r] of the integer dot products, in double, from the bytes (quant.h's
 // packing) and the reference activation: sum_b d_w * d_x * sum_j q_w q_x, and
-// the sum of the terms' magnitudes (the tolerance's scale).
+// the tolerance's scale: the magnitudes of the terms the kernels add in f32.
+// Those are sums over 4 columns (an int32 lane of VPDPBUSD / VPMADDWD, exact),
+// each scaled by d_w * d_x: within a block they may be far larger than the
+// block's total, and their f32 rounding is what the kernels' results carry.
 void ReferenceQDot(const TestWeight& t, int64_t r, const std::vector<uint8_t>& xq, double* y, double* mag) {
   const int64_t k = t.cols, row_bytes = RowBytes(t.dtype, k), groups = k / t.group;
   const int8_t* q = reinterpret_cast<const int8_t*>(xq.data());
@@ -737,18 +740,20 @@ void ReferenceQDot(const TestWeight& t, int64_t r, const std::vector<uint8_t>& x
   *y = 0.0;
   *mag = 0.0;
   for (int64_t b = 0; b < k / 32; ++b) {
-    int64_t s = 0;
-    for (int j = 0; j < 32; ++j) {
-      const int64_t c = b * 32 + j;
-      const int qw = t.dtype == DType::kQ8 ? static_cast<int8_t>(w[c])
-                                           : (j < 16 ? (w[b * 16 + j] & 15) : (w[b * 16 + j - 16] >> 4)) - 8;
-      s += static_cast<int64_t>(qw) * q[c];
-    }
     float dx;
     std::memcpy(&dx, &xq[2 * k + 4 * b], 4);
-    const double term = static_cast<double>(F16ToF32(t.qscale[r * groups + b * 32 / t.group])) * dx * s;
-    *y += term;
-    *mag += std::fabs(term);
+    const double scale = static_cast<double>(F16ToF32(t.qscale[r * groups + b * 32 / t.group])) * dx;
+    for (int l = 0; l < 8; ++l) {
+      int64_t s = 0;
+      for (int j = 4 * l; j < 4 * l + 4; ++j) {
+        const int64_t c = b * 32 + j;
+        const int qw = t.dtype == DType::kQ8 ? static_cast<int8_t>(w[c])
+                                             : (j < 16 ? (w[b * 16 + j] & 15) : (w[b * 16 + j - 16] >> 4)) - 8;
+        s += static_cast<int64_t>(qw) * q[c];
+      }
+      *y += scale * s;
+      *mag += std::fabs(scale * s);
+    }
   }
 }
 
@@ -778,17 +783,28 @@ TEST_P(GemvRowsTest, QDotMatchesTheIntegerReference) {
   shapes.push_back({64, 1408, 32});  // V2-Lite's expert width
   for (DType dt : kQDTypes) {
     for (const QShape& s : shapes) {
-      SCOPED_TRACE(Name(dt, s.rows, s.cols) + " " + QName(s));
       const TestWeight t = MakeQWeight(dt, s.rows, s.cols, s.group, seed++);
-      const std::vector<float> x = ActivationRow(s.cols, seed++);
-      const std::vector<uint8_t> xq = ReferenceQAct(x);
-      std::vector<float> y(s.rows, -1.0f);
-      ASSERT_TRUE(g_k->gemv_rows_qdot(xq.data(), t.View(), y.data()));
-      for (int64_t r = 0; r < s.rows; ++r) {
-        double want, mag;
-        ReferenceQDot(t, r, xq, &want, &mag);
-        // Only the order of the f32 block terms differs from the reference.
-        ASSERT_NEAR(y[r], want, 2e-6 * mag + 1e-30) << "row " << r;
+      for (int64_t m : {1, 2, 3, 8}) {
+        SCOPED_TRACE(Name(dt, s.rows, s.cols) + " " + QName(s) + " M=" + std::to_string(m));
+        // m activation rows, QActBytes apart; y rows padded.
+        std::vector<std::vector<uint8_t>> rows;
+        std::vector<uint8_t> xq;
+        for (int64_t i = 0; i < m; ++i) {
+          rows.push_back(ReferenceQAct(ActivationRow(s.cols, seed++)));
+          xq.insert(xq.end(), rows.back().begin(), rows.back().end());
+        }
+        const int64_t ldy = s.rows + 3;
+        std::vector<float> y(m * ldy, -1.0f);
+        ASSERT_TRUE(g_k->gemv_rows_qdot(xq.data(), m, t.View(), y.data(), ldy));
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t r = 0; r < s.rows; ++r) {
+            double want, mag;
+            ReferenceQDot(t, r, rows[i], &want, &mag);
+            // Only the order of the f32 block terms differs from the reference.
+            ASSERT_NEAR(y[i * ldy + r], want, 2e-6 * mag + 1e-30) << "activation row " << i << ", row " << r;
+          }
+          for (int64_t r = s.rows; r < ldy; ++r) ASSERT_EQ(y[i * ldy + r], -1.0f) << "padding written";
+        }
       }
     }
   }
@@ -804,7 +820,7 @@ TEST_P(GemvRowsTest, QDotRowSubViewsAndRefusals) {
       w.row0 = r0;
       w.rows = n;
       std::vector<float> y(n);
-      ASSERT_TRUE(g_k->gemv_rows_qdot(xq.data(), w, y.data()));
+      ASSERT_TRUE(g_k->gemv_rows_qdot(xq.data(), 1, w, y.data(), n));
       for (int64_t i = 0; i < n; ++i) {
         double want, mag;
         ReferenceQDot(t, r0 + i, xq, &want, &mag);
@@ -816,7 +832,12 @@ TEST_P(GemvRowsTest, QDotRowSubViewsAndRefusals) {
   const TestWeight b = MakeWeight(DType::kBF16, 8, 64, 3);
   std::vector<uint8_t> xq(QActBytes(64));
   std::vector<float> y(8, 7.0f);
-  EXPECT_FALSE(g_k->gemv_rows_qdot(xq.data(), b.View(), y.data()));
+  EXPECT_FALSE(g_k->gemv_rows_qdot(xq.data(), 1, b.View(), y.data(), 8));
+  // Nor more rows than a GEMV takes.
+  const TestWeight q = MakeQWeight(DType::kQ4, 8, 64, 32, 4);
+  std::vector<uint8_t> xq9(9 * QActBytes(64));
+  EXPECT_FALSE(g_k->gemv_rows_qdot(xq9.data(), 9, q.View(), y.data(), 8));
+  EXPECT_FALSE(g_k->gemv_rows_qdot(xq9.data(), 0, q.View(), y.data(), 8));
   for (float v : y) EXPECT_EQ(v, 7.0f);
 }
 
@@ -827,7 +848,7 @@ TEST_P(GemvRowsTest, QDotPropagatesANaNActivation) {
   std::vector<uint8_t> xq(QActBytes(128));
   g_k->quantize_act(x.data(), 128, xq.data());
   std::vector<float> y(16);
-  ASSERT_TRUE(g_k->gemv_rows_qdot(xq.data(), t.View(), y.data()));
+  ASSERT_TRUE(g_k->gemv_rows_qdot(xq.data(), 1, t.View(), y.data(), 16));
   for (float v : y) EXPECT_TRUE(std::isnan(v));
 }
 
@@ -836,10 +857,10 @@ TEST_P(GemvRowsTest, QDotPropagatesANaNActivation) {
 TEST_P(GemvRowsTest, BatchWithQuantisedActivationsMatchesQDotBitForBit) {
   struct Spec {
     DType dt;
-    int64_t rows, cols, group;
+    int64_t rows, cols, group, m;
   };
-  const Spec specs[] = {{DType::kQ8, 37, 96, 32}, {DType::kQ4, 64, 256, 64}, {DType::kQ4, 611, 512, 32},
-                        {DType::kQ8, 9, 2048, 128}, {DType::kBF16, 40, 64, 0}};
+  const Spec specs[] = {{DType::kQ8, 37, 96, 32, 1},  {DType::kQ4, 64, 256, 64, 3}, {DType::kQ4, 611, 512, 32, 1},
+                        {DType::kQ8, 9, 2048, 128, 2}, {DType::kBF16, 40, 64, 0, 1}, {DType::kQ4, 21, 96, 32, 8}};
   std::vector<TestWeight> ws;
   std::vector<std::vector<float>> xs, want, got;
   std::vector<std::vector<uint8_t>> xqs;
@@ -847,19 +868,25 @@ TEST_P(GemvRowsTest, BatchWithQuantisedActivationsMatchesQDotBitForBit) {
   for (const Spec& s : specs) {
     ws.push_back(s.dt == DType::kBF16 ? MakeWeight(s.dt, s.rows, s.cols, seed++)
                                       : MakeQWeight(s.dt, s.rows, s.cols, s.group, seed++));
-    xs.push_back(ActivationRow(s.cols, seed++));
-    xqs.push_back(ReferenceQAct(xs.back()));
-    want.emplace_back(s.rows);
-    if (s.dt == DType::kBF16) {
-      GemvRows(xs.back().data(), 1, s.cols, ws.back().View(), want.back().data(), s.rows);
-    } else {
-      ASSERT_TRUE(g_k->gemv_rows_qdot(xqs.back().data(), ws.back().View(), want.back().data()));
+    xs.emplace_back();
+    xqs.emplace_back();
+    for (int64_t i = 0; i < s.m; ++i) {
+      const std::vector<float> row = ActivationRow(s.cols, seed++);
+      const std::vector<uint8_t> q = ReferenceQAct(row);
+      xs.back().insert(xs.back().end(), row.begin(), row.end());
+      xqs.back().insert(xqs.back().end(), q.begin(), q.end());
     }
-    got.emplace_back(s.rows);
+    want.emplace_back(s.m * s.rows);
+    if (s.dt == DType::kBF16) {
+      GemvRows(xs.back().data(), s.m, s.cols, ws.back().View(), want.back().data(), s.rows);
+    } else {
+      ASSERT_TRUE(g_k->gemv_rows_qdot(xqs.back().data(), s.m, ws.back().View(), want.back().data(), s.rows));
+    }
+    got.emplace_back(s.m * s.rows);
   }
   std::vector<GemvJob> jobs;
   for (size_t j = 0; j < ws.size(); ++j) {
-    jobs.push_back({xs[j].data(), 1, specs[j].cols, ws[j].View(), got[j].data(), specs[j].rows, nullptr,
+    jobs.push_back({xs[j].data(), specs[j].m, specs[j].cols, ws[j].View(), got[j].data(), specs[j].rows, nullptr,
                     specs[j].dt == DType::kBF16 ? nullptr : xqs[j].data()});
   }
   const int saved = omp_get_max_threads();
