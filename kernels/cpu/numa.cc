@@ -180,8 +180,9 @@ ThreadPlacement PlanThreads(const HostTopology& host, const std::vector<int>& al
   } else {
     plan.threads = n_cores;
   }
-  std::string where = absl::StrCat(n_cores, n_cores == 1 ? " core" : " cores", " (CPUs ",
-                                   CpuListString(CoreIds(cores)), ", ", NodesPhrase(cores), ")");
+  const std::vector<int> cpus = CoreIds(cores);
+  std::string where = absl::StrCat(n_cores, n_cores == 1 ? " core" : " cores", cpus.size() == 1 ? " (CPU " : " (CPUs ",
+                                   CpuListString(cpus), ", ", NodesPhrase(cores), ")");
   if (shared_out) absl::StrAppend(&where, ", the part of local rank ", local_rank, " of ", local_size);
   const std::string count = plan.threads == 1  ? std::string("1 thread")
                             : plan.threads > 0 ? absl::StrCat(plan.threads, " threads")
