@@ -37,9 +37,10 @@ constexpr int64_t kParallelMinWork = 1 << 18;  // as gemv.cc
 
 
 struct QAct {
-  const int8_t* q;
-  const int32_t* neg8sum;
-  const float* d;
+  const int8_t* q = nullptr;
+  const int32_t* neg8sum = nullptr;
+  const float* d = nullptr;
+  QAct() = default;
   QAct(const uint8_t* p, int64_t k)
       : q(reinterpret_cast<const int8_t*>(p)),
         neg8sum(reinterpret_cast<const int32_t*>(p + k)),
@@ -333,9 +334,8 @@ template <DType T>
 void RowsAnyM(const uint8_t* xq, int64_t m, const WeightView& w, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t bytes = QActBytes(w.cols);
   if (m == 1) return Rows<T>(QAct(xq, w.cols), w, y, r0, r1);
-  const QAct a[kGemvMaxM] = {QAct(xq, w.cols),             QAct(xq + bytes, w.cols),     QAct(xq + 2 * bytes, w.cols),
-                             QAct(xq + 3 * bytes, w.cols), QAct(xq + 4 * bytes, w.cols), QAct(xq + 5 * bytes, w.cols),
-                             QAct(xq + 6 * bytes, w.cols), QAct(xq + 7 * bytes, w.cols)};
+  QAct a[kGemvMaxM];
+  for (int64_t i = 0; i < m; ++i) a[i] = QAct(xq + i * bytes, w.cols);
   switch (m) {
     case 2: return RowsMulti<T, 2>(a, w, y, ldy, r0, r1);
     case 3: return RowsMulti<T, 3>(a, w, y, ldy, r0, r1);

@@ -619,6 +619,25 @@ TEST_P(GemvColsTest, StoredDTypesMatchReference) {
 namespace deepshard::cpu {
 namespace {
 
+// Runs `jobs` through gemv_batch at 1, 2, 3 and 5 threads (they move the slab
+// boundaries; 1 takes the serial path) and expects got == want bit for bit.
+void ExpectBatchBitIdentical(const std::vector<GemvJob>& jobs, std::vector<std::vector<float>>& got,
+                             const std::vector<std::vector<float>>& want) {
+  const int saved = omp_get_max_threads();
+  for (int threads : {1, 2, 3, 5}) {
+    omp_set_num_threads(threads);
+    for (auto& g : got) std::fill(g.begin(), g.end(), -1.0f);
+    g_k->gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
+    for (size_t j = 0; j < want.size(); ++j) {
+      for (size_t i = 0; i < want[j].size(); ++i) {
+        ASSERT_EQ(std::memcmp(&got[j][i], &want[j][i], 4), 0) << threads << " threads, job " << j << " element " << i
+                                                             << ": " << got[j][i] << " vs " << want[j][i];
+      }
+    }
+  }
+  omp_set_num_threads(saved);
+}
+
 // gemv_batch gives every row what gemv_rows (or gemv_rows_fast, given the
 // bf16 activations) gives for that product alone, bit for bit, whatever the
 // thread count: a batch mixes dtypes, M and row counts that are not multiples
@@ -661,20 +680,7 @@ TEST_P(GemvRowsTest, BatchMatchesOneProductAtATimeBitForBit) {
     const Spec& s = specs[j];
     jobs.push_back({xs[j].data(), s.m, s.cols, ws[j].View(), got[j].data(), s.rows, s.fast ? xbs[j].data() : nullptr});
   }
-  // Thread counts move the slab boundaries (and 1 takes the serial path).
-  const int saved = omp_get_max_threads();
-  for (int threads : {1, 2, 3, 5}) {
-    omp_set_num_threads(threads);
-    for (auto& g : got) std::fill(g.begin(), g.end(), -1.0f);
-    g_k->gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
-    for (size_t j = 0; j < ws.size(); ++j) {
-      for (size_t i = 0; i < want[j].size(); ++i) {
-        ASSERT_EQ(std::memcmp(&got[j][i], &want[j][i], 4), 0) << threads << " threads, job " << j << " element " << i
-                                                             << ": " << got[j][i] << " vs " << want[j][i];
-      }
-    }
-  }
-  omp_set_num_threads(saved);
+  ExpectBatchBitIdentical(jobs, got, want);
 }
 
 }  // namespace
@@ -889,16 +895,7 @@ TEST_P(GemvRowsTest, BatchWithQuantisedActivationsMatchesQDotBitForBit) {
     jobs.push_back({xs[j].data(), specs[j].m, specs[j].cols, ws[j].View(), got[j].data(), specs[j].rows, nullptr,
                     specs[j].dt == DType::kBF16 ? nullptr : xqs[j].data()});
   }
-  const int saved = omp_get_max_threads();
-  for (int threads : {1, 2, 3, 5}) {
-    omp_set_num_threads(threads);
-    for (auto& g : got) std::fill(g.begin(), g.end(), -1.0f);
-    g_k->gemv_batch(jobs.data(), static_cast<int64_t>(jobs.size()));
-    for (size_t j = 0; j < ws.size(); ++j) {
-      ASSERT_EQ(std::memcmp(got[j].data(), want[j].data(), want[j].size() * 4), 0) << threads << " threads, job " << j;
-    }
-  }
-  omp_set_num_threads(saved);
+  ExpectBatchBitIdentical(jobs, got, want);
 }
 
 }  // namespace
